@@ -1,0 +1,159 @@
+//! Events as the host sees them: a Kafka message plus what the host derives from it
+//! (event id, `requestId`, trace context), and the Switchyard header names.
+
+use serde::Deserialize;
+
+/// Header names Switchyard sets on every message it produces.
+pub mod headers {
+    /// Unique id of the event; consumers' inboxes are keyed by it.
+    pub const EVENT_ID: &str = "switchyard-event-id";
+    /// Correlation id of the business request.
+    pub const REQUEST_ID: &str = "switchyard-request-id";
+    /// Component that produced the message.
+    pub const SOURCE: &str = "switchyard-source";
+    /// Event id of the event whose handling produced this one.
+    pub const CAUSED_BY: &str = "switchyard-caused-by";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    /// Prefix reserved for the host; components may not set such headers.
+    pub const RESERVED_PREFIX: &str = "switchyard-";
+}
+
+/// One event to hand to a component.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundEvent {
+    pub id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub timestamp_ms: i64,
+    pub request_id: Option<String>,
+    pub trace: TraceContext,
+}
+
+/// W3C trace context of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceContext {
+    pub trace_id: String,
+    pub parent_id: String,
+    pub flags: String,
+    pub tracestate: String,
+}
+
+impl TraceContext {
+    /// A new root trace.
+    pub fn new_root() -> TraceContext {
+        TraceContext {
+            trace_id: uuid::Uuid::new_v4().simple().to_string(),
+            parent_id: new_span_id(),
+            flags: "01".into(),
+            tracestate: String::new(),
+        }
+    }
+
+    /// Parses a `traceparent` header (version 00); None when it is malformed.
+    pub fn parse(traceparent: &str, tracestate: &str) -> Option<TraceContext> {
+        let parts: Vec<&str> = traceparent.trim().split('-').collect();
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        match parts.as_slice() {
+            [version, trace, parent, flags]
+                if hex(version, 2) && *version != "ff" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
+                    && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0') =>
+            {
+                Some(TraceContext {
+                    trace_id: trace.to_ascii_lowercase(),
+                    parent_id: parent.to_ascii_lowercase(),
+                    flags: flags.to_ascii_lowercase(),
+                    tracestate: tracestate.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The `traceparent` header value.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-{}", self.trace_id, self.parent_id, self.flags)
+    }
+
+    /// The context of a span that is a child of this one (same trace, new span id).
+    pub fn child(&self) -> TraceContext {
+        TraceContext { parent_id: new_span_id(), ..self.clone() }
+    }
+}
+
+fn new_span_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
+}
+
+impl InboundEvent {
+    /// Builds the event from a Kafka message's parts, deriving its id (header, else
+    /// topic/partition/offset), `requestId` (header, else the JSON payload's field) and
+    /// trace context (header, else a new root).
+    pub fn from_message(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        timestamp_ms: i64,
+    ) -> InboundEvent {
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let id = header(headers::EVENT_ID).unwrap_or_else(|| format!("{topic}/{partition}/{offset}"));
+        let request_id = header(headers::REQUEST_ID).or_else(|| request_id_of(&payload));
+        let trace = header(headers::TRACEPARENT)
+            .and_then(|tp| TraceContext::parse(&tp, &header(headers::TRACESTATE).unwrap_or_default()))
+            .unwrap_or_else(TraceContext::new_root);
+        InboundEvent { id, topic: topic.to_string(), partition, offset, key, payload, headers, timestamp_ms, request_id, trace }
+    }
+}
+
+/// The `requestId` field of a JSON object payload, if there is one.
+fn request_id_of(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct WithRequestId {
+        #[serde(rename = "requestId")]
+        request_id: Option<String>,
+    }
+    serde_json::from_slice::<WithRequestId>(payload).ok().and_then(|p| p.request_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_traceparents() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::parse(tp, "").unwrap();
+        assert_eq!(ctx.traceparent(), tp);
+        let child = ctx.child();
+        assert_eq!(child.trace_id, ctx.trace_id);
+        assert_ne!(child.parent_id, ctx.parent_id);
+        for bad in ["", "00-xyz-00f067aa0ba902b7-01", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] {
+            assert!(TraceContext::parse(bad, "").is_none(), "{bad}");
+        }
+        assert!(TraceContext::parse(&TraceContext::new_root().traceparent(), "").is_some());
+    }
+
+    #[test]
+    fn derives_id_request_id_and_trace() {
+        let e = InboundEvent::from_message("t", 2, 9, None, br#"{"requestId":"r-1"}"#.to_vec(), vec![], 0);
+        assert_eq!(e.id, "t/2/9");
+        assert_eq!(e.request_id.as_deref(), Some("r-1"));
+        let headers = vec![
+            (headers::EVENT_ID.to_string(), "ev".to_string()),
+            (headers::REQUEST_ID.to_string(), "r-2".to_string()),
+            (headers::TRACEPARENT.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string()),
+        ];
+        let e = InboundEvent::from_message("t", 0, 0, None, b"not json".to_vec(), headers, 0);
+        assert_eq!(e.id, "ev");
+        assert_eq!(e.request_id.as_deref(), Some("r-2"));
+        assert_eq!(e.trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}

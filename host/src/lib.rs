@@ -1,0 +1,16 @@
+//! Switchyard: a WebAssembly host for event-driven microservices.
+//!
+//! # Layout
+//! - [`config`]: `topics.toml` parsed strictly into a validated routing table.
+//! - [`event`]: events as the host sees them, Switchyard's headers, trace context.
+//! - [`store`]: SQLite / PostgreSQL state: component storage, inbox, outbox, timers.
+//! - [`runtime`]: wasmtime engine, component loading and checking, and
+//!   [`runtime::Runtime::invoke`], which runs one event with exactly-once effects.
+//!   `runtime/host/` holds one file per WIT interface the host provides.
+//!
+//! The binary (`src/main.rs`) is the `switchyard` CLI on top of these.
+
+pub mod config;
+pub mod event;
+pub mod runtime;
+pub mod store;

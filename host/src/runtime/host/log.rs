@@ -1,0 +1,30 @@
+use crate::runtime::bindings::log::{Host, Level};
+use crate::runtime::state::InvocationState;
+
+/// Longest message or field value kept from a guest log call.
+const MAX_LOG_CHARS: usize = 4096;
+
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(MAX_LOG_CHARS) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl Host for InvocationState {
+    async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        // Guest fields are folded into one rendered field: tracing needs field names at
+        // compile time. The span around the invocation adds component, event and trace.
+        let fields: Vec<String> = fields.iter().take(32).map(|(k, v)| format!("{}={}", clip(k), clip(v))).collect();
+        let fields = fields.join(" ");
+        let message = clip(&message);
+        let component = self.component.name.as_str();
+        match level {
+            Level::Trace => tracing::trace!(target: "guest", component, fields, "{message}"),
+            Level::Debug => tracing::debug!(target: "guest", component, fields, "{message}"),
+            Level::Info => tracing::info!(target: "guest", component, fields, "{message}"),
+            Level::Warn => tracing::warn!(target: "guest", component, fields, "{message}"),
+            Level::Error => tracing::error!(target: "guest", component, fields, "{message}"),
+        }
+    }
+}

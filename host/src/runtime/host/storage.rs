@@ -1,0 +1,118 @@
+use crate::runtime::bindings::storage::{Error, Host};
+use crate::runtime::state::{InvocationState, Write};
+use crate::store::StoreError;
+
+use super::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidKey(format!("key must be 1 to {MAX_KEY_BYTES} bytes, got {}", key.len())));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), Error> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::ValueTooLarge(value.len() as u64));
+    }
+    Ok(())
+}
+
+impl InvocationState {
+    /// Maps a store failure to the guest's error. A database failure also poisons the
+    /// invocation: its transaction cannot be trusted any more.
+    fn storage_error(&mut self, err: StoreError) -> Error {
+        match err {
+            StoreError::NotANumber { found, .. } => Error::NotANumber(found),
+            StoreError::Overflow { key } => Error::NotANumber(format!("{key}: overflow")),
+            other => {
+                let message = other.to_string();
+                tracing::warn!(component = %self.component.name, error = %message, "storage call failed");
+                self.poisoned.get_or_insert(message);
+                Error::Unavailable("database error; the event will be retried".into())
+            }
+        }
+    }
+
+    fn namespace(&self) -> String {
+        self.component.name.to_string()
+    }
+}
+
+impl Host for InvocationState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
+        check_key(&key)?;
+        let ns = self.namespace();
+        let result = self.tx.get(&ns, &key).await;
+        result.map_err(|e| self.storage_error(e))
+    }
+
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
+        check_key(&key)?;
+        check_value(&value)?;
+        let ns = self.namespace();
+        let result = self.tx.put(&ns, &key, &value).await;
+        result.map_err(|e| self.storage_error(e))?;
+        let value = String::from_utf8_lossy(&value).into_owned();
+        self.effects.writes.push(Write::Put { key, value });
+        Ok(())
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, Error> {
+        check_key(&key)?;
+        let ns = self.namespace();
+        let result = self.tx.delete(&ns, &key).await;
+        let existed = result.map_err(|e| self.storage_error(e))?;
+        if existed {
+            self.effects.writes.push(Write::Delete { key });
+        }
+        Ok(existed)
+    }
+
+    async fn list_prefix(
+        &mut self,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        if prefix.len() > MAX_KEY_BYTES {
+            return Err(Error::InvalidKey(format!("prefix longer than {MAX_KEY_BYTES} bytes")));
+        }
+        let ns = self.namespace();
+        // Bound one call's result so a guest cannot pull a whole table into memory.
+        let limit = limit.min(1000);
+        let result = self.tx.list_prefix(&ns, &prefix, start_after.as_deref(), limit).await;
+        result.map_err(|e| self.storage_error(e))
+    }
+
+    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, Error> {
+        check_key(&key)?;
+        let ns = self.namespace();
+        let result = self.tx.increment(&ns, &key, delta).await;
+        let value = result.map_err(|e| self.storage_error(e))?;
+        self.effects.writes.push(Write::Put { key, value: value.to_string() });
+        Ok(value)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, Error> {
+        check_key(&key)?;
+        if let Some(value) = &new {
+            check_value(value)?;
+        }
+        let ns = self.namespace();
+        let result = self.tx.compare_and_swap(&ns, &key, expected.as_deref(), new.as_deref()).await;
+        let swapped = result.map_err(|e| self.storage_error(e))?;
+        if swapped {
+            self.effects.writes.push(match new {
+                Some(value) => Write::Put { key, value: String::from_utf8_lossy(&value).into_owned() },
+                None => Write::Delete { key },
+            });
+        }
+        Ok(swapped)
+    }
+}

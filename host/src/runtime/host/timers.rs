@@ -1,0 +1,46 @@
+use crate::runtime::bindings::publish::{Error, Message};
+use crate::runtime::bindings::timers::Host;
+use crate::runtime::state::{InvocationState, ScheduledTimer};
+use crate::store::now_ms;
+
+/// Longest delay a timer may have: a year.
+const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
+
+impl Host for InvocationState {
+    async fn schedule(&mut self, delay_ms: u64, msg: Message) -> Result<String, Error> {
+        // The timer id becomes the fired event's id, so redelivery stays deduplicated.
+        let id = uuid::Uuid::now_v7().to_string();
+        let message = self.outbound(msg, &id)?;
+        let fire_at_ms = now_ms().saturating_add(delay_ms.min(MAX_DELAY_MS) as i64);
+        let component = self.component.name.to_string();
+        if let Err(err) = self.tx.insert_timer(&id, &component, fire_at_ms, &message).await {
+            let why = err.to_string();
+            tracing::warn!(component, error = %why, "timer insert failed");
+            self.poisoned.get_or_insert(why);
+            return Err(Error::Unavailable("database error; the event will be retried".into()));
+        }
+        self.effects.timers.push(ScheduledTimer {
+            id: id.clone(),
+            fire_at_ms,
+            topic: message.topic,
+            payload: String::from_utf8_lossy(&message.payload).into_owned(),
+        });
+        Ok(id)
+    }
+
+    async fn cancel(&mut self, id: String) -> Result<bool, Error> {
+        let component = self.component.name.to_string();
+        match self.tx.cancel_timer(&component, &id).await {
+            Ok(cancelled) => {
+                if cancelled {
+                    self.effects.cancelled_timers.push(id);
+                }
+                Ok(cancelled)
+            }
+            Err(err) => {
+                self.poisoned.get_or_insert(err.to_string());
+                Err(Error::Unavailable("database error; the event will be retried".into()))
+            }
+        }
+    }
+}

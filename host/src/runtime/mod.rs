@@ -1,0 +1,395 @@
+//! The component runtime: one wasmtime [`Engine`] with the pooling allocator and epoch
+//! interruption, components compiled and type-checked against world `handler` at load
+//! time, and a fresh instance per invocation bounded in time and memory.
+//!
+//! [`Runtime::invoke`] is the heart of exactly-once effects: it opens a transaction,
+//! claims the event id in the inbox, runs `handle`, and commits the guest's storage
+//! writes, outbox messages and timers only if `handle` returned `ok`.
+
+mod bindings;
+mod host;
+mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::config::ComponentSpec;
+use crate::event::InboundEvent;
+use crate::store::{Db, InboxEntry, StoreError};
+
+pub use state::{DeadlineExceeded, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write};
+use bindings::{Handler, HandlerPre};
+use state::{InvocationState, MemoryCap};
+
+/// How often the epoch advances: the resolution of deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Guest stdout/stderr kept per invocation.
+const OUTPUT_CAPACITY: usize = 64 * 1024;
+/// Instances alive at once, across all components.
+const MAX_INSTANCES: u32 = 256;
+/// Upper bound of any component's memory cap (topics.toml allows up to 4 GiB).
+const MAX_MEMORY_BYTES: usize = 4 << 30;
+
+/// A failure to set up or load components.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+    #[error("{at}: component \"{component}\": cannot read artifact {path}: {source} (build it with `just handlers` or fix `artifact`)")]
+    Read { at: String, component: String, path: String, source: std::io::Error },
+    #[error("{at}: component \"{component}\": {path} is not a valid Wasm component: {reason}")]
+    Compile { at: String, component: String, path: String, reason: String },
+    #[error("{at}: component \"{component}\": {path} does not fit world switchyard:handler/handler: {reason}")]
+    World { at: String, component: String, path: String, reason: String },
+}
+
+/// A failure of the host around an invocation (not of the guest): the event was not
+/// handled and must be retried later.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot instantiate component \"{component}\": {reason}")]
+    Instantiate { component: String, reason: String },
+}
+
+/// How an invocation ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// `handle` returned ok and its effects are committed.
+    Committed(Effects),
+    /// The event id was handled before; nothing ran.
+    Duplicate,
+    /// Nothing was committed.
+    Failed(Failure),
+}
+
+/// Why `handle` did not succeed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+/// The classes of failure; they decide between retry and dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The guest returned `retryable`, or the database failed under it.
+    Retryable,
+    /// The guest returned `fatal`.
+    Fatal,
+    /// The guest trapped (panic, unreachable, bad memory access).
+    Trap,
+    /// The guest ran past its deadline.
+    Deadline,
+    /// The guest outgrew its memory cap.
+    Memory,
+}
+
+impl FailureKind {
+    pub fn is_retryable(self) -> bool {
+        self == FailureKind::Retryable
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => "retryable",
+            FailureKind::Fatal => "fatal",
+            FailureKind::Trap => "trap",
+            FailureKind::Deadline => "deadline",
+            FailureKind::Memory => "memory",
+        }
+    }
+}
+
+/// A component compiled, linked and checked, ready to instantiate.
+pub struct LoadedComponent {
+    pub spec: Arc<ComponentSpec>,
+    pre: HandlerPre<InvocationState>,
+}
+
+/// The engine and linker shared by every component.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+}
+
+impl Runtime {
+    pub fn new() -> Result<Runtime, LoadError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 8)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 4)
+            .max_memory_size(MAX_MEMORY_BYTES);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        Handler::add_to_linker::<_, wasmtime::component::HasSelf<InvocationState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        Ok(Runtime { engine, linker })
+    }
+
+    /// Compiles the component's artifact and checks it against world `handler`: an
+    /// import the host does not provide or a missing `handle` export is an error here,
+    /// not at the first event.
+    pub fn load(&self, spec: &ComponentSpec) -> Result<LoadedComponent, LoadError> {
+        let bytes = std::fs::read(&spec.artifact).map_err(|source| LoadError::Read {
+            at: spec.artifact_at.to_string(),
+            component: spec.name.to_string(),
+            path: spec.artifact.display().to_string(),
+            source,
+        })?;
+        self.load_bytes(spec, &bytes)
+    }
+
+    /// Like [`Runtime::load`] with the artifact's bytes (binary or WAT) at hand.
+    pub fn load_bytes(&self, spec: &ComponentSpec, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
+        let (at, component, path) =
+            (spec.artifact_at.to_string(), spec.name.to_string(), spec.artifact.display().to_string());
+        let compiled = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+            at: at.clone(),
+            component: component.clone(),
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let world_error = |e: wasmtime::Error| LoadError::World {
+            at: at.clone(),
+            component: component.clone(),
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&compiled).map_err(world_error)?;
+        let pre = HandlerPre::new(instance_pre).map_err(world_error)?;
+        Ok(LoadedComponent { spec: Arc::new(spec.clone()), pre })
+    }
+
+    /// Handles `event` with `component` exactly once in effect (see the module docs).
+    pub async fn invoke(
+        &self,
+        component: &LoadedComponent,
+        db: &Db,
+        event: &InboundEvent,
+    ) -> Result<Outcome, InvokeError> {
+        let span = tracing::info_span!(
+            "invoke",
+            component = %component.spec.name,
+            event_id = %event.id,
+            topic = %event.topic,
+            partition = event.partition,
+            offset = event.offset,
+            request_id = event.request_id.as_deref().unwrap_or(""),
+            trace_id = %event.trace.trace_id,
+        );
+        self.invoke_inner(component, db, event).instrument(span).await
+    }
+
+    async fn invoke_inner(
+        &self,
+        component: &LoadedComponent,
+        db: &Db,
+        event: &InboundEvent,
+    ) -> Result<Outcome, InvokeError> {
+        let spec = &component.spec;
+        let mut tx = db.begin().await?;
+        let entry = InboxEntry {
+            component: spec.name.as_str(),
+            event_id: &event.id,
+            topic: &event.topic,
+            partition: event.partition,
+            offset: event.offset,
+        };
+        if !tx.claim_inbox(&entry).await? {
+            tx.rollback().await?;
+            tracing::debug!("event already handled; skipped");
+            return Ok(Outcome::Duplicate);
+        }
+
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        // No preopened dirs, no env, no args, no sockets allowed: clocks and randomness only.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let started = Instant::now();
+        let state = InvocationState {
+            wasi,
+            table: Default::default(),
+            stdout,
+            stderr,
+            component: spec.clone(),
+            tx,
+            event_id: event.id.clone(),
+            request_id: event.request_id.clone(),
+            trace: event.trace.clone(),
+            effects: Effects::default(),
+            memory: MemoryCap { max_bytes: spec.limits.memory_bytes as usize, exceeded: false },
+            deadline: started + spec.limits.deadline,
+            poisoned: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.set_epoch_deadline(1);
+        let budget_ms = spec.limits.deadline.as_millis();
+        store.epoch_deadline_callback(move |ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(DeadlineExceeded(budget_ms).into())
+            } else {
+                // Yield to the executor on every tick so a busy guest never starves others.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let result = match component.pre.instantiate_async(&mut store).await {
+            Ok(handler) => handler.call_handle(&mut store, &to_wit(event)).await,
+            Err(e) => {
+                // Instantiation traps too when start-up code blows the limits.
+                if store.data().memory.exceeded || e.downcast_ref::<DeadlineExceeded>().is_some() {
+                    Err(e)
+                } else {
+                    let state = store.into_data();
+                    state.tx.rollback().await?;
+                    return Err(InvokeError::Instantiate { component: spec.name.to_string(), reason: format!("{e:#}") });
+                }
+            }
+        };
+        let mut state = store.into_data();
+        forward_output(&state);
+        let outcome = match result {
+            Ok(Ok(())) => {
+                if let Some(why) = state.poisoned.take() {
+                    state.tx.rollback().await?;
+                    Outcome::Failed(Failure { kind: FailureKind::Retryable, reason: format!("database failed during the call: {why}") })
+                } else {
+                    state.tx.commit().await?;
+                    Outcome::Committed(std::mem::take(&mut state.effects))
+                }
+            }
+            Ok(Err(err)) => {
+                state.tx.rollback().await?;
+                let (kind, reason) = match err {
+                    bindings::types::HandleError::Retryable(r) => (FailureKind::Retryable, r),
+                    bindings::types::HandleError::Fatal(r) => (FailureKind::Fatal, r),
+                };
+                let kind = if state.poisoned.is_some() { FailureKind::Retryable } else { kind };
+                Outcome::Failed(Failure { kind, reason })
+            }
+            Err(trap) => {
+                state.tx.rollback().await?;
+                Outcome::Failed(classify_trap(&trap, state.memory.exceeded))
+            }
+        };
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        match &outcome {
+            Outcome::Committed(effects) => tracing::debug!(
+                elapsed_us,
+                writes = effects.writes.len(),
+                published = effects.published.len(),
+                timers = effects.timers.len(),
+                "handled"
+            ),
+            Outcome::Failed(f) => tracing::warn!(elapsed_us, kind = f.kind.as_str(), reason = %f.reason, "handler failed"),
+            Outcome::Duplicate => {}
+        }
+        Ok(outcome)
+    }
+
+    /// The engine, for benchmarks that want to compare against raw wasmtime.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Turns a trap into a failure class with a message an operator can act on.
+fn classify_trap(err: &wasmtime::Error, memory_exceeded: bool) -> Failure {
+    if let Some(d) = err.downcast_ref::<DeadlineExceeded>() {
+        return Failure { kind: FailureKind::Deadline, reason: format!("{d}: the handler was stopped (raise limits.deadline-ms if it is legitimately slow)") };
+    }
+    if let Some(m) = err.downcast_ref::<MemoryCapExceeded>() {
+        return Failure { kind: FailureKind::Memory, reason: format!("{m}: the handler was stopped (raise limits.memory-mib if it legitimately needs more)") };
+    }
+    if memory_exceeded {
+        return Failure { kind: FailureKind::Memory, reason: "memory cap exceeded: the handler was stopped".into() };
+    }
+    let trap = err.downcast_ref::<Trap>().map(|t| t.to_string());
+    let detail = format!("{err:#}");
+    Failure {
+        kind: FailureKind::Trap,
+        reason: match trap {
+            Some(t) if !detail.contains(&t) => format!("wasm trap: {t}: {detail}"),
+            _ => format!("wasm trap: {detail}"),
+        },
+    }
+}
+
+/// Guest stdout and stderr become log lines tagged with the component (and, through
+/// the span, the event).
+fn forward_output(state: &InvocationState) {
+    let component = state.component.name.as_str();
+    for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+        let bytes = pipe.contents();
+        for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
+            tracing::info!(target: "guest", component, stream, "{line}");
+        }
+    }
+}
+
+fn to_wit(event: &InboundEvent) -> bindings::types::Event {
+    use bindings::types::{Event, Header, Position, TraceContext};
+    Event {
+        id: event.id.clone(),
+        topic: event.topic.clone(),
+        key: event.key.clone(),
+        payload: event.payload.clone(),
+        headers: event.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
+        timestamp_ms: event.timestamp_ms,
+        request_id: event.request_id.clone(),
+        trace: TraceContext { traceparent: event.trace.traceparent(), tracestate: event.trace.tracestate.clone() },
+        position: Position { partition: event.partition, offset: event.offset },
+    }
+}
+
+/// Advances the engine's epoch every tick for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("switchyard-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Loads every component of a routing table, collecting all errors rather than the first.
+pub fn load_all(
+    runtime: &Runtime,
+    specs: impl IntoIterator<Item = ComponentSpec>,
+) -> Result<Vec<LoadedComponent>, Vec<LoadError>> {
+    let (ok, errors): (Vec<_>, Vec<_>) = specs.into_iter().map(|s| runtime.load(&s)).partition(Result::is_ok);
+    if errors.is_empty() {
+        Ok(ok.into_iter().map(Result::unwrap).collect())
+    } else {
+        Err(errors.into_iter().map(|e| e.err().unwrap()).collect())
+    }
+}

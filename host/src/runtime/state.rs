@@ -1,0 +1,116 @@
+//! Per-invocation state: built fresh for each `handle` call and dropped after it, so
+//! nothing leaks from one event to the next.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::ComponentSpec;
+use crate::event::TraceContext;
+use crate::store::Tx;
+
+/// What an invocation did, in order; reported by `switchyard invoke` and tests.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct Effects {
+    pub writes: Vec<Write>,
+    pub published: Vec<Published>,
+    pub timers: Vec<ScheduledTimer>,
+    pub cancelled_timers: Vec<String>,
+}
+
+/// One storage change.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Write {
+    Put { key: String, value: String },
+    Delete { key: String },
+}
+
+/// One message queued in the outbox.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Published {
+    pub event_id: String,
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// One timer set.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ScheduledTimer {
+    pub id: String,
+    pub fire_at_ms: i64,
+    pub topic: String,
+    pub payload: String,
+}
+
+/// Caps linear memory growth and remembers that the cap was hit, so that the trap it
+/// causes is reported as a memory kill rather than a generic failure.
+pub struct MemoryCap {
+    pub max_bytes: usize,
+    pub exceeded: bool,
+}
+
+/// The error a guest traps with when it outgrows its memory cap.
+#[derive(Debug, thiserror::Error)]
+#[error("memory cap of {max_bytes} bytes exceeded (asked for {desired} bytes)")]
+pub struct MemoryCapExceeded {
+    pub max_bytes: usize,
+    pub desired: usize,
+}
+
+/// The error a guest traps with when its deadline passes.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline of {0} ms exceeded")]
+pub struct DeadlineExceeded(pub u128);
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.exceeded = true;
+            return Err(MemoryCapExceeded { max_bytes: self.max_bytes, desired }.into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The store data of one invocation.
+pub struct InvocationState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    /// Captured guest stdout and stderr, turned into log lines after the call.
+    pub(crate) stdout: MemoryOutputPipe,
+    pub(crate) stderr: MemoryOutputPipe,
+    /// Who is running: storage namespace, allowed topics and config come from here.
+    pub(crate) component: Arc<ComponentSpec>,
+    /// The transaction everything the guest does goes into.
+    pub(crate) tx: Tx,
+    /// Id of the event being handled, for the `caused-by` header of what it publishes.
+    pub(crate) event_id: String,
+    /// Correlation id passed on to every published message.
+    pub(crate) request_id: Option<String>,
+    /// Trace of the event; published messages become its children.
+    pub(crate) trace: TraceContext,
+    pub(crate) effects: Effects,
+    pub(crate) memory: MemoryCap,
+    /// When the call must be over; checked on every epoch tick.
+    pub(crate) deadline: Instant,
+    /// Set when the database failed under a host call: the transaction is no longer
+    /// usable, so the invocation is retried whatever the guest returns.
+    pub(crate) poisoned: Option<String>,
+}
+
+impl WasiView for InvocationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}

@@ -1,0 +1,109 @@
+//! Shared test setup: real components from `target/components` (built by `just
+//! handlers`), and a database per test on SQLite or a real PostgreSQL server.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchyard::config::{ComponentName, ComponentSpec, Limits, Location, TopicName};
+use switchyard::store::Db;
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Path of a component built from handlers/; fails with the fix when it is missing.
+pub fn artifact(name: &str) -> PathBuf {
+    let path = workspace().join("target/components").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run `just handlers` first", path.display());
+    path
+}
+
+/// A component spec for tests: the probe under another name, with tight limits.
+pub fn spec(name: &str, artifact_name: &str, publishes: &[&str]) -> ComponentSpec {
+    ComponentSpec {
+        name: ComponentName::try_from(name.to_string()).unwrap(),
+        artifact: artifact(artifact_name),
+        artifact_at: Location { path: "test.toml".into(), line: 1, column: 1 },
+        publishes: publishes.iter().map(|t| TopicName::try_from(t.to_string()).unwrap()).collect::<BTreeSet<_>>(),
+        config: BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
+        limits: Limits { memory_bytes: 32 << 20, deadline: Duration::from_millis(500) },
+    }
+}
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database; the temp dir (SQLite) lives as long as the guard.
+pub struct TestDb {
+    pub db: Db,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The PostgreSQL server URL tests use (`scripts/services.sh env` prints it). Without
+/// it the PostgreSQL variants skip locally, and fail under CI.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_DATABASE_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("SWITCHYARD_TEST_DATABASE_URL is not set under CI: start PostgreSQL with scripts/services.sh")
+        }
+        Err(_) => {
+            eprintln!("SWITCHYARD_TEST_DATABASE_URL not set: skipping the PostgreSQL variant (run `just test`)");
+            None
+        }
+    }
+}
+
+pub async fn test_db(backend: Backend) -> Option<TestDb> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(None, dir.path()).await.unwrap();
+            Some(TestDb { db, _dir: Some(dir) })
+        }
+        Backend::Postgres => {
+            let url = postgres_url()?;
+            // One database per test so tests can run in parallel and start empty.
+            let name = format!("sy_test_{}", uuid::Uuid::new_v4().simple());
+            let admin = sqlx::PgPool::connect(&url).await.expect("connecting to the test PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+            admin.close().await;
+            let base = url.rsplit_once('/').map(|(b, _)| b).unwrap();
+            let db = Db::open(Some(&format!("{base}/{name}")), std::path::Path::new(".")).await.unwrap();
+            Some(TestDb { db, _dir: None })
+        }
+    }
+}
+
+/// Declares `$name_sqlite` and `$name_postgres` tests running `$scenario(db)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let db = $crate::common::test_db($crate::common::Backend::Sqlite).await.unwrap();
+                    super::$scenario(&db.db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    if let Some(db) = $crate::common::test_db($crate::common::Backend::Postgres).await {
+                        super::$scenario(&db.db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
