@@ -260,7 +260,7 @@ impl Routing {
                     other => {
                         return Err(at(
                             value.span(),
-                            format!("config value of \"{key}\" is a {}: use a string, number or boolean", other.type_str()),
+                            format!("config value of \"{key}\" must be a string, number or boolean, not {}", other.type_str()),
                         ));
                     }
                 };

@@ -1,0 +1,232 @@
+//! The component runtime with real components built from handlers/, on SQLite and on
+//! PostgreSQL: isolation, atomicity, deduplication, containment of bad guests, and
+//! rejection of components that do not fit the world.
+
+mod common;
+
+use serde_json::json;
+use switchyard::event::{InboundEvent, headers};
+use switchyard::runtime::{FailureKind, LoadError, Outcome, Runtime};
+use switchyard::store::{Db, Table};
+
+use common::spec;
+
+fn event(id: &str, plan: serde_json::Value) -> InboundEvent {
+    InboundEvent::from_message(
+        "probe.in",
+        0,
+        0,
+        Some(b"k".to_vec()),
+        serde_json::to_vec(&plan).unwrap(),
+        vec![
+            (headers::EVENT_ID.into(), id.into()),
+            (headers::REQUEST_ID.into(), format!("req-{id}")),
+            (headers::TRACEPARENT.into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        ],
+        1_700_000_000_000,
+    )
+}
+
+fn committed(outcome: Outcome) -> switchyard::runtime::Effects {
+    match outcome {
+        Outcome::Committed(effects) => effects,
+        other => panic!("expected a commit, got {other:?}"),
+    }
+}
+
+fn failed(outcome: Outcome) -> switchyard::runtime::Failure {
+    match outcome {
+        Outcome::Failed(f) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+async fn nothing_committed(db: &Db) {
+    for table in [Table::Kv, Table::Inbox, Table::Outbox, Table::Timers] {
+        assert_eq!(db.count(table).await.unwrap(), 0, "{table:?} should be empty");
+    }
+}
+
+async fn components_cannot_see_each_others_data(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let alpha = runtime.load(&spec("alpha", "probe", &[])).unwrap();
+    let beta = runtime.load(&spec("beta", "probe", &[])).unwrap();
+    let put = json!({"steps": [{"op": "put", "key": "secret", "value": "alpha's"}, {"op": "put", "key": "s/1", "value": "x"}]});
+    committed(runtime.invoke(&alpha, db, &event("e1", put)).await.unwrap());
+    // beta sees neither the key nor the prefix, and its own write does not touch alpha's.
+    let look = json!({"steps": [
+        {"op": "expect", "key": "secret", "value": null},
+        {"op": "expect-prefix", "prefix": "s/", "keys": []},
+        {"op": "put", "key": "secret", "value": "beta's"}
+    ]});
+    committed(runtime.invoke(&beta, db, &event("e2", look)).await.unwrap());
+    assert_eq!(db.peek("alpha", "secret").await.unwrap().as_deref(), Some(&b"alpha's"[..]));
+    assert_eq!(db.peek("beta", "secret").await.unwrap().as_deref(), Some(&b"beta's"[..]));
+}
+
+async fn a_failed_handler_leaves_nothing_behind(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &["probe.out"])).unwrap();
+    for retryable in [false, true] {
+        let plan = json!({"steps": [
+            {"op": "put", "key": "a", "value": "1"},
+            {"op": "increment", "key": "n", "delta": 1},
+            {"op": "publish", "topic": "probe.out", "key": "k", "payload": "hello"},
+            {"op": "schedule", "topic": "probe.out", "delay_ms": 1000, "payload": "later"},
+            {"op": "fail", "retryable": retryable, "reason": "changed my mind"}
+        ]});
+        let failure = failed(runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap());
+        let kind = if retryable { FailureKind::Retryable } else { FailureKind::Fatal };
+        assert_eq!(failure, switchyard::runtime::Failure { kind, reason: "changed my mind".into() });
+        nothing_committed(db).await;
+    }
+    // The failed attempts did not consume the event id: a fixed run of it goes through.
+    let plan = json!({"steps": [{"op": "put", "key": "a", "value": "1"}]});
+    committed(runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap());
+    assert_eq!(db.count(Table::Kv).await.unwrap(), 1);
+}
+
+async fn a_repeated_event_id_runs_once(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &["probe.out"])).unwrap();
+    let plan = json!({"steps": [
+        {"op": "increment", "key": "count", "delta": 1},
+        {"op": "publish", "topic": "probe.out", "key": null, "payload": "once"}
+    ]});
+    committed(runtime.invoke(&probe, db, &event("same", plan.clone())).await.unwrap());
+    assert!(matches!(runtime.invoke(&probe, db, &event("same", plan.clone())).await.unwrap(), Outcome::Duplicate));
+    assert_eq!(db.peek("probe", "count").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.count(Table::Outbox).await.unwrap(), 1);
+    // Another component handling the same event id is a different inbox entry.
+    let other = runtime.load(&spec("other", "probe", &["probe.out"])).unwrap();
+    committed(runtime.invoke(&other, db, &event("same", plan)).await.unwrap());
+}
+
+async fn effects_carry_ids_trace_and_config(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &["probe.out"])).unwrap();
+    let plan = json!({"steps": [
+        {"op": "config-to-storage", "name": "greeting", "key": "g"},
+        {"op": "config-to-storage", "name": "missing", "key": "m"},
+        {"op": "publish", "topic": "probe.out", "key": "k1", "payload": "p1"},
+        {"op": "schedule", "topic": "probe.out", "delay_ms": 60000, "payload": "p2"},
+        {"op": "log", "message": "hi"},
+        {"op": "print", "line": "to stdout"}
+    ]});
+    let effects = committed(runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap());
+    assert_eq!(db.peek("probe", "g").await.unwrap().as_deref(), Some(&b"hello"[..]));
+    assert_eq!(db.peek("probe", "m").await.unwrap().as_deref(), Some(&b"<unset>"[..]));
+    assert_eq!(effects.timers.len(), 1);
+    assert_eq!(db.count(Table::Timers).await.unwrap(), 1);
+
+    let rows = db.unsent_outbox(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    let header = |name: &str| row.message.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    assert_eq!(header(headers::EVENT_ID), Some(row.event_id.clone()));
+    assert_eq!(header(headers::REQUEST_ID).as_deref(), Some("req-e1"));
+    assert_eq!(header(headers::SOURCE).as_deref(), Some("probe"));
+    assert_eq!(header(headers::CAUSED_BY).as_deref(), Some("e1"));
+    let traceparent = header(headers::TRACEPARENT).unwrap();
+    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{traceparent}");
+    assert!(!traceparent.contains("00f067aa0ba902b7"), "a child span gets a new id: {traceparent}");
+    assert_eq!(row.message.key.as_deref(), Some(&b"k1"[..]));
+    assert_eq!(row.message.payload, b"p1");
+}
+
+async fn publishing_outside_the_allowed_topics_is_a_guest_error(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &["probe.out"])).unwrap();
+    let plan = json!({"steps": [{"op": "publish", "topic": "billing.payments", "key": null, "payload": "forged"}]});
+    let failure = failed(runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap());
+    // The probe turns the import's error into a fatal handle error: no trap.
+    assert_eq!(failure.kind, FailureKind::Fatal);
+    assert!(failure.reason.contains("TopicNotAllowed(\"billing.payments\")"), "{}", failure.reason);
+    nothing_committed(db).await;
+}
+
+async fn bad_guests_are_stopped_and_the_host_keeps_serving(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    let cases = [
+        (json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "panic"}]}), FailureKind::Trap, "wasm trap"),
+        (json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "loop"}]}), FailureKind::Deadline, "deadline of 500 ms exceeded"),
+        (json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "alloc", "mib": 256}]}), FailureKind::Memory, "memory cap of 33554432 bytes exceeded"),
+    ];
+    for (i, (plan, kind, reason)) in cases.into_iter().enumerate() {
+        let failure = failed(runtime.invoke(&probe, db, &event(&format!("bad{i}"), plan)).await.unwrap());
+        assert_eq!(failure.kind, kind, "{failure:?}");
+        assert!(failure.reason.contains(reason), "{failure:?}");
+        nothing_committed(db).await;
+    }
+    // Still serving, with the same loaded component.
+    let ok = json!({"steps": [{"op": "put", "key": "after", "value": "fine"}]});
+    committed(runtime.invoke(&probe, db, &event("good", ok)).await.unwrap());
+}
+
+async fn storage_operations_work_through_the_guest(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    let plan = json!({"steps": [
+        {"op": "increment", "key": "n", "delta": 40},
+        {"op": "increment", "key": "n", "delta": 2},
+        {"op": "expect", "key": "n", "value": "42"},
+        {"op": "cas", "key": "lock", "expected": null, "new": "me", "swapped": true},
+        {"op": "cas", "key": "lock", "expected": null, "new": "you", "swapped": false},
+        {"op": "put", "key": "o/2", "value": "b"},
+        {"op": "put", "key": "o/1", "value": "a"},
+        {"op": "put", "key": "o/10", "value": "c"},
+        {"op": "put", "key": "p", "value": "z"},
+        {"op": "delete", "key": "o/2"},
+        {"op": "expect-prefix", "prefix": "o/", "keys": ["o/1", "o/10"]},
+        {"op": "expect", "key": "lock", "value": "me"}
+    ]});
+    committed(runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap());
+}
+
+on_both_backends!(
+    components_cannot_see_each_others_data,
+    a_failed_handler_leaves_nothing_behind,
+    a_repeated_event_id_runs_once,
+    effects_carry_ids_trace_and_config,
+    publishing_outside_the_allowed_topics_is_a_guest_error,
+    bad_guests_are_stopped_and_the_host_keeps_serving,
+    storage_operations_work_through_the_guest,
+);
+
+/// A component that imports an interface the host does not have.
+const UNKNOWN_IMPORT: &str = r#"(component
+  (import "acme:net/socket" (instance (export "connect" (func (param "addr" string)))))
+)"#;
+
+/// A component with no `handle` export.
+const NO_HANDLE: &str = r#"(component
+  (core module $m (func (export "nothing")))
+  (core instance $i (instantiate $m))
+  (func (export "nothing") (canon lift (core func $i "nothing")))
+)"#;
+
+#[test]
+fn components_of_the_wrong_world_are_rejected_with_the_fault_named() {
+    let runtime = Runtime::new().unwrap();
+    let spec = spec("bad", "probe", &[]);
+    let err = runtime.load_bytes(&spec, UNKNOWN_IMPORT.as_bytes()).err().expect("must be rejected");
+    assert!(matches!(err, LoadError::World { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("component \"bad\"") && text.contains("acme:net/socket"), "{text}");
+
+    let err = runtime.load_bytes(&spec, NO_HANDLE.as_bytes()).err().expect("must be rejected");
+    let text = err.to_string();
+    assert!(text.contains("does not fit world") && text.contains("handle"), "{text}");
+
+    let err = runtime.load_bytes(&spec, b"\0asm garbage").err().expect("must be rejected");
+    assert!(matches!(err, LoadError::Compile { .. }), "{err}");
+}
+
+#[test]
+fn every_handler_under_handlers_loads() {
+    let runtime = Runtime::new().unwrap();
+    for name in ["order", "billing", "notif", "user", "probe"] {
+        runtime.load(&spec(name, name, &[])).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

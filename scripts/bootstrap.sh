@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what building and testing Switchyard needs on a fresh machine, idempotently:
+# `just`, the system libraries the host links, and a Wasm toolchain for handlers/.
+# Safe to run again; does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+command -v cargo >/dev/null || { say "cargo not found: install Rust with rustup (https://rustup.rs) first"; exit 1; }
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null; then
+        say "missing packages ${missing[*]} and no apt-get here: install them with your package manager"
+        exit 1
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    say "installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Build tools for librdkafka (compiled from source by rdkafka-sys) and sqlx.
+if command -v apt-get >/dev/null; then
+    apt_install build-essential pkg-config python3 python3-pip
+fi
+
+# just: from crates.io's prebuilt-free route is slow, PyPI's `rust-just` wheel is fast.
+if ! command -v just >/dev/null; then
+    say "installing just"
+    if python3 -m pip install -q rust-just 2>/dev/null || python3 -m pip install -q --break-system-packages rust-just 2>/dev/null; then
+        hash -r
+    else
+        cargo install --locked just
+    fi
+fi
+command -v just >/dev/null || { say "just was installed but is not on PATH (check ~/.local/bin or ~/.cargo/bin)"; exit 1; }
+
+scripts/install-wasm-toolchain.sh
+say "ready"
