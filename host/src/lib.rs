@@ -7,6 +7,9 @@
 //! - [`runtime`]: wasmtime engine, component loading and checking, and
 //!   [`runtime::Runtime::invoke`], which runs one event with exactly-once effects.
 //!   `runtime/host/` holds one file per WIT interface the host provides.
+//! - [`kafka`]: brokers (real or embedded), route consumers with retries and dead
+//!   letters, the outbox relay and timer pump, and operator tools (topics, DLQ).
+//! - [`service`]: `switchyard run`, wiring all of the above with graceful shutdown.
 //!
 //! The binary (`src/main.rs`) is the `switchyard` CLI on top of these.
 
@@ -14,3 +17,5 @@ pub mod config;
 pub mod event;
 pub mod runtime;
 pub mod store;
+pub mod kafka;
+pub mod service;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use switchyard::config::{ComponentName, Routing};
 use switchyard::event::InboundEvent;
+use switchyard::kafka::Brokers;
 use switchyard::runtime::{self, Outcome, Runtime};
 use switchyard::store::Db;
 
@@ -23,6 +24,9 @@ struct Cli {
     /// PostgreSQL URL (postgres://...); the embedded SQLite is used without it.
     #[arg(long, global = true, env = "SWITCHYARD_DATABASE_URL")]
     database_url: Option<String>,
+    /// Kafka bootstrap servers; without them an embedded in-process broker is started.
+    #[arg(long, global = true, env = "SWITCHYARD_BROKERS")]
+    brokers: Option<String>,
     /// Log line format.
     #[arg(long, global = true, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -38,6 +42,18 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs every route of the routing file until SIGINT/SIGTERM.
+    Run,
+    /// Manages the declared topics on the cluster.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Lists and replays dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Validates the routing file and every component it names.
     Check,
     /// Feeds one event from a JSON file to a component and prints its effects.
@@ -48,6 +64,35 @@ enum Command {
         /// JSON file: {"topic": ..., "payload": <JSON or string>, "key"?, "headers"?, "id"?}
         #[arg(long)]
         event: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Creates missing topics and dead-letter topics, adds declared partitions.
+    Sync,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Lists the dead letters of every route (or of one dead-letter topic).
+    List {
+        #[arg(long)]
+        topic: Option<String>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sends dead letters back to their topic, for the component that failed them.
+    Replay {
+        /// The dead-letter topic.
+        #[arg(long)]
+        topic: String,
+        /// Only the dead letter at this partition/offset (both needed); all without.
+        #[arg(long, requires = "offset")]
+        partition: Option<i32>,
+        #[arg(long, requires = "partition")]
+        offset: Option<i64>,
     },
 }
 
@@ -83,6 +128,9 @@ fn init_tracing(format: LogFormat) {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Check => check(&cli.config),
+        Command::Run => run_system(&cli).await,
+        Command::Topics { command: TopicsCommand::Sync } => topics_sync(&cli).await,
+        Command::Dlq { command } => dlq(&cli, command).await,
         Command::Invoke { component, event } => invoke(&cli, component, event).await,
     }
 }
@@ -176,4 +224,100 @@ async fn invoke(cli: &Cli, component: &str, event_path: &Path) -> Result<ExitCod
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(code)
+}
+
+/// The broker from --brokers, which these operator commands require.
+fn external_brokers(cli: &Cli, routing: &Routing) -> Result<Brokers> {
+    let servers = cli
+        .brokers
+        .as_deref()
+        .context("this command needs a real cluster: pass --brokers HOST:PORT or set SWITCHYARD_BROKERS")?;
+    Brokers::start(Some(servers), routing)
+}
+
+async fn run_system(cli: &Cli) -> Result<ExitCode> {
+    let routing = Routing::load(&cli.config)?;
+    let brokers = Brokers::start(cli.brokers.as_deref(), &routing)?;
+    if let Brokers::External(_) = brokers {
+        // Make sure every declared topic exists before consuming.
+        let changes = switchyard::kafka::admin::sync_topics(&brokers.client_config(), &routing).await?;
+        for change in changes.iter().filter(|c| c.action != "unchanged") {
+            tracing::info!(topic = %change.topic, partitions = change.partitions, action = change.action, "topic");
+        }
+    }
+    let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight events");
+        let _ = stop.send(true);
+    });
+    switchyard::service::serve(&routing, db.clone(), &brokers, shutdown).await?;
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn topics_sync(cli: &Cli) -> Result<ExitCode> {
+    let routing = Routing::load(&cli.config)?;
+    let brokers = external_brokers(cli, &routing)?;
+    let changes = switchyard::kafka::admin::sync_topics(&brokers.client_config(), &routing).await?;
+    println!("{:<40} {:>10}  action", "topic", "partitions");
+    for change in changes {
+        println!("{:<40} {:>10}  {}", change.topic, change.partitions, change.action);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
+    let routing = Routing::load(&cli.config)?;
+    let brokers = external_brokers(cli, &routing)?;
+    let base = brokers.client_config();
+    match command {
+        DlqCommand::List { topic, json } => {
+            let topics: Vec<String> = match topic {
+                Some(t) => vec![t.clone()],
+                None => routing.dead_letter_topics().iter().map(|t| t.to_string()).collect(),
+            };
+            let letters = switchyard::kafka::admin::list_dead_letters(&base, &topics)?;
+            if *json {
+                for letter in &letters {
+                    println!("{}", serde_json::to_string(letter)?);
+                }
+            } else {
+                println!(
+                    "{:<28} {:>4} {:>7}  {:<10} {:<28} {:<9} {:>3}  reason",
+                    "dead-letter topic", "part", "offset", "component", "from", "kind", "try"
+                );
+                for l in &letters {
+                    let from = format!("{}[{}]@{}", l.source_topic, l.source_partition, l.source_offset);
+                    println!(
+                        "{:<28} {:>4} {:>7}  {:<10} {:<28} {:<9} {:>3}  {}",
+                        l.dlq_topic, l.partition, l.offset, l.component, from, l.kind, l.attempts, l.reason
+                    );
+                }
+                println!("{} dead letter(s)", letters.len());
+            }
+        }
+        DlqCommand::Replay { topic, partition, offset } => {
+            let mut letters = switchyard::kafka::admin::list_dead_letters(&base, std::slice::from_ref(topic))?;
+            if let (Some(p), Some(o)) = (partition, offset) {
+                letters.retain(|l| l.partition == *p && l.offset == *o);
+                if letters.is_empty() {
+                    anyhow::bail!("no dead letter at {topic}[{p}]@{o} (see `switchyard dlq list`)");
+                }
+            }
+            let n = switchyard::kafka::admin::replay(&base, &letters).await?;
+            println!("replayed {n} dead letter(s) from {topic}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

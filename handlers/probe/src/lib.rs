@@ -21,25 +21,72 @@ pub struct Plan {
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Step {
-    Put { key: String, value: String },
-    Delete { key: String },
-    Increment { key: String, delta: i64 },
-    Cas { key: String, expected: Option<String>, new: Option<String>, swapped: bool },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    Increment {
+        key: String,
+        delta: i64,
+    },
+    Cas {
+        key: String,
+        expected: Option<String>,
+        new: Option<String>,
+        swapped: bool,
+    },
     /// Fails unless `key` holds `value` (`null`: absent).
-    Expect { key: String, value: Option<String> },
+    Expect {
+        key: String,
+        value: Option<String>,
+    },
     /// Fails unless the keys under `prefix` are exactly `keys`.
-    ExpectPrefix { prefix: String, keys: Vec<String> },
+    ExpectPrefix {
+        prefix: String,
+        keys: Vec<String>,
+    },
     /// Copies config `name` into storage under `key` (absent: "<unset>").
-    ConfigToStorage { name: String, key: String },
-    Publish { topic: String, key: Option<String>, payload: String },
-    Schedule { topic: String, delay_ms: u64, payload: String },
-    Log { message: String },
-    Print { line: String },
-    Fail { retryable: bool, reason: String },
+    ConfigToStorage {
+        name: String,
+        key: String,
+    },
+    Publish {
+        topic: String,
+        key: Option<String>,
+        payload: String,
+    },
+    Schedule {
+        topic: String,
+        delay_ms: u64,
+        payload: String,
+    },
+    Log {
+        message: String,
+    },
+    Print {
+        line: String,
+    },
+    Fail {
+        retryable: bool,
+        reason: String,
+    },
+    /// Fails (fatally) unless config `name` is set.
+    RequireConfig {
+        name: String,
+    },
+    /// Fails (retryably) until the host's `switchyard-attempt` header reaches `attempt`.
+    FailUntilAttempt {
+        attempt: u32,
+    },
     Panic,
     Loop,
     /// Allocates and touches this many MiB.
-    Alloc { mib: u32 },
+    Alloc {
+        mib: u32,
+    },
 }
 
 impl Plan {
@@ -54,7 +101,7 @@ impl Handler for Probe {
     fn handle(event: Event) -> Result<(), HandleError> {
         let plan = Plan::parse(&event.payload)?;
         for step in plan.steps {
-            run(step)?;
+            run(step, &event)?;
         }
         Ok(())
     }
@@ -69,7 +116,7 @@ fn message(topic: String, key: Option<String>, payload: String) -> publish::Mess
     }
 }
 
-fn run(step: Step) -> Result<(), HandleError> {
+fn run(step: Step, event: &Event) -> Result<(), HandleError> {
     match step {
         Step::Put { key, value } => storage::put(&key, value.as_bytes())?,
         Step::Delete { key } => {
@@ -78,7 +125,12 @@ fn run(step: Step) -> Result<(), HandleError> {
         Step::Increment { key, delta } => {
             storage::increment(&key, delta)?;
         }
-        Step::Cas { key, expected, new, swapped } => {
+        Step::Cas {
+            key,
+            expected,
+            new,
+            swapped,
+        } => {
             let got = storage::compare_and_swap(
                 &key,
                 expected.as_ref().map(|v| v.as_bytes()),
@@ -100,7 +152,9 @@ fn run(step: Step) -> Result<(), HandleError> {
                 .map(|(k, _)| k)
                 .collect();
             if got != keys {
-                return Err(HandleError::fatal(format!("{prefix}*: expected {keys:?}, found {got:?}")));
+                return Err(HandleError::fatal(format!(
+                    "{prefix}*: expected {keys:?}, found {got:?}"
+                )));
             }
         }
         Step::ConfigToStorage { name, key } => {
@@ -108,15 +162,39 @@ fn run(step: Step) -> Result<(), HandleError> {
             storage::put(&key, value.as_bytes())?;
         }
         Step::Publish { topic, key, payload } => publish::send(&message(topic, key, payload))?,
-        Step::Schedule { topic, delay_ms, payload } => {
+        Step::Schedule {
+            topic,
+            delay_ms,
+            payload,
+        } => {
             timers::schedule(delay_ms, &message(topic, None, payload))?;
         }
-        Step::Log { message } => {
-            switchyard_sdk::log(log::Level::Info, &message, &[("source", "probe")])
-        }
+        Step::Log { message } => switchyard_sdk::log(log::Level::Info, &message, &[("source", "probe")]),
         Step::Print { line } => println!("{line}"),
-        Step::Fail { retryable: true, reason } => return Err(HandleError::retryable(reason)),
-        Step::Fail { retryable: false, reason } => return Err(HandleError::fatal(reason)),
+        Step::Fail {
+            retryable: true,
+            reason,
+        } => return Err(HandleError::retryable(reason)),
+        Step::Fail {
+            retryable: false,
+            reason,
+        } => return Err(HandleError::fatal(reason)),
+        Step::RequireConfig { name } => {
+            if config::get(&name).is_none() {
+                return Err(HandleError::fatal(format!("config {name} is not set")));
+            }
+        }
+        Step::FailUntilAttempt { attempt } => {
+            let current = event
+                .headers
+                .iter()
+                .find(|h| h.name == "switchyard-attempt")
+                .and_then(|h| h.value.parse::<u32>().ok())
+                .unwrap_or(1);
+            if current < attempt {
+                return Err(HandleError::retryable(format!("attempt {current} of {attempt}")));
+            }
+        }
         Step::Panic => panic!("probe asked to panic"),
         Step::Loop => {
             let mut n: u64 = 0;
@@ -143,18 +221,30 @@ mod tests {
 
     #[test]
     fn parses_a_plan() {
-        let plan = Plan::parse(br#"{"steps":[{"op":"put","key":"a","value":"1"},{"op":"fail","retryable":true,"reason":"x"}]}"#).unwrap();
+        let plan = Plan::parse(
+            br#"{"steps":[{"op":"put","key":"a","value":"1"},{"op":"fail","retryable":true,"reason":"x"}]}"#,
+        )
+        .unwrap();
         assert_eq!(
             plan.steps,
             vec![
-                Step::Put { key: "a".into(), value: "1".into() },
-                Step::Fail { retryable: true, reason: "x".into() }
+                Step::Put {
+                    key: "a".into(),
+                    value: "1".into()
+                },
+                Step::Fail {
+                    retryable: true,
+                    reason: "x".into()
+                }
             ]
         );
     }
 
     #[test]
     fn rejects_unknown_ops() {
-        assert!(matches!(Plan::parse(br#"{"steps":[{"op":"rm -rf"}]}"#), Err(HandleError::Fatal(_))));
+        assert!(matches!(
+            Plan::parse(br#"{"steps":[{"op":"rm -rf"}]}"#),
+            Err(HandleError::Fatal(_))
+        ));
     }
 }

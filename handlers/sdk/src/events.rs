@@ -125,11 +125,14 @@ impl std::fmt::Display for OrderStatus {
 #[serde(rename_all = "camelCase")]
 pub struct OrderStatusUpdated {
     pub request_id: String,
+    /// 0 for `REJECTED`: the request never became an order (ids start at 1).
     pub order_id: i64,
     pub username: String,
+    /// An [`OrderStatus`] spelling; consumers must tolerate ones they do not know.
     pub status: String,
     pub previous_status: Option<String>,
     pub updated_at: i64,
+    /// Details by status (`amount`, `failureReason`, `reason`, ...; docs/events.md).
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
 }
@@ -247,7 +250,11 @@ mod tests {
 
     #[test]
     fn order_status_round_trips_its_wire_spelling() {
-        for status in [OrderStatus::PendingValidation, OrderStatus::Paid, OrderStatus::PaymentTimeout] {
+        for status in [
+            OrderStatus::PendingValidation,
+            OrderStatus::Paid,
+            OrderStatus::PaymentTimeout,
+        ] {
             let json = serde_json::to_string(&status).unwrap();
             assert_eq!(json, format!("\"{}\"", status.as_str()));
             assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
@@ -258,7 +265,14 @@ mod tests {
     #[test]
     fn order_item_uses_camel_case_and_refuses_unknown_fields() {
         let item: OrderItem = serde_json::from_str(r#"{"productId":"p1","quantity":2,"price":9.99}"#).unwrap();
-        assert_eq!(item, OrderItem { product_id: "p1".into(), quantity: 2, price: 9.99 });
+        assert_eq!(
+            item,
+            OrderItem {
+                product_id: "p1".into(),
+                quantity: 2,
+                price: 9.99
+            }
+        );
         assert!(serde_json::from_str::<OrderItem>(r#"{"productId":"p1","quantity":2,"price":1,"x":1}"#).is_err());
     }
 

@@ -54,7 +54,10 @@ impl<T> Versioned<T> {
 /// Reads a JSON value stored under `key`, keeping its bytes for [`put_if_unchanged`].
 pub fn get_versioned<T: DeserializeOwned>(key: &str) -> Result<Option<Versioned<T>>, HandleError> {
     match storage::get(key)? {
-        Some(raw) => Ok(Some(Versioned { value: decode(&raw)?, raw })),
+        Some(raw) => Ok(Some(Versioned {
+            value: decode(&raw)?,
+            raw,
+        })),
         None => Ok(None),
     }
 }
@@ -67,7 +70,9 @@ pub fn put_if_unchanged<T: Serialize>(key: &str, read: Option<&[u8]>, value: &T)
     if storage::compare_and_swap(key, read, Some(&bytes))? {
         Ok(())
     } else {
-        Err(HandleError::retryable(format!("conflict: {key} changed while this event was handled")))
+        Err(HandleError::retryable(format!(
+            "conflict: {key} changed while this event was handled"
+        )))
     }
 }
 

@@ -26,10 +26,10 @@ pub mod bindings {
     });
 }
 
+pub use bindings::Guest as Handler;
 pub use bindings::export_handler;
 pub use bindings::switchyard::handler::types::{Event, HandleError, Header};
 pub use bindings::switchyard::handler::{config, log, publish, storage, timers};
-pub use bindings::Guest as Handler;
 
 impl HandleError {
     /// A fatal error: the event goes to the dead-letter topic.
@@ -64,9 +64,6 @@ impl From<publish::Error> for HandleError {
 
 /// Logs through the host at `level` with structured fields.
 pub fn log(level: log::Level, message: &str, fields: &[(&str, &str)]) {
-    let fields: Vec<(String, String)> = fields
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     log::log(level, message, &fields);
 }

@@ -125,6 +125,9 @@ mod tests {
         for bad in ["", "abc", "1.", ".5", "1e3", "1,5", "NaN", "--1"] {
             assert_eq!(parse_major(bad), Err(AmountError::NotANumber(bad.to_string())), "{bad}");
         }
-        assert!(matches!(parse_major("99999999999999999999"), Err(AmountError::TooLarge(_))));
+        assert!(matches!(
+            parse_major("99999999999999999999"),
+            Err(AmountError::TooLarge(_))
+        ));
     }
 }

@@ -235,6 +235,40 @@ impl Db {
         Ok(due.len())
     }
 
+    /// Records `entry` as handled and queues its dead letter, atomically: a redelivery
+    /// of the event is then skipped, and the dead letter is sent exactly once. False when
+    /// the event was handled before (nothing is queued).
+    pub async fn dead_letter(
+        &self,
+        entry: &InboxEntry<'_>,
+        dead_letter_id: &str,
+        message: &OutboundMessage,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        if !tx.claim_inbox(entry).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.insert_outbox(dead_letter_id, entry.component, message).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// On PostgreSQL, several hosts share one outbox; only the holder of this lock
+    /// relays it, so rows go out in commit order. The lock lives as long as the returned
+    /// connection (a dead host's lock vanishes with its session). SQLite has one host.
+    pub async fn try_relay_lock(&self) -> Result<Option<RelayLock>, StoreError> {
+        match self {
+            Db::Sqlite(_) => Ok(Some(RelayLock(None))),
+            Db::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                let (locked,): (bool,) =
+                    sqlx::query_as("SELECT pg_try_advisory_lock(7243001)").fetch_one(&mut *conn).await?;
+                Ok(locked.then(|| RelayLock(Some(conn))))
+            }
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         on_pool!(self, |p| p.close().await)
@@ -261,6 +295,9 @@ impl Db {
         Ok(value)
     }
 }
+
+/// Proof of being the one outbox relay (see [`Db::try_relay_lock`]).
+pub struct RelayLock(#[allow(dead_code)] Option<sqlx::pool::PoolConnection<Postgres>>);
 
 /// Tables [`Db::count`] can count.
 #[derive(Debug, Clone, Copy)]

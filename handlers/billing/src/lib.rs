@@ -1,0 +1,151 @@
+//! The billing component (ADR-0003 `mini_billing`): wasm glue around [`logic`].
+//!
+//! Consumes `users.registered`, `billing.deposits`, `orders.created` and
+//! `billing.refunds`; publishes `billing.payments`.
+
+pub mod logic;
+
+use switchyard_sdk::events::{DepositRequested, OrderCreated, RefundRequested, UserRegistered, topics};
+use switchyard_sdk::json::{self, Versioned};
+use switchyard_sdk::{Event, HandleError, Handler, config, log};
+
+use logic::{Account, DepositDecision, DepositRecord, PaymentRecord, RefundDecision, Refusal};
+
+struct BillingHandler;
+
+impl Handler for BillingHandler {
+    fn handle(event: Event) -> Result<(), HandleError> {
+        // The event's own timestamp, not the wall clock, so a replay decides the same.
+        let now = event.timestamp_ms;
+        match event.topic.as_str() {
+            topics::USERS_REGISTERED => on_registered(json::payload(&event)?, now),
+            topics::BILLING_DEPOSITS => on_deposit(json::payload(&event)?, now),
+            topics::ORDERS_CREATED => on_order(json::payload(&event)?, now),
+            topics::BILLING_REFUNDS => on_refund(json::payload(&event)?, now),
+            other => Err(HandleError::fatal(format!("billing does not handle topic {other:?}"))),
+        }
+    }
+}
+
+fn on_registered(reg: UserRegistered, now: i64) -> Result<(), HandleError> {
+    let key = logic::account_key(&reg.username);
+    let existing = json::get_versioned::<Account>(&key)?;
+    let initial =
+        logic::initial_balance(config::get(logic::INITIAL_BALANCE_CONFIG).as_deref()).map_err(HandleError::fatal)?;
+    match logic::open_account(value(&existing), &reg, initial, now) {
+        Some(account) => {
+            json::put_if_unchanged(&key, None, &account)?;
+            switchyard_sdk::log(
+                log::Level::Info,
+                "account opened",
+                &[
+                    ("username", &reg.username),
+                    ("balanceMinor", &account.balance_minor.to_string()),
+                ],
+            );
+        }
+        None => switchyard_sdk::log(
+            log::Level::Info,
+            "account exists already",
+            &[("username", &reg.username)],
+        ),
+    }
+    Ok(())
+}
+
+fn on_deposit(dep: DepositRequested, now: i64) -> Result<(), HandleError> {
+    let account_key = logic::account_key(&dep.username);
+    let deposit_key = logic::deposit_key(&dep.request_id);
+    let account = json::get_versioned::<Account>(&account_key)?;
+    let previous = json::get::<DepositRecord>(&deposit_key)?;
+    match logic::deposit(value(&account), previous.as_ref(), &dep, now).map_err(refusal)? {
+        DepositDecision::Credit {
+            account: updated,
+            record,
+        } => {
+            json::put_if_unchanged(&account_key, raw(&account), &updated)?;
+            json::put_if_unchanged(&deposit_key, None, &record)?;
+            switchyard_sdk::log(
+                log::Level::Info,
+                "deposit credited",
+                &[
+                    ("username", &dep.username),
+                    ("amountMinor", &record.amount_minor.to_string()),
+                ],
+            );
+        }
+        DepositDecision::Duplicate => switchyard_sdk::log(
+            log::Level::Info,
+            "deposit applied before",
+            &[("requestId", &dep.request_id)],
+        ),
+    }
+    Ok(())
+}
+
+fn on_order(order: OrderCreated, now: i64) -> Result<(), HandleError> {
+    let account_key = logic::account_key(&order.username);
+    let payment_key = logic::payment_key(order.order_id);
+    let account = json::get_versioned::<Account>(&account_key)?;
+    let previous = json::get::<PaymentRecord>(&payment_key)?;
+    let charge = logic::charge(value(&account), previous.as_ref(), &order, now).map_err(HandleError::fatal)?;
+    if let Some(updated) = &charge.account {
+        json::put_if_unchanged(&account_key, raw(&account), updated)?;
+    }
+    if let Some(record) = &charge.record {
+        json::put_if_unchanged(&payment_key, None, record)?;
+    }
+    json::publish(topics::BILLING_PAYMENTS, &order.username, &charge.event)?;
+    let outcome = charge.event.failure_reason.as_deref().unwrap_or("PAID");
+    let repeated = if charge.record.is_none() { "true" } else { "false" };
+    switchyard_sdk::log(
+        log::Level::Info,
+        "order charged",
+        &[
+            ("orderId", &order.order_id.to_string()),
+            ("outcome", outcome),
+            ("repeated", repeated),
+        ],
+    );
+    Ok(())
+}
+
+fn on_refund(req: RefundRequested, now: i64) -> Result<(), HandleError> {
+    let account_key = logic::account_key(&req.username);
+    let payment_key = logic::payment_key(req.order_id);
+    let account = json::get_versioned::<Account>(&account_key)?;
+    let payment = json::get_versioned::<PaymentRecord>(&payment_key)?;
+    match logic::refund(value(&account), value(&payment), &req, now).map_err(HandleError::fatal)? {
+        RefundDecision::Credit {
+            account: updated,
+            record,
+        } => {
+            json::put_if_unchanged(&account_key, raw(&account), &updated)?;
+            json::put_if_unchanged(&payment_key, raw(&payment), &record)?;
+            switchyard_sdk::log(
+                log::Level::Info,
+                "payment refunded",
+                &[("orderId", &req.order_id.to_string()), ("reason", &req.reason)],
+            );
+        }
+        RefundDecision::Ignore(why) => switchyard_sdk::log(log::Level::Info, "refund ignored", &[("reason", &why)]),
+    }
+    Ok(())
+}
+
+fn value<T>(stored: &Option<Versioned<T>>) -> Option<&T> {
+    stored.as_ref().map(|v| &v.value)
+}
+
+fn raw<T>(stored: &Option<Versioned<T>>) -> Option<&[u8]> {
+    stored.as_ref().map(Versioned::raw)
+}
+
+fn refusal(r: Refusal) -> HandleError {
+    match r {
+        Refusal::Retry(why) => HandleError::retryable(why),
+        Refusal::Fatal(why) => HandleError::fatal(why),
+    }
+}
+
+switchyard_sdk::export_handler!(BillingHandler);

@@ -1,0 +1,116 @@
+//! Profile decisions as pure functions: (event, stored profile, now) in, the profile to
+//! store or the response to publish out.
+
+use serde::{Deserialize, Serialize};
+use switchyard_sdk::events::{UserProfileRequested, UserProfileResponse, UserRegistered};
+use switchyard_sdk::keys;
+
+/// Storage key of a user's profile.
+pub fn profile_key(username: &str) -> String {
+    format!("profile/{}", keys::segment(username))
+}
+
+/// A profile under [`profile_key`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    pub username: String,
+    pub email: String,
+    /// How to address the user. Registration carries no name, so it starts as the
+    /// username.
+    pub display_name: String,
+    pub registered_at: i64,
+    /// Which part of the system registered the user (`UserRegistered.source`).
+    pub source: String,
+}
+
+/// Creates the profile of a new user; `None` when one exists (a repeated registration
+/// must not overwrite it).
+pub fn create_profile(existing: Option<&Profile>, reg: &UserRegistered) -> Option<Profile> {
+    existing.is_none().then(|| Profile {
+        username: reg.username.clone(),
+        email: reg.email.clone(),
+        display_name: reg.username.clone(),
+        registered_at: reg.registered_at,
+        source: reg.source.clone(),
+    })
+}
+
+/// Answers a profile request, correlated by the same requestId.
+pub fn respond(profile: Option<&Profile>, req: &UserProfileRequested, now: i64) -> UserProfileResponse {
+    UserProfileResponse {
+        request_id: req.request_id.clone(),
+        username: req.username.clone(),
+        found: profile.is_some(),
+        email: profile.map(|p| p.email.clone()),
+        display_name: profile.map(|p| p.display_name.clone()),
+        responded_at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn registered() -> UserRegistered {
+        UserRegistered {
+            username: "alice".into(),
+            email: "alice@example.org".into(),
+            registered_at: NOW,
+            source: "auth".into(),
+        }
+    }
+
+    fn request(username: &str) -> UserProfileRequested {
+        UserProfileRequested {
+            request_id: "req-1".into(),
+            username: username.into(),
+            reply_to: "notif".into(),
+            requested_at: NOW,
+        }
+    }
+
+    #[test]
+    fn creates_a_profile_once() {
+        let profile = create_profile(None, &registered()).unwrap();
+        assert_eq!(profile.display_name, "alice");
+        assert_eq!(profile.registered_at, NOW);
+        let changed = UserRegistered {
+            email: "new@example.org".into(),
+            ..registered()
+        };
+        assert_eq!(create_profile(Some(&profile), &changed), None);
+    }
+
+    #[test]
+    fn responds_with_the_profile() {
+        let profile = create_profile(None, &registered()).unwrap();
+        let resp = respond(Some(&profile), &request("alice"), NOW + 3);
+        assert_eq!(
+            resp,
+            UserProfileResponse {
+                request_id: "req-1".into(),
+                username: "alice".into(),
+                found: true,
+                email: Some("alice@example.org".into()),
+                display_name: Some("alice".into()),
+                responded_at: NOW + 3,
+            }
+        );
+    }
+
+    #[test]
+    fn responds_not_found_for_unknown_users() {
+        let resp = respond(None, &request("bob"), NOW);
+        assert!(!resp.found);
+        assert_eq!((resp.email, resp.display_name), (None, None));
+        assert_eq!(resp.request_id, "req-1");
+    }
+
+    #[test]
+    fn profile_keys_escape_user_text() {
+        assert_eq!(profile_key("a/b"), "profile/a%2Fb");
+    }
+}

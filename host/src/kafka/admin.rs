@@ -1,0 +1,216 @@
+//! Operator tools on a cluster: create the declared topics, list and replay dead letters.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::config::Routing;
+use crate::event::headers as event_headers;
+
+use super::{REPLAY_FOR, dlq_headers, headers_of, producer_config, to_kafka_headers};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What `topics sync` did to one topic.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TopicChange {
+    pub topic: String,
+    pub partitions: u32,
+    pub action: &'static str,
+}
+
+/// Creates every declared topic and dead-letter topic that is missing, and adds
+/// partitions where the declaration asks for more. Kafka cannot remove partitions, so
+/// fewer declared than present is reported and left alone.
+pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Result<Vec<TopicChange>> {
+    let admin: AdminClient<DefaultClientContext> = base.create().context("creating the Kafka admin client")?;
+    let mut wanted: Vec<(String, u32)> =
+        routing.topics.values().map(|t| (t.name.to_string(), t.partitions)).collect();
+    for dlq in routing.dead_letter_topics() {
+        if !routing.topics.contains_key(&dlq) {
+            wanted.push((dlq.to_string(), 1));
+        }
+    }
+    let metadata = admin.inner().fetch_metadata(None, TIMEOUT).context("reading cluster metadata")?;
+    let existing: std::collections::HashMap<String, usize> =
+        metadata.topics().iter().map(|t| (t.name().to_string(), t.partitions().len())).collect();
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let mut changes = Vec::new();
+    let mut create = Vec::new();
+    let mut grow = Vec::new();
+    for (topic, partitions) in &wanted {
+        match existing.get(topic) {
+            None => create.push((topic.clone(), *partitions)),
+            Some(&have) if (have as u32) < *partitions => grow.push((topic.clone(), *partitions)),
+            Some(&have) => changes.push(TopicChange {
+                topic: topic.clone(),
+                partitions: have as u32,
+                action: if (have as u32) > *partitions { "has more partitions than declared" } else { "unchanged" },
+            }),
+        }
+    }
+    if !create.is_empty() {
+        let new: Vec<NewTopic> = create
+            .iter()
+            .map(|(t, p)| NewTopic::new(t, *p as i32, TopicReplication::Fixed(-1)))
+            .collect();
+        for result in admin.create_topics(&new, &options).await? {
+            match result {
+                Ok(topic) | Err((topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    let partitions = create.iter().find(|(t, _)| *t == topic).map_or(1, |(_, p)| *p);
+                    changes.push(TopicChange { topic, partitions, action: "created" });
+                }
+                Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+            }
+        }
+    }
+    if !grow.is_empty() {
+        let new: Vec<NewPartitions> = grow.iter().map(|(t, p)| NewPartitions::new(t, *p as usize)).collect();
+        for result in admin.create_partitions(&new, &options).await? {
+            match result {
+                Ok(topic) => {
+                    let partitions = grow.iter().find(|(t, _)| *t == topic).map_or(1, |(_, p)| *p);
+                    changes.push(TopicChange { topic, partitions, action: "partitions added" });
+                }
+                Err((topic, code)) => anyhow::bail!("cannot add partitions to {topic}: {code}"),
+            }
+        }
+    }
+    changes.sort_by(|a, b| a.topic.cmp(&b.topic));
+    Ok(changes)
+}
+
+/// One dead letter as `dlq list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeadLetter {
+    pub dlq_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub event_id: String,
+    pub component: String,
+    pub source_topic: String,
+    pub source_partition: String,
+    pub source_offset: String,
+    pub kind: String,
+    pub reason: String,
+    pub attempts: String,
+    pub failed_at_ms: String,
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    #[serde(skip)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads every dead letter currently in `topics` (from the start to the high
+/// watermark), without joining a group or committing anything.
+pub fn list_dead_letters(base: &ClientConfig, topics: &[String]) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut config = base.clone();
+    config.set("group.id", "switchyard-dlq-reader").set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    let metadata = consumer.fetch_metadata(None, TIMEOUT)?;
+    for topic in topics {
+        let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            anyhow::bail!("dead-letter topic {topic} does not exist (run `switchyard topics sync`)");
+        };
+        for p in meta.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), TIMEOUT)?;
+            if high > low {
+                assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                remaining += high - low;
+            }
+        }
+    }
+    let mut letters = Vec::new();
+    if remaining == 0 {
+        return Ok(letters);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut highs = std::collections::HashMap::new();
+    for element in assignment.elements() {
+        let (_, high) = consumer.fetch_watermarks(element.topic(), element.partition(), TIMEOUT)?;
+        highs.insert((element.topic().to_string(), element.partition()), high);
+    }
+    while remaining > 0 && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let message = message?;
+        let key = (message.topic().to_string(), message.partition());
+        if message.offset() >= highs[&key] {
+            continue;
+        }
+        remaining -= 1;
+        let headers = headers_of(message.headers());
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        letters.push(DeadLetter {
+            dlq_topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            event_id: header(event_headers::EVENT_ID),
+            component: header(dlq_headers::COMPONENT),
+            source_topic: header(dlq_headers::TOPIC),
+            source_partition: header(dlq_headers::PARTITION),
+            source_offset: header(dlq_headers::OFFSET),
+            kind: header(dlq_headers::KIND),
+            reason: header(dlq_headers::REASON),
+            attempts: header(dlq_headers::ATTEMPTS),
+            failed_at_ms: header(dlq_headers::FAILED_AT),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+        });
+    }
+    letters.sort_by(|a, b| (&a.dlq_topic, a.partition, a.offset).cmp(&(&b.dlq_topic, b.partition, b.offset)));
+    Ok(letters)
+}
+
+/// Sends dead letters back to the topic they failed on, for the component that failed
+/// them only. The replay's event id is derived from the dead letter's position, so
+/// replaying the same dead letter twice still runs it once.
+pub async fn replay(base: &ClientConfig, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+    let producer: FutureProducer = producer_config(base).create()?;
+    for letter in letters {
+        if letter.source_topic.is_empty() || letter.component.is_empty() {
+            anyhow::bail!(
+                "{}[{}]@{} has no switchyard-dlq headers: not a Switchyard dead letter",
+                letter.dlq_topic,
+                letter.partition,
+                letter.offset
+            );
+        }
+        let mut headers: Vec<(String, String)> = letter
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.starts_with(dlq_headers::PREFIX) && n != event_headers::EVENT_ID && n != REPLAY_FOR)
+            .cloned()
+            .collect();
+        headers.push((
+            event_headers::EVENT_ID.to_string(),
+            format!("{}:replay:{}:{}:{}", letter.event_id, letter.dlq_topic, letter.partition, letter.offset),
+        ));
+        headers.push((REPLAY_FOR.to_string(), letter.component.clone()));
+        let mut record = FutureRecord::to(&letter.source_topic)
+            .payload(&letter.payload)
+            .headers(to_kafka_headers(&headers));
+        if let Some(key) = &letter.key {
+            record = record.key(key);
+        }
+        producer
+            .send(record, Timeout::After(TIMEOUT))
+            .await
+            .map_err(|(err, _)| anyhow::anyhow!("replaying to {}: {err}", letter.source_topic))?;
+    }
+    Ok(letters.len())
+}

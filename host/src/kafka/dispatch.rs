@@ -1,0 +1,337 @@
+//! Consuming a route: one consumer group member per route, one worker task per
+//! partition. A partition's events are handled one at a time in offset order; partitions
+//! run in parallel, so a retrying event blocks only its own partition. The offset of an
+//! event is stored only after its effects (or its dead letter) are committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::Route;
+use crate::event::InboundEvent;
+use crate::runtime::{Failure, LoadedComponent, Outcome, Runtime};
+use crate::store::{Db, InboxEntry, OutboundMessage, now_ms};
+
+use super::{ATTEMPT, REPLAY_FOR, dlq_headers, headers_of};
+
+/// Queued events per partition above which the partition is paused, and below which it
+/// resumes: memory stays bounded while one partition retries.
+const PAUSE_ABOVE: usize = 256;
+const RESUME_BELOW: usize = 64;
+/// Longest wait between tries when the host itself (database) fails.
+const HOST_FAILURE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Everything a route's workers share.
+struct RouteCtx {
+    route: Route,
+    component: Arc<LoadedComponent>,
+    runtime: Arc<Runtime>,
+    db: Db,
+    consumer: Arc<StreamConsumer>,
+    /// Caps how many of the route's partitions run an invocation at once.
+    permits: Semaphore,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Consumer settings of a route: offsets are stored by hand after the work and committed
+/// in the background; a new group starts from the earliest event.
+pub fn consumer_config(base: &ClientConfig, route: &Route) -> ClientConfig {
+    let mut config = base.clone();
+    config
+        .set("group.id", &route.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000");
+    config
+}
+
+/// Runs `route` until `shutdown`, then lets each partition finish its current event,
+/// commits the stored offsets and leaves the group.
+pub async fn run_route(
+    route: Route,
+    component: Arc<LoadedComponent>,
+    runtime: Arc<Runtime>,
+    db: Db,
+    base: ClientConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let consumer: Arc<StreamConsumer> = Arc::new(consumer_config(&base, &route).create()?);
+    consumer.subscribe(&[route.topic.as_str()])?;
+    let span = tracing::info_span!("route", topic = %route.topic, component = %route.component, group = %route.group);
+    let ctx = Arc::new(RouteCtx {
+        permits: Semaphore::new(route.concurrency),
+        route,
+        component,
+        runtime,
+        db,
+        consumer: consumer.clone(),
+        shutdown: shutdown.clone(),
+    });
+    dispatch(ctx, shutdown).instrument(span).await?;
+    // Commit what the workers stored; "no offset" just means nothing new.
+    if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %err, "final commit");
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+struct PartitionWorker {
+    sender: mpsc::UnboundedSender<OwnedMessage>,
+    queued: Arc<AtomicUsize>,
+    paused: bool,
+}
+
+async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tracing::info!("consuming");
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                for (partition, worker) in workers.iter_mut() {
+                    if worker.paused && worker.queued.load(Ordering::Acquire) < RESUME_BELOW {
+                        let _ = ctx.consumer.resume(&partition_list(&ctx.route, *partition));
+                        worker.paused = false;
+                    }
+                }
+            }
+            received = ctx.consumer.recv() => {
+                let message = match received {
+                    Ok(message) => message.detach(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "consumer error");
+                        continue;
+                    }
+                };
+                let partition = message.partition();
+                let worker = workers.entry(partition).or_insert_with(|| {
+                    let (sender, receiver) = mpsc::unbounded_channel();
+                    let queued = Arc::new(AtomicUsize::new(0));
+                    tasks.spawn(partition_worker(ctx.clone(), partition, receiver, queued.clone()));
+                    PartitionWorker { sender, queued, paused: false }
+                });
+                let queued = worker.queued.fetch_add(1, Ordering::AcqRel) + 1;
+                if worker.sender.send(message).is_err() {
+                    break; // the worker stopped: shutting down
+                }
+                if queued > PAUSE_ABOVE && !worker.paused {
+                    let _ = ctx.consumer.pause(&partition_list(&ctx.route, partition));
+                    worker.paused = true;
+                }
+            }
+        }
+    }
+    drop(workers); // closes the queues; each worker finishes its current event
+    while let Some(result) = tasks.join_next().await {
+        if let Err(err) = result {
+            tracing::error!(error = %err, "partition worker panicked");
+        }
+    }
+    Ok(())
+}
+
+fn partition_list(route: &Route, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(route.topic.as_str(), partition);
+    list
+}
+
+async fn partition_worker(
+    ctx: Arc<RouteCtx>,
+    partition: i32,
+    mut receiver: mpsc::UnboundedReceiver<OwnedMessage>,
+    queued: Arc<AtomicUsize>,
+) {
+    while let Some(message) = receiver.recv().await {
+        if *ctx.shutdown.borrow() {
+            return; // not handled, offset not stored: it is redelivered after restart
+        }
+        let offset = message.offset();
+        if handle_message(&ctx, message).await {
+            // Stores offset+1 for the next commit; fails harmlessly if the partition was
+            // revoked meanwhile (the new owner's inbox then skips the event).
+            if let Err(err) = ctx.consumer.store_offset(ctx.route.topic.as_str(), partition, offset) {
+                tracing::debug!(partition, offset, error = %err, "offset not stored");
+            }
+        } else {
+            return;
+        }
+        queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Handles one message to the end: committed, skipped as duplicate, or dead-lettered.
+/// False only when shutdown interrupted it before that.
+async fn handle_message(ctx: &RouteCtx, message: OwnedMessage) -> bool {
+    let headers = headers_of(message.headers().map(|h| h.as_borrowed()));
+    if let Some((_, target)) = headers.iter().find(|(n, _)| n == REPLAY_FOR)
+        && target != ctx.route.component.as_str()
+    {
+        return true; // a replay meant for another component
+    }
+    let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
+    let mut event = InboundEvent::from_message(
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.key().map(<[u8]>::to_vec),
+        message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+        timestamp,
+    );
+    let span = tracing::info_span!(
+        "event",
+        event_id = %event.id,
+        partition = event.partition,
+        offset = event.offset,
+        request_id = event.request_id.as_deref().unwrap_or(""),
+        trace_id = %event.trace.trace_id,
+    );
+    async move {
+        let policy = ctx.route.retry;
+        let mut attempt: u32 = 1;
+        let mut host_failures: u32 = 0;
+        loop {
+            event.headers.retain(|(n, _)| n != ATTEMPT);
+            event.headers.push((ATTEMPT.to_string(), attempt.to_string()));
+            let outcome = {
+                let _permit = ctx.permits.acquire().await.expect("semaphore never closes");
+                ctx.runtime.invoke(&ctx.component, &ctx.db, &event).await
+            };
+            let failure = match outcome {
+                Ok(Outcome::Committed(_)) | Ok(Outcome::Duplicate) => return true,
+                Ok(Outcome::Failed(failure)) => failure,
+                Err(err) => {
+                    // The host failed (database down): not the event's fault, retry without
+                    // spending its attempts.
+                    host_failures += 1;
+                    let delay = policy.backoff(host_failures).min(HOST_FAILURE_BACKOFF);
+                    tracing::error!(error = %err, retry_in_ms = delay.as_millis() as u64, "host failure; retrying");
+                    if !sleep_unless_shutdown(ctx, delay).await {
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            if failure.kind.is_retryable() && attempt < policy.attempts {
+                let delay = policy.backoff(attempt);
+                tracing::warn!(attempt, retry_in_ms = delay.as_millis() as u64, reason = %failure.reason, "retryable failure");
+                if !sleep_unless_shutdown(ctx, delay).await {
+                    return false;
+                }
+                attempt += 1;
+                continue;
+            }
+            return dead_letter(ctx, &event, &failure, attempt).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn sleep_unless_shutdown(ctx: &RouteCtx, delay: Duration) -> bool {
+    let mut shutdown = ctx.shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.wait_for(|stop| *stop) => false,
+    }
+}
+
+/// Sends the event to the route's dead-letter topic through the outbox, with headers
+/// saying what failed, where and how often. Retries until the database takes it.
+async fn dead_letter(ctx: &RouteCtx, event: &InboundEvent, failure: &Failure, attempts: u32) -> bool {
+    let mut headers: Vec<(String, String)> = event
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.starts_with(dlq_headers::PREFIX) && n != ATTEMPT && n != REPLAY_FOR)
+        .cloned()
+        .collect();
+    // Keep the original event id so a replay is recognisably the same event.
+    if !headers.iter().any(|(n, _)| n == crate::event::headers::EVENT_ID) {
+        headers.push((crate::event::headers::EVENT_ID.to_string(), event.id.clone()));
+    }
+    headers.extend([
+        (dlq_headers::REASON.to_string(), failure.reason.clone()),
+        (dlq_headers::KIND.to_string(), failure.kind.as_str().to_string()),
+        (dlq_headers::COMPONENT.to_string(), ctx.route.component.to_string()),
+        (dlq_headers::TOPIC.to_string(), event.topic.clone()),
+        (dlq_headers::PARTITION.to_string(), event.partition.to_string()),
+        (dlq_headers::OFFSET.to_string(), event.offset.to_string()),
+        (dlq_headers::ATTEMPTS.to_string(), attempts.to_string()),
+        (dlq_headers::FAILED_AT.to_string(), now_ms().to_string()),
+    ]);
+    let message = OutboundMessage {
+        topic: ctx.route.dead_letter.to_string(),
+        key: event.key.clone(),
+        payload: event.payload.clone(),
+        headers,
+    };
+    let entry = InboxEntry {
+        component: ctx.route.component.as_str(),
+        event_id: &event.id,
+        topic: &event.topic,
+        partition: event.partition,
+        offset: event.offset,
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut tries = 0;
+    loop {
+        match ctx.db.dead_letter(&entry, &id, &message).await {
+            Ok(queued) => {
+                if queued {
+                    tracing::error!(
+                        kind = failure.kind.as_str(),
+                        reason = %failure.reason,
+                        attempts,
+                        dead_letter = %ctx.route.dead_letter,
+                        "event dead-lettered"
+                    );
+                }
+                return true;
+            }
+            Err(err) => {
+                tries += 1;
+                tracing::error!(error = %err, "cannot record dead letter; retrying");
+                if !sleep_unless_shutdown(ctx, ctx.route.retry.backoff(tries).min(HOST_FAILURE_BACKOFF)).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Where a group stands on a topic: committed offset and lag per partition.
+pub fn group_lag(base: &ClientConfig, route: &Route, partitions: u32) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let consumer: StreamConsumer = consumer_config(base, route).create()?;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        list.add_partition(route.topic.as_str(), p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    let mut out = Vec::new();
+    for element in committed.elements() {
+        let (_, high) =
+            consumer.fetch_watermarks(route.topic.as_str(), element.partition(), Duration::from_secs(10))?;
+        let at = match element.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        out.push((element.partition(), at, high - at));
+    }
+    Ok(out)
+}

@@ -1,0 +1,300 @@
+//! The Kafka runtime end to end: real components, real PostgreSQL (or SQLite), and a
+//! real Kafka broker (`SWITCHYARD_TEST_KAFKA_BROKERS`) or the embedded one. The crash
+//! and rebalance scenarios run `switchyard run` as separate processes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde_json::json;
+use switchyard::config::Routing;
+use switchyard::kafka::{Brokers, admin};
+use switchyard::service::serve;
+use switchyard::store::{Db, Table};
+
+use common::{Backend, artifact, test_db};
+
+/// The real broker under test, if configured (required under CI).
+fn real_brokers() -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_KAFKA_BROKERS") {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var_os("CI").is_some() => panic!("SWITCHYARD_TEST_KAFKA_BROKERS is not set under CI"),
+        Err(_) => {
+            eprintln!("SWITCHYARD_TEST_KAFKA_BROKERS not set: skipping the real-broker variant");
+            None
+        }
+    }
+}
+
+/// Routing for a test, with topic and group names unique to it.
+fn routing(dir: &Path, prefix: &str, body: &str) -> Routing {
+    let text = body.replace("{p}", prefix).replace("{probe}", &artifact("probe").display().to_string());
+    let path = dir.join("topics.toml");
+    std::fs::write(&path, &text).unwrap();
+    Routing::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn prefix() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+async fn brokers_for(real: bool, routing: &Routing) -> Option<Brokers> {
+    if real {
+        let servers = real_brokers()?;
+        let brokers = Brokers::start(Some(&servers), routing).unwrap();
+        admin::sync_topics(&brokers.client_config(), routing).await.unwrap();
+        Some(brokers)
+    } else {
+        Some(Brokers::start(None, routing).unwrap())
+    }
+}
+
+fn producer(base: &ClientConfig) -> FutureProducer {
+    switchyard::kafka::producer_config(base).create().unwrap()
+}
+
+async fn send(producer: &FutureProducer, topic: &str, key: &str, partition: Option<i32>, payload: &serde_json::Value) {
+    let body = serde_json::to_vec(payload).unwrap();
+    let mut record = FutureRecord::to(topic).key(key).payload(&body);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// The decimal counter under `key` of `component`, 0 when absent.
+async fn counter(db: &Db, component: &str, key: &str) -> i64 {
+    db.peek(component, key)
+        .await
+        .unwrap()
+        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Waits until `component`'s counter reaches `want`, failing after `limit`.
+async fn wait_for(db: &Db, component: &str, key: &str, want: i64, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let got = counter(db, component, key).await;
+        if got >= want {
+            return;
+        }
+        assert!(start.elapsed() < limit, "{component}/{key} reached only {got} of {want} in {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn increment(key: &str) -> serde_json::Value {
+    json!({"op": "increment", "key": key, "delta": 1})
+}
+
+const TWO_STAGE: &str = r#"
+[topics."{p}.in"]
+partitions = 3
+[topics."{p}.mid"]
+partitions = 3
+[components.first]
+artifact = "{probe}"
+publishes = ["{p}.mid"]
+[components.second]
+artifact = "{probe}"
+[[routes]]
+topic = "{p}.in"
+component = "first"
+group = "{p}-first"
+[[routes]]
+topic = "{p}.mid"
+component = "second"
+group = "{p}-second"
+"#;
+
+/// Runs the service beside `scenario`, then stops it gracefully.
+async fn with_service<F: std::future::Future<Output = ()>>(routing: &Routing, db: &Db, brokers: &Brokers, scenario: F) {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let service = serve(routing, db.clone(), brokers, shutdown);
+    let test = async {
+        scenario.await;
+        stop.send(true).unwrap();
+    };
+    let (served, ()) = tokio::join!(service, test);
+    served.unwrap();
+}
+
+async fn event_flows_through_two_components_once(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, TWO_STAGE);
+    let Some(brokers) = brokers_for(real, &routing).await else { return };
+    let Some(db) = test_db(backend).await else { return };
+    let db = db.db.clone();
+    const N: i64 = 30;
+    with_service(&routing, &db, &brokers, async {
+        let producer = producer(&brokers.client_config());
+        for i in 0..N {
+            let downstream = json!({"steps": [increment("count")]}).to_string();
+            let plan = json!({"steps": [
+                increment("count"),
+                {"op": "publish", "topic": format!("{p}.mid"), "key": format!("k{i}"), "payload": downstream}
+            ]});
+            send(&producer, &format!("{p}.in"), &format!("k{i}"), None, &plan).await;
+        }
+        wait_for(&db, "second", "count", N, Duration::from_secs(60)).await;
+        // Give any duplicate a chance to show up before counting.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    })
+    .await;
+    assert_eq!(counter(&db, "first", "count").await, N);
+    assert_eq!(counter(&db, "second", "count").await, N);
+    assert_eq!(db.count(Table::Inbox).await.unwrap(), 2 * N);
+    assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 0);
+}
+
+const POISON: &str = r#"
+[topics."{p}.in"]
+partitions = 2
+[components.worker]
+artifact = "{probe}"
+config = { {config} }
+[[routes]]
+topic = "{p}.in"
+component = "worker"
+group = "{p}-worker"
+dead-letter = "{p}.in.dead"
+retry = { attempts = 2, initial-backoff-ms = 50, max-backoff-ms = 100 }
+"#;
+
+async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let broken = routing(dir.path(), &p, &POISON.replace("{config}", ""));
+    let Some(brokers) = brokers_for(real, &broken).await else { return };
+    let Some(db) = test_db(backend).await else { return };
+    let db = db.db.clone();
+    let base = brokers.client_config();
+    let dead = vec![format!("{p}.in.dead")];
+    with_service(&broken, &db, &brokers, async {
+        let producer = producer(&base);
+        // The poison event first, then good events behind it on the same partition.
+        let poison = json!({"steps": [{"op": "require-config", "name": "fixed"}, increment("count")]});
+        send(&producer, &format!("{p}.in"), "same", Some(0), &poison).await;
+        send(&producer, &format!("{p}.in"), "same", Some(0), &json!("not even a plan")).await;
+        for _ in 0..5 {
+            send(&producer, &format!("{p}.in"), "same", Some(0), &json!({"steps": [increment("count")]})).await;
+        }
+        wait_for(&db, "worker", "count", 5, Duration::from_secs(60)).await;
+        let start = Instant::now();
+        loop {
+            let letters = admin::list_dead_letters(&base, &dead).unwrap();
+            if letters.len() == 2 {
+                let poison = &letters[0];
+                assert_eq!(poison.component, "worker");
+                assert_eq!(poison.kind, "fatal");
+                assert_eq!(poison.reason, "config fixed is not set");
+                assert_eq!(poison.attempts, "1");
+                assert_eq!(poison.source_topic, format!("{p}.in"));
+                assert_eq!(poison.source_partition, "0");
+                assert!(letters[1].reason.contains("bad plan"), "{:?}", letters[1]);
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "dead letters: {letters:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+
+    // The fix: the component now has its setting. Replay the poison event only.
+    let fixed = routing(dir.path(), &p, &POISON.replace("{config}", "fixed = \"yes\""));
+    with_service(&fixed, &db, &brokers, async {
+        let letters = admin::list_dead_letters(&base, &dead).unwrap();
+        admin::replay(&base, &letters[..1]).await.unwrap();
+        admin::replay(&base, &letters[..1]).await.unwrap(); // a second replay is absorbed
+        wait_for(&db, "worker", "count", 6, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    })
+    .await;
+    assert_eq!(counter(&db, "worker", "count").await, 6);
+}
+
+const RETRY: &str = r#"
+[topics."{p}.in"]
+partitions = 3
+[components.worker]
+artifact = "{probe}"
+[[routes]]
+topic = "{p}.in"
+component = "worker"
+group = "{p}-worker"
+retry = { attempts = 4, initial-backoff-ms = 200, max-backoff-ms = 1000 }
+"#;
+
+async fn retries_back_off_and_block_only_their_partition(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, RETRY);
+    let Some(brokers) = brokers_for(real, &routing).await else { return };
+    let Some(db) = test_db(backend).await else { return };
+    let db = db.db.clone();
+    with_service(&routing, &db, &brokers, async {
+        let producer = producer(&brokers.client_config());
+        let start = Instant::now();
+        let flaky = json!({"steps": [{"op": "fail-until-attempt", "attempt": 4}, increment("flaky")]});
+        send(&producer, &format!("{p}.in"), "a", Some(0), &flaky).await;
+        for i in 0..10 {
+            let partition = 1 + (i % 2);
+            send(&producer, &format!("{p}.in"), "b", Some(partition), &json!({"steps": [increment("others")]})).await;
+        }
+        wait_for(&db, "worker", "others", 10, Duration::from_secs(60)).await;
+        let others_done = start.elapsed();
+        assert_eq!(counter(&db, "worker", "flaky").await, 0, "other partitions finished while partition 0 retries");
+        wait_for(&db, "worker", "flaky", 1, Duration::from_secs(60)).await;
+        let flaky_done = start.elapsed();
+        // Three waits before the fourth try: 200 + 400 + 800 ms.
+        assert!(flaky_done >= Duration::from_millis(1400), "retried too fast: {flaky_done:?}");
+        assert!(others_done < flaky_done);
+    })
+    .await;
+    assert_eq!(counter(&db, "worker", "flaky").await, 1);
+}
+
+mod embedded {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_flows_through_two_components_once() {
+        super::event_flows_through_two_components_once(false, Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poison_event_is_dead_lettered_and_replayed_after_a_fix() {
+        super::poison_event_is_dead_lettered_and_replayed_after_a_fix(false, Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_back_off_and_block_only_their_partition() {
+        super::retries_back_off_and_block_only_their_partition(false, Backend::Sqlite).await;
+    }
+}
+
+mod real {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_flows_through_two_components_once() {
+        super::event_flows_through_two_components_once(true, Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poison_event_is_dead_lettered_and_replayed_after_a_fix() {
+        super::poison_event_is_dead_lettered_and_replayed_after_a_fix(true, Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_back_off_and_block_only_their_partition() {
+        super::retries_back_off_and_block_only_their_partition(true, Backend::Postgres).await;
+    }
+}
