@@ -61,8 +61,13 @@ impl TraceContext {
         let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         match parts.as_slice() {
             [version, trace, parent, flags]
-                if hex(version, 2) && *version != "ff" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
-                    && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0') =>
+                if hex(version, 2)
+                    && *version != "ff"
+                    && hex(trace, 32)
+                    && hex(parent, 16)
+                    && hex(flags, 2)
+                    && trace.bytes().any(|b| b != b'0')
+                    && parent.bytes().any(|b| b != b'0') =>
             {
                 Some(TraceContext {
                     trace_id: trace.to_ascii_lowercase(),
@@ -82,7 +87,10 @@ impl TraceContext {
 
     /// The context of a span that is a child of this one (same trace, new span id).
     pub fn child(&self) -> TraceContext {
-        TraceContext { parent_id: new_span_id(), ..self.clone() }
+        TraceContext {
+            parent_id: new_span_id(),
+            ..self.clone()
+        }
     }
 }
 
@@ -109,7 +117,18 @@ impl InboundEvent {
         let trace = header(headers::TRACEPARENT)
             .and_then(|tp| TraceContext::parse(&tp, &header(headers::TRACESTATE).unwrap_or_default()))
             .unwrap_or_else(TraceContext::new_root);
-        InboundEvent { id, topic: topic.to_string(), partition, offset, key, payload, headers, timestamp_ms, request_id, trace }
+        InboundEvent {
+            id,
+            topic: topic.to_string(),
+            partition,
+            offset,
+            key,
+            payload,
+            headers,
+            timestamp_ms,
+            request_id,
+            trace,
+        }
     }
 }
 
@@ -120,7 +139,9 @@ fn request_id_of(payload: &[u8]) -> Option<String> {
         #[serde(rename = "requestId")]
         request_id: Option<String>,
     }
-    serde_json::from_slice::<WithRequestId>(payload).ok().and_then(|p| p.request_id)
+    serde_json::from_slice::<WithRequestId>(payload)
+        .ok()
+        .and_then(|p| p.request_id)
 }
 
 #[cfg(test)]
@@ -135,7 +156,12 @@ mod tests {
         let child = ctx.child();
         assert_eq!(child.trace_id, ctx.trace_id);
         assert_ne!(child.parent_id, ctx.parent_id);
-        for bad in ["", "00-xyz-00f067aa0ba902b7-01", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] {
+        for bad in [
+            "",
+            "00-xyz-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
             assert!(TraceContext::parse(bad, "").is_none(), "{bad}");
         }
         assert!(TraceContext::parse(&TraceContext::new_root().traceparent(), "").is_some());
@@ -149,7 +175,10 @@ mod tests {
         let headers = vec![
             (headers::EVENT_ID.to_string(), "ev".to_string()),
             (headers::REQUEST_ID.to_string(), "r-2".to_string()),
-            (headers::TRACEPARENT.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string()),
+            (
+                headers::TRACEPARENT.to_string(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+            ),
         ];
         let e = InboundEvent::from_message("t", 0, 0, None, b"not json".to_vec(), headers, 0);
         assert_eq!(e.id, "ev");

@@ -15,7 +15,7 @@
 
 pub mod config;
 pub mod event;
-pub mod runtime;
-pub mod store;
 pub mod kafka;
+pub mod runtime;
 pub mod service;
+pub mod store;

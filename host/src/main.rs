@@ -118,7 +118,9 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -129,7 +131,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Check => check(&cli.config),
         Command::Run => run_system(&cli).await,
-        Command::Topics { command: TopicsCommand::Sync } => topics_sync(&cli).await,
+        Command::Topics {
+            command: TopicsCommand::Sync,
+        } => topics_sync(&cli).await,
         Command::Dlq { command } => dlq(&cli, command).await,
         Command::Invoke { component, event } => invoke(&cli, component, event).await,
     }
@@ -151,7 +155,11 @@ fn check(config: &Path) -> Result<ExitCode> {
                 config.display(),
                 routing.topics.len(),
                 loaded.len(),
-                loaded.iter().map(|c| c.spec.name.to_string()).collect::<Vec<_>>().join(", "),
+                loaded
+                    .iter()
+                    .map(|c| c.spec.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 routing.routes.len()
             );
             Ok(ExitCode::SUCCESS)
@@ -184,9 +192,10 @@ struct EventFile {
 async fn invoke(cli: &Cli, component: &str, event_path: &Path) -> Result<ExitCode> {
     let routing = Routing::load(&cli.config)?;
     let name = ComponentName::try_from(component.to_string()).map_err(anyhow::Error::msg)?;
-    let spec = routing.components.get(&name).with_context(|| {
-        format!("component {component:?} is not in {}", cli.config.display())
-    })?;
+    let spec = routing
+        .components
+        .get(&name)
+        .with_context(|| format!("component {component:?} is not in {}", cli.config.display()))?;
     let text = std::fs::read_to_string(event_path).with_context(|| format!("reading {}", event_path.display()))?;
     let file: EventFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", event_path.display()))?;
     let payload = match file.payload {
@@ -213,10 +222,14 @@ async fn invoke(cli: &Cli, component: &str, event_path: &Path) -> Result<ExitCod
     let outcome = runtime.invoke(&loaded, &db, &event).await?;
     db.close().await;
     let (report, code) = match outcome {
-        Outcome::Committed(effects) => {
-            (serde_json::json!({"event": event.id, "outcome": "committed", "effects": effects}), ExitCode::SUCCESS)
-        }
-        Outcome::Duplicate => (serde_json::json!({"event": event.id, "outcome": "duplicate"}), ExitCode::SUCCESS),
+        Outcome::Committed(effects) => (
+            serde_json::json!({"event": event.id, "outcome": "committed", "effects": effects}),
+            ExitCode::SUCCESS,
+        ),
+        Outcome::Duplicate => (
+            serde_json::json!({"event": event.id, "outcome": "duplicate"}),
+            ExitCode::SUCCESS,
+        ),
         Outcome::Failed(f) => (
             serde_json::json!({"event": event.id, "outcome": "failed", "kind": f.kind.as_str(), "reason": f.reason}),
             ExitCode::from(2),
@@ -307,7 +320,11 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
                 println!("{} dead letter(s)", letters.len());
             }
         }
-        DlqCommand::Replay { topic, partition, offset } => {
+        DlqCommand::Replay {
+            topic,
+            partition,
+            offset,
+        } => {
             let mut letters = switchyard::kafka::admin::list_dead_letters(&base, std::slice::from_ref(topic))?;
             if let (Some(p), Some(o)) = (partition, offset) {
                 letters.retain(|l| l.partition == *p && l.offset == *o);

@@ -16,11 +16,15 @@ use crate::runtime::{self, Runtime};
 use crate::store::Db;
 
 /// Runs `routing` until `shutdown` turns true.
-pub async fn serve(routing: &Routing, db: Db, brokers: &Brokers, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    routing: &Routing,
+    db: Db,
+    brokers: &Brokers,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new()?);
-    let loaded = runtime::load_all(&runtime, routing.components.values().cloned()).map_err(|errors| {
-        anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
-    })?;
+    let loaded = runtime::load_all(&runtime, routing.components.values().cloned())
+        .map_err(|errors| anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
     let components: std::collections::HashMap<_, _> =
         loaded.into_iter().map(|c| (c.spec.name.clone(), Arc::new(c))).collect();
 

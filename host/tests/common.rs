@@ -11,13 +11,20 @@ use switchyard::config::{ComponentName, ComponentSpec, Limits, Location, TopicNa
 use switchyard::store::Db;
 
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Path of a component built from handlers/; fails with the fix when it is missing.
 pub fn artifact(name: &str) -> PathBuf {
     let path = workspace().join("target/components").join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} is missing: run `just handlers` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `just handlers` first",
+        path.display()
+    );
     path
 }
 
@@ -26,10 +33,20 @@ pub fn spec(name: &str, artifact_name: &str, publishes: &[&str]) -> ComponentSpe
     ComponentSpec {
         name: ComponentName::try_from(name.to_string()).unwrap(),
         artifact: artifact(artifact_name),
-        artifact_at: Location { path: "test.toml".into(), line: 1, column: 1 },
-        publishes: publishes.iter().map(|t| TopicName::try_from(t.to_string()).unwrap()).collect::<BTreeSet<_>>(),
+        artifact_at: Location {
+            path: "test.toml".into(),
+            line: 1,
+            column: 1,
+        },
+        publishes: publishes
+            .iter()
+            .map(|t| TopicName::try_from(t.to_string()).unwrap())
+            .collect::<BTreeSet<_>>(),
         config: BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
-        limits: Limits { memory_bytes: 32 << 20, deadline: Duration::from_millis(500) },
+        limits: Limits {
+            memory_bytes: 32 << 20,
+            deadline: Duration::from_millis(500),
+        },
     }
 }
 
@@ -72,11 +89,18 @@ pub async fn test_db(backend: Backend) -> Option<TestDb> {
             let url = postgres_url()?;
             // One database per test so tests can run in parallel and start empty.
             let name = format!("sy_test_{}", uuid::Uuid::new_v4().simple());
-            let admin = sqlx::PgPool::connect(&url).await.expect("connecting to the test PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+            let admin = sqlx::PgPool::connect(&url)
+                .await
+                .expect("connecting to the test PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&admin)
+                .await
+                .unwrap();
             admin.close().await;
             let base = url.rsplit_once('/').map(|(b, _)| b).unwrap();
-            let db = Db::open(Some(&format!("{base}/{name}")), std::path::Path::new(".")).await.unwrap();
+            let db = Db::open(Some(&format!("{base}/{name}")), std::path::Path::new("."))
+                .await
+                .unwrap();
             Some(TestDb { db, _dir: None })
         }
     }

@@ -33,7 +33,9 @@ fn real_brokers() -> Option<String> {
 
 /// Routing for a test, with topic and group names unique to it.
 fn routing(dir: &Path, prefix: &str, body: &str) -> Routing {
-    let text = body.replace("{p}", prefix).replace("{probe}", &artifact("probe").display().to_string());
+    let text = body
+        .replace("{p}", prefix)
+        .replace("{probe}", &artifact("probe").display().to_string());
     let path = dir.join("topics.toml");
     std::fs::write(&path, &text).unwrap();
     Routing::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -64,7 +66,11 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str, partition: Opti
     if let Some(p) = partition {
         record = record.partition(p);
     }
-    producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e).unwrap();
+    producer
+        .send(record, Timeout::After(Duration::from_secs(10)))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
 }
 
 /// The decimal counter under `key` of `component`, 0 when absent.
@@ -84,7 +90,10 @@ async fn wait_for(db: &Db, component: &str, key: &str, want: i64, limit: Duratio
         if got >= want {
             return;
         }
-        assert!(start.elapsed() < limit, "{component}/{key} reached only {got} of {want} in {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "{component}/{key} reached only {got} of {want} in {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -129,7 +138,9 @@ async fn event_flows_through_two_components_once(real: bool, backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let p = prefix();
     let routing = routing(dir.path(), &p, TWO_STAGE);
-    let Some(brokers) = brokers_for(real, &routing).await else { return };
+    let Some(brokers) = brokers_for(real, &routing).await else {
+        return;
+    };
     let Some(db) = test_db(backend).await else { return };
     let db = db.db.clone();
     const N: i64 = 30;
@@ -172,7 +183,9 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
     let dir = tempfile::tempdir().unwrap();
     let p = prefix();
     let broken = routing(dir.path(), &p, &POISON.replace("{config}", ""));
-    let Some(brokers) = brokers_for(real, &broken).await else { return };
+    let Some(brokers) = brokers_for(real, &broken).await else {
+        return;
+    };
     let Some(db) = test_db(backend).await else { return };
     let db = db.db.clone();
     let base = brokers.client_config();
@@ -182,9 +195,23 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
         // The poison event first, then good events behind it on the same partition.
         let poison = json!({"steps": [{"op": "require-config", "name": "fixed"}, increment("count")]});
         send(&producer, &format!("{p}.in"), "same", Some(0), &poison).await;
-        send(&producer, &format!("{p}.in"), "same", Some(0), &json!("not even a plan")).await;
+        send(
+            &producer,
+            &format!("{p}.in"),
+            "same",
+            Some(0),
+            &json!("not even a plan"),
+        )
+        .await;
         for _ in 0..5 {
-            send(&producer, &format!("{p}.in"), "same", Some(0), &json!({"steps": [increment("count")]})).await;
+            send(
+                &producer,
+                &format!("{p}.in"),
+                "same",
+                Some(0),
+                &json!({"steps": [increment("count")]}),
+            )
+            .await;
         }
         wait_for(&db, "worker", "count", 5, Duration::from_secs(60)).await;
         let start = Instant::now();
@@ -236,7 +263,9 @@ async fn retries_back_off_and_block_only_their_partition(real: bool, backend: Ba
     let dir = tempfile::tempdir().unwrap();
     let p = prefix();
     let routing = routing(dir.path(), &p, RETRY);
-    let Some(brokers) = brokers_for(real, &routing).await else { return };
+    let Some(brokers) = brokers_for(real, &routing).await else {
+        return;
+    };
     let Some(db) = test_db(backend).await else { return };
     let db = db.db.clone();
     with_service(&routing, &db, &brokers, async {
@@ -246,15 +275,29 @@ async fn retries_back_off_and_block_only_their_partition(real: bool, backend: Ba
         send(&producer, &format!("{p}.in"), "a", Some(0), &flaky).await;
         for i in 0..10 {
             let partition = 1 + (i % 2);
-            send(&producer, &format!("{p}.in"), "b", Some(partition), &json!({"steps": [increment("others")]})).await;
+            send(
+                &producer,
+                &format!("{p}.in"),
+                "b",
+                Some(partition),
+                &json!({"steps": [increment("others")]}),
+            )
+            .await;
         }
         wait_for(&db, "worker", "others", 10, Duration::from_secs(60)).await;
         let others_done = start.elapsed();
-        assert_eq!(counter(&db, "worker", "flaky").await, 0, "other partitions finished while partition 0 retries");
+        assert_eq!(
+            counter(&db, "worker", "flaky").await,
+            0,
+            "other partitions finished while partition 0 retries"
+        );
         wait_for(&db, "worker", "flaky", 1, Duration::from_secs(60)).await;
         let flaky_done = start.elapsed();
         // Three waits before the fourth try: 200 + 400 + 800 ms.
-        assert!(flaky_done >= Duration::from_millis(1400), "retried too fast: {flaky_done:?}");
+        assert!(
+            flaky_done >= Duration::from_millis(1400),
+            "retried too fast: {flaky_done:?}"
+        );
         assert!(others_done < flaky_done);
     })
     .await;
@@ -297,4 +340,177 @@ mod real {
     async fn retries_back_off_and_block_only_their_partition() {
         super::retries_back_off_and_block_only_their_partition(true, Backend::Postgres).await;
     }
+}
+
+// ---- separate host processes (real broker and PostgreSQL only: the embedded broker
+// dies with its process) ----------------------------------------------------------------
+
+const STREAM: &str = r#"
+[topics."{p}.in"]
+partitions = 4
+[topics."{p}.out"]
+partitions = 1
+[components.worker]
+artifact = "{probe}"
+publishes = ["{p}.out"]
+[[routes]]
+topic = "{p}.in"
+component = "worker"
+group = "{p}-worker"
+"#;
+
+/// A `switchyard run` process; killed on drop if still running.
+struct HostProcess(Child);
+
+impl HostProcess {
+    fn start(config: &Path, brokers: &str, database_url: &str) -> HostProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "--brokers",
+                brokers,
+                "--database-url",
+                database_url,
+            ])
+            .arg("run")
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting switchyard run");
+        HostProcess(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM and wait for the graceful exit.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "graceful shutdown failed: {status}");
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL database of its own for a multi-process test, and its URL.
+async fn process_db() -> Option<(Db, String)> {
+    let url = common::postgres_url()?;
+    let name = format!("sy_proc_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    let db = Db::open(Some(&url), Path::new(".")).await.unwrap();
+    Some((db, url))
+}
+
+async fn send_stream(brokers: &Brokers, p: &str, n: usize) {
+    let producer = producer(&brokers.client_config());
+    for i in 0..n {
+        let plan = json!({"steps": [
+            increment("count"),
+            {"op": "put", "key": format!("seen/{i:04}"), "value": "1"},
+            {"op": "publish", "topic": format!("{p}.out"), "key": format!("k{i}"), "payload": format!("out {i}")}
+        ]});
+        send(&producer, &format!("{p}.in"), &format!("k{}", i % 16), None, &plan).await;
+    }
+}
+
+/// Every event's effects exactly once: counter, keys, inbox rows and outbox rows.
+async fn assert_exactly_once(db: &Db, n: i64) {
+    assert_eq!(counter(db, "worker", "count").await, n, "counter");
+    assert_eq!(db.count(Table::Inbox).await.unwrap(), n, "inbox rows");
+    assert_eq!(db.count(Table::Kv).await.unwrap(), n + 1, "seen keys plus the counter");
+    assert_eq!(db.count(Table::Outbox).await.unwrap(), n, "published messages");
+    let start = Instant::now();
+    while db.count(Table::UnsentOutbox).await.unwrap() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "outbox not relayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
+    let Some(servers) = real_brokers() else { return };
+    let Some((db, url)) = process_db().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, STREAM);
+    let brokers = brokers_for(true, &routing).await.unwrap();
+    const N: i64 = 300;
+    send_stream(&brokers, &p, N as usize).await;
+
+    let config = dir.path().join("topics.toml");
+    let mut host = HostProcess::start(&config, &servers, &url);
+    // Kill it while it is in the middle of the stream.
+    let start = Instant::now();
+    loop {
+        let done = counter(&db, "worker", "count").await;
+        if done >= 40 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "host made no progress ({done})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    host.kill();
+    let at_kill = counter(&db, "worker", "count").await;
+    assert!(at_kill < N, "the kill came too late to prove anything ({at_kill})");
+
+    let _host = HostProcess::start(&config, &servers, &url);
+    wait_for(&db, "worker", "count", N, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // room for any duplicate
+    assert_exactly_once(&db, N).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
+    let Some(servers) = real_brokers() else { return };
+    let Some((db, url)) = process_db().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, STREAM);
+    let brokers = brokers_for(true, &routing).await.unwrap();
+    let config = dir.path().join("topics.toml");
+    let mut first = HostProcess::start(&config, &servers, &url);
+    let _second = HostProcess::start(&config, &servers, &url);
+    tokio::time::sleep(Duration::from_secs(3)).await; // both join the group
+    const N: i64 = 400;
+    send_stream(&brokers, &p, N as usize).await;
+    // Both hosts took partitions: each handled part of the stream.
+    let start = Instant::now();
+    loop {
+        let done = counter(&db, "worker", "count").await;
+        if done >= 100 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "no progress ({done})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.terminate(); // leaves the group; the other host takes its partitions over
+    wait_for(&db, "worker", "count", N, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_exactly_once(&db, N).await;
+    let partitions: Vec<(i32,)> = match &db {
+        Db::Postgres(pool) => sqlx::query_as("SELECT DISTINCT partition FROM inbox ORDER BY partition")
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        Db::Sqlite(_) => unreachable!(),
+    };
+    assert_eq!(partitions.len(), 4, "every partition was consumed");
 }

@@ -21,7 +21,10 @@ fn event(id: &str, plan: serde_json::Value) -> InboundEvent {
         vec![
             (headers::EVENT_ID.into(), id.into()),
             (headers::REQUEST_ID.into(), format!("req-{id}")),
-            (headers::TRACEPARENT.into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            (
+                headers::TRACEPARENT.into(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            ),
         ],
         1_700_000_000_000,
     )
@@ -60,8 +63,14 @@ async fn components_cannot_see_each_others_data(db: &Db) {
         {"op": "put", "key": "secret", "value": "beta's"}
     ]});
     committed(runtime.invoke(&beta, db, &event("e2", look)).await.unwrap());
-    assert_eq!(db.peek("alpha", "secret").await.unwrap().as_deref(), Some(&b"alpha's"[..]));
-    assert_eq!(db.peek("beta", "secret").await.unwrap().as_deref(), Some(&b"beta's"[..]));
+    assert_eq!(
+        db.peek("alpha", "secret").await.unwrap().as_deref(),
+        Some(&b"alpha's"[..])
+    );
+    assert_eq!(
+        db.peek("beta", "secret").await.unwrap().as_deref(),
+        Some(&b"beta's"[..])
+    );
 }
 
 async fn a_failed_handler_leaves_nothing_behind(db: &Db) {
@@ -76,8 +85,18 @@ async fn a_failed_handler_leaves_nothing_behind(db: &Db) {
             {"op": "fail", "retryable": retryable, "reason": "changed my mind"}
         ]});
         let failure = failed(runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap());
-        let kind = if retryable { FailureKind::Retryable } else { FailureKind::Fatal };
-        assert_eq!(failure, switchyard::runtime::Failure { kind, reason: "changed my mind".into() });
+        let kind = if retryable {
+            FailureKind::Retryable
+        } else {
+            FailureKind::Fatal
+        };
+        assert_eq!(
+            failure,
+            switchyard::runtime::Failure {
+                kind,
+                reason: "changed my mind".into()
+            }
+        );
         nothing_committed(db).await;
     }
     // The failed attempts did not consume the event id: a fixed run of it goes through.
@@ -94,7 +113,10 @@ async fn a_repeated_event_id_runs_once(db: &Db) {
         {"op": "publish", "topic": "probe.out", "key": null, "payload": "once"}
     ]});
     committed(runtime.invoke(&probe, db, &event("same", plan.clone())).await.unwrap());
-    assert!(matches!(runtime.invoke(&probe, db, &event("same", plan.clone())).await.unwrap(), Outcome::Duplicate));
+    assert!(matches!(
+        runtime.invoke(&probe, db, &event("same", plan.clone())).await.unwrap(),
+        Outcome::Duplicate
+    ));
     assert_eq!(db.peek("probe", "count").await.unwrap().as_deref(), Some(&b"1"[..]));
     assert_eq!(db.count(Table::Outbox).await.unwrap(), 1);
     // Another component handling the same event id is a different inbox entry.
@@ -122,14 +144,26 @@ async fn effects_carry_ids_trace_and_config(db: &Db) {
     let rows = db.unsent_outbox(10).await.unwrap();
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
-    let header = |name: &str| row.message.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let header = |name: &str| {
+        row.message
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
     assert_eq!(header(headers::EVENT_ID), Some(row.event_id.clone()));
     assert_eq!(header(headers::REQUEST_ID).as_deref(), Some("req-e1"));
     assert_eq!(header(headers::SOURCE).as_deref(), Some("probe"));
     assert_eq!(header(headers::CAUSED_BY).as_deref(), Some("e1"));
     let traceparent = header(headers::TRACEPARENT).unwrap();
-    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{traceparent}");
-    assert!(!traceparent.contains("00f067aa0ba902b7"), "a child span gets a new id: {traceparent}");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "a child span gets a new id: {traceparent}"
+    );
     assert_eq!(row.message.key.as_deref(), Some(&b"k1"[..]));
     assert_eq!(row.message.payload, b"p1");
 }
@@ -141,7 +175,11 @@ async fn publishing_outside_the_allowed_topics_is_a_guest_error(db: &Db) {
     let failure = failed(runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap());
     // The probe turns the import's error into a fatal handle error: no trap.
     assert_eq!(failure.kind, FailureKind::Fatal);
-    assert!(failure.reason.contains("TopicNotAllowed(\"billing.payments\")"), "{}", failure.reason);
+    assert!(
+        failure.reason.contains("TopicNotAllowed(\"billing.payments\")"),
+        "{}",
+        failure.reason
+    );
     nothing_committed(db).await;
 }
 
@@ -149,12 +187,29 @@ async fn bad_guests_are_stopped_and_the_host_keeps_serving(db: &Db) {
     let runtime = Runtime::new().unwrap();
     let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
     let cases = [
-        (json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "panic"}]}), FailureKind::Trap, "wasm trap"),
-        (json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "loop"}]}), FailureKind::Deadline, "deadline of 500 ms exceeded"),
-        (json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "alloc", "mib": 256}]}), FailureKind::Memory, "memory cap of 33554432 bytes exceeded"),
+        (
+            json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "panic"}]}),
+            FailureKind::Trap,
+            "wasm trap",
+        ),
+        (
+            json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "loop"}]}),
+            FailureKind::Deadline,
+            "deadline of 500 ms exceeded",
+        ),
+        (
+            json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "alloc", "mib": 256}]}),
+            FailureKind::Memory,
+            "memory cap of 33554432 bytes exceeded",
+        ),
     ];
     for (i, (plan, kind, reason)) in cases.into_iter().enumerate() {
-        let failure = failed(runtime.invoke(&probe, db, &event(&format!("bad{i}"), plan)).await.unwrap());
+        let failure = failed(
+            runtime
+                .invoke(&probe, db, &event(&format!("bad{i}"), plan))
+                .await
+                .unwrap(),
+        );
         assert_eq!(failure.kind, kind, "{failure:?}");
         assert!(failure.reason.contains(reason), "{failure:?}");
         nothing_committed(db).await;
@@ -192,6 +247,7 @@ on_both_backends!(
     publishing_outside_the_allowed_topics_is_a_guest_error,
     bad_guests_are_stopped_and_the_host_keeps_serving,
     storage_operations_work_through_the_guest,
+    concurrent_increments_are_never_lost,
 );
 
 /// A component that imports an interface the host does not have.
@@ -210,16 +266,28 @@ const NO_HANDLE: &str = r#"(component
 fn components_of_the_wrong_world_are_rejected_with_the_fault_named() {
     let runtime = Runtime::new().unwrap();
     let spec = spec("bad", "probe", &[]);
-    let err = runtime.load_bytes(&spec, UNKNOWN_IMPORT.as_bytes()).err().expect("must be rejected");
+    let err = runtime
+        .load_bytes(&spec, UNKNOWN_IMPORT.as_bytes())
+        .err()
+        .expect("must be rejected");
     assert!(matches!(err, LoadError::World { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("component \"bad\"") && text.contains("acme:net/socket"), "{text}");
+    assert!(
+        text.contains("component \"bad\"") && text.contains("acme:net/socket"),
+        "{text}"
+    );
 
-    let err = runtime.load_bytes(&spec, NO_HANDLE.as_bytes()).err().expect("must be rejected");
+    let err = runtime
+        .load_bytes(&spec, NO_HANDLE.as_bytes())
+        .err()
+        .expect("must be rejected");
     let text = err.to_string();
     assert!(text.contains("does not fit world") && text.contains("handle"), "{text}");
 
-    let err = runtime.load_bytes(&spec, b"\0asm garbage").err().expect("must be rejected");
+    let err = runtime
+        .load_bytes(&spec, b"\0asm garbage")
+        .err()
+        .expect("must be rejected");
     assert!(matches!(err, LoadError::Compile { .. }), "{err}");
 }
 
@@ -227,6 +295,32 @@ fn components_of_the_wrong_world_are_rejected_with_the_fault_named() {
 fn every_handler_under_handlers_loads() {
     let runtime = Runtime::new().unwrap();
     for name in ["order", "billing", "notif", "user", "probe"] {
-        runtime.load(&spec(name, name, &[])).unwrap_or_else(|e| panic!("{name}: {e}"));
+        runtime
+            .load(&spec(name, name, &[]))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+/// Concurrent increments of one absent key from many events must all count (on
+/// PostgreSQL they run in concurrent transactions).
+async fn concurrent_increments_are_never_lost(db: &Db) {
+    let runtime = std::sync::Arc::new(Runtime::new().unwrap());
+    let probe = std::sync::Arc::new(runtime.load(&spec("probe", "probe", &[])).unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let (runtime, probe, db) = (runtime.clone(), probe.clone(), db.clone());
+        tasks.spawn(async move {
+            let plan = json!({"steps": [{"op": "increment", "key": "hits", "delta": 1}]});
+            committed(
+                runtime
+                    .invoke(&probe, &db, &event(&format!("c{i}"), plan))
+                    .await
+                    .unwrap(),
+            );
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(db.peek("probe", "hits").await.unwrap().as_deref(), Some(&b"24"[..]));
 }

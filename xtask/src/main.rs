@@ -26,7 +26,10 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// Crates under handlers/ that build a cdylib, i.e. components.
@@ -55,7 +58,11 @@ fn component_crates(root: &Path) -> Result<Vec<String>> {
 
 fn build_handlers(only: &[String]) -> Result<()> {
     let root = workspace_root();
-    let crates = if only.is_empty() { component_crates(&root)? } else { only.to_vec() };
+    let crates = if only.is_empty() {
+        component_crates(&root)?
+    } else {
+        only.to_vec()
+    };
     if crates.is_empty() {
         bail!("no component crates under handlers/ (a crate needs `crate-type = [\"cdylib\"]`)");
     }
@@ -109,10 +116,22 @@ fn cargo_for_wasm() -> Result<Command> {
     // Debian recipe: every piece must be there, and a missing one is named with its package.
     let needs = [
         ("/usr/bin/cargo", "cargo-web", "Debian's cargo matching rustc-web"),
-        ("/usr/bin/rustc", "rustc-web", "Debian's rustc that can build std for wasm"),
-        ("/usr/lib/rustlib/src/rust/library", "rust-web-src", "the std sources for -Zbuild-std"),
+        (
+            "/usr/bin/rustc",
+            "rustc-web",
+            "Debian's rustc that can build std for wasm",
+        ),
+        (
+            "/usr/lib/rustlib/src/rust/library",
+            "rust-web-src",
+            "the std sources for -Zbuild-std",
+        ),
         ("/usr/bin/wasm-ld-19", "lld-19", "the wasm linker"),
-        ("/usr/lib/wasm32-wasi/libc.a", "wasi-libc", "WASI libc for wasm32-wasip1"),
+        (
+            "/usr/lib/wasm32-wasi/libc.a",
+            "wasi-libc",
+            "WASI libc for wasm32-wasip1",
+        ),
     ];
     let missing: Vec<String> = needs
         .iter()
@@ -128,7 +147,14 @@ fn cargo_for_wasm() -> Result<Command> {
     }
     let mut cmd = Command::new("/usr/bin/cargo");
     // rustup's proxies set these for the outer cargo; the Debian cargo must not inherit them.
-    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC_WRAPPER", "RUSTDOC", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("RUSTC", "/usr/bin/rustc")

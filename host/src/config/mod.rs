@@ -19,7 +19,12 @@ pub enum ConfigError {
     #[error("cannot read {path}: {source} (pass the routing file with --config)")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 /// A position in topics.toml, kept so that later checks (loading an artifact) can
@@ -146,7 +151,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 64 << 20, deadline: Duration::from_millis(1000) }
+        Limits {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_millis(1000),
+        }
     }
 }
 
@@ -195,8 +203,10 @@ impl RetryPolicy {
 impl Routing {
     /// Reads and resolves a routing file.
     pub fn load(path: &Path) -> Result<Routing, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Routing::parse(path, &text)
     }
 
@@ -204,7 +214,12 @@ impl Routing {
     pub fn parse(path: &Path, text: &str) -> Result<Routing, ConfigError> {
         let at = |span: std::ops::Range<usize>, message: String| {
             let (line, column) = line_column(text, span.start);
-            ConfigError::Invalid { path: path.to_path_buf(), line, column, message }
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
         };
         let raw: RawFile = toml::from_str(text).map_err(|err| {
             let message = err.message().trim().to_string();
@@ -216,9 +231,15 @@ impl Routing {
         for (name, topic) in raw.topics {
             let span = name.span();
             let name = TopicName::try_from(name.into_inner()).map_err(|m| at(span, m))?;
-            let partitions = range_check(&topic.partitions, 1, 10_000, "partitions")
-                .map_err(|m| at(topic.partitions.span(), m))?;
-            topics.insert(name.clone(), TopicSpec { name, partitions: partitions as u32 });
+            let partitions =
+                range_check(&topic.partitions, 1, 10_000, "partitions").map_err(|m| at(topic.partitions.span(), m))?;
+            topics.insert(
+                name.clone(),
+                TopicSpec {
+                    name,
+                    partitions: partitions as u32,
+                },
+            );
         }
         let declared = |topic: &Spanned<TopicName>, what: &str| {
             if topics.contains_key(topic.get_ref()) {
@@ -242,7 +263,10 @@ impl Routing {
             let name = ComponentName::try_from(name.into_inner()).map_err(|m| at(span, m))?;
             let artifact_text = raw_component.artifact.get_ref();
             if artifact_text.trim().is_empty() {
-                return Err(at(raw_component.artifact.span(), "artifact is empty: give the path of the component's .wasm file".into()));
+                return Err(at(
+                    raw_component.artifact.span(),
+                    "artifact is empty: give the path of the component's .wasm file".into(),
+                ));
             }
             let (line, column) = line_column(text, raw_component.artifact.span().start);
             let mut publishes = BTreeSet::new();
@@ -260,7 +284,10 @@ impl Routing {
                     other => {
                         return Err(at(
                             value.span(),
-                            format!("config value of \"{key}\" must be a string, number or boolean, not {}", other.type_str()),
+                            format!(
+                                "config value of \"{key}\" must be a string, number or boolean, not {}",
+                                other.type_str()
+                            ),
                         ));
                     }
                 };
@@ -268,18 +295,24 @@ impl Routing {
             }
             let mut limits = Limits::default();
             if let Some(mib) = &raw_component.limits.memory_mib {
-                limits.memory_bytes = (range_check(mib, 1, 4096, "memory-mib").map_err(|m| at(mib.span(), m))? as u64) << 20;
+                limits.memory_bytes =
+                    (range_check(mib, 1, 4096, "memory-mib").map_err(|m| at(mib.span(), m))? as u64) << 20;
             }
             if let Some(ms) = &raw_component.limits.deadline_ms {
-                limits.deadline =
-                    Duration::from_millis(range_check(ms, 1, 600_000, "deadline-ms").map_err(|m| at(ms.span(), m))? as u64);
+                limits.deadline = Duration::from_millis(
+                    range_check(ms, 1, 600_000, "deadline-ms").map_err(|m| at(ms.span(), m))? as u64,
+                );
             }
             components.insert(
                 name.clone(),
                 ComponentSpec {
                     name,
                     artifact: base.join(artifact_text),
-                    artifact_at: Location { path: path.to_path_buf(), line, column },
+                    artifact_at: Location {
+                        path: path.to_path_buf(),
+                        line,
+                        column,
+                    },
                     publishes,
                     config,
                     limits,
@@ -304,12 +337,18 @@ impl Routing {
             }
             let topic = raw_route.topic.get_ref().clone();
             if routes.iter().any(|r| r.topic == topic && r.component == component) {
-                return Err(at(route_span, format!("route {topic} -> {component} is declared twice; remove one")));
+                return Err(at(
+                    route_span,
+                    format!("route {topic} -> {component} is declared twice; remove one"),
+                ));
             }
             let dead_letter = match &raw_route.dead_letter {
                 Some(dl) => {
                     if dl.get_ref() == &topic {
-                        return Err(at(dl.span(), format!("dead-letter topic of {topic} is {topic} itself: pick another topic")));
+                        return Err(at(
+                            dl.span(),
+                            format!("dead-letter topic of {topic} is {topic} itself: pick another topic"),
+                        ));
                     }
                     dl.get_ref().clone()
                 }
@@ -317,7 +356,10 @@ impl Routing {
             };
             let group = match &raw_route.group {
                 Some(group) if group.get_ref().trim().is_empty() => {
-                    return Err(at(group.span(), "group is empty: omit it for the default or name a consumer group".into()));
+                    return Err(at(
+                        group.span(),
+                        "group is empty: omit it for the default or name a consumer group".into(),
+                    ));
                 }
                 Some(group) => group.get_ref().clone(),
                 None => format!("switchyard.{component}"),
@@ -327,12 +369,14 @@ impl Routing {
                 retry.attempts = range_check(attempts, 1, 100, "attempts").map_err(|m| at(attempts.span(), m))? as u32;
             }
             if let Some(ms) = &raw_route.retry.initial_backoff_ms {
-                retry.initial_backoff =
-                    Duration::from_millis(range_check(ms, 1, 3_600_000, "initial-backoff-ms").map_err(|m| at(ms.span(), m))? as u64);
+                retry.initial_backoff = Duration::from_millis(
+                    range_check(ms, 1, 3_600_000, "initial-backoff-ms").map_err(|m| at(ms.span(), m))? as u64,
+                );
             }
             if let Some(ms) = &raw_route.retry.max_backoff_ms {
-                retry.max_backoff =
-                    Duration::from_millis(range_check(ms, 1, 3_600_000, "max-backoff-ms").map_err(|m| at(ms.span(), m))? as u64);
+                retry.max_backoff = Duration::from_millis(
+                    range_check(ms, 1, 3_600_000, "max-backoff-ms").map_err(|m| at(ms.span(), m))? as u64,
+                );
                 if retry.max_backoff < retry.initial_backoff {
                     return Err(at(
                         ms.span(),
@@ -348,10 +392,22 @@ impl Routing {
                 Some(c) => range_check(c, 1, 1024, "concurrency").map_err(|m| at(c.span(), m))? as usize,
                 None => topics[&topic].partitions as usize,
             };
-            routes.push(Route { topic, component, group, dead_letter, retry, concurrency });
+            routes.push(Route {
+                topic,
+                component,
+                group,
+                dead_letter,
+                retry,
+                concurrency,
+            });
         }
 
-        Ok(Routing { source: path.to_path_buf(), topics, components, routes })
+        Ok(Routing {
+            source: path.to_path_buf(),
+            topics,
+            components,
+            routes,
+        })
     }
 
     /// Routes that deliver `topic`.
@@ -376,7 +432,11 @@ fn range_check(value: &Spanned<i64>, min: i64, max: i64, what: &str) -> Result<i
 
 fn list<'a, T: std::fmt::Display + 'a>(items: impl Iterator<Item = &'a T>) -> String {
     let names: Vec<String> = items.map(|i| i.to_string()).collect();
-    if names.is_empty() { "none".into() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -416,7 +476,13 @@ retry = { attempts = 3, initial-backoff-ms = 10, max-backoff-ms = 50 }
         assert_eq!(order.artifact, PathBuf::from("/etc/sy/order.wasm"));
         assert_eq!(order.artifact_at.line, 7);
         assert_eq!(order.config["payment-timeout-ms"], "30000");
-        assert_eq!(order.limits, Limits { memory_bytes: 32 << 20, deadline: Duration::from_millis(250) });
+        assert_eq!(
+            order.limits,
+            Limits {
+                memory_bytes: 32 << 20,
+                deadline: Duration::from_millis(250)
+            }
+        );
         let route = &routing.routes[0];
         assert_eq!(route.group, "switchyard.order");
         assert_eq!(route.dead_letter.as_str(), "orders.requests.dlq");
@@ -426,7 +492,11 @@ retry = { attempts = 3, initial-backoff-ms = 10, max-backoff-ms = 50 }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let retry = RetryPolicy { attempts: 6, initial_backoff: Duration::from_millis(10), max_backoff: Duration::from_millis(50) };
+        let retry = RetryPolicy {
+            attempts: 6,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        };
         let delays: Vec<u128> = (1..=5).map(|a| retry.backoff(a).as_millis()).collect();
         assert_eq!(delays, vec![10, 20, 40, 50, 50]);
     }

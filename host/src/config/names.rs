@@ -14,7 +14,9 @@ impl TryFrom<String> for TopicName {
     type Error = String;
 
     fn try_from(name: String) -> Result<Self, String> {
-        let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let valid_chars = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if name.is_empty() || name.len() > 249 || !valid_chars || name == "." || name == ".." {
             return Err(format!(
                 "invalid topic name {name:?}: use 1 to 249 characters of letters, digits, '.', '_' and '-'"

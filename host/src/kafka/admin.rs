@@ -33,16 +33,25 @@ pub struct TopicChange {
 /// fewer declared than present is reported and left alone.
 pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Result<Vec<TopicChange>> {
     let admin: AdminClient<DefaultClientContext> = base.create().context("creating the Kafka admin client")?;
-    let mut wanted: Vec<(String, u32)> =
-        routing.topics.values().map(|t| (t.name.to_string(), t.partitions)).collect();
+    let mut wanted: Vec<(String, u32)> = routing
+        .topics
+        .values()
+        .map(|t| (t.name.to_string(), t.partitions))
+        .collect();
     for dlq in routing.dead_letter_topics() {
         if !routing.topics.contains_key(&dlq) {
             wanted.push((dlq.to_string(), 1));
         }
     }
-    let metadata = admin.inner().fetch_metadata(None, TIMEOUT).context("reading cluster metadata")?;
-    let existing: std::collections::HashMap<String, usize> =
-        metadata.topics().iter().map(|t| (t.name().to_string(), t.partitions().len())).collect();
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, TIMEOUT)
+        .context("reading cluster metadata")?;
+    let existing: std::collections::HashMap<String, usize> = metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
     let mut changes = Vec::new();
     let mut create = Vec::new();
@@ -54,7 +63,11 @@ pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Resu
             Some(&have) => changes.push(TopicChange {
                 topic: topic.clone(),
                 partitions: have as u32,
-                action: if (have as u32) > *partitions { "has more partitions than declared" } else { "unchanged" },
+                action: if (have as u32) > *partitions {
+                    "has more partitions than declared"
+                } else {
+                    "unchanged"
+                },
             }),
         }
     }
@@ -67,7 +80,11 @@ pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Resu
             match result {
                 Ok(topic) | Err((topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
                     let partitions = create.iter().find(|(t, _)| *t == topic).map_or(1, |(_, p)| *p);
-                    changes.push(TopicChange { topic, partitions, action: "created" });
+                    changes.push(TopicChange {
+                        topic,
+                        partitions,
+                        action: "created",
+                    });
                 }
                 Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
             }
@@ -79,7 +96,11 @@ pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Resu
             match result {
                 Ok(topic) => {
                     let partitions = grow.iter().find(|(t, _)| *t == topic).map_or(1, |(_, p)| *p);
-                    changes.push(TopicChange { topic, partitions, action: "partitions added" });
+                    changes.push(TopicChange {
+                        topic,
+                        partitions,
+                        action: "partitions added",
+                    });
                 }
                 Err((topic, code)) => anyhow::bail!("cannot add partitions to {topic}: {code}"),
             }
@@ -116,7 +137,9 @@ pub struct DeadLetter {
 /// watermark), without joining a group or committing anything.
 pub fn list_dead_letters(base: &ClientConfig, topics: &[String]) -> anyhow::Result<Vec<DeadLetter>> {
     let mut config = base.clone();
-    config.set("group.id", "switchyard-dlq-reader").set("enable.auto.commit", "false");
+    config
+        .set("group.id", "switchyard-dlq-reader")
+        .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0i64;
@@ -145,7 +168,9 @@ pub fn list_dead_letters(base: &ClientConfig, topics: &[String]) -> anyhow::Resu
         highs.insert((element.topic().to_string(), element.partition()), high);
     }
     while remaining > 0 && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let message = message?;
         let key = (message.topic().to_string(), message.partition());
         if message.offset() >= highs[&key] {
@@ -153,7 +178,13 @@ pub fn list_dead_letters(base: &ClientConfig, topics: &[String]) -> anyhow::Resu
         }
         remaining -= 1;
         let headers = headers_of(message.headers());
-        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
         letters.push(DeadLetter {
             dlq_topic: message.topic().to_string(),
             partition: message.partition(),
@@ -198,7 +229,10 @@ pub async fn replay(base: &ClientConfig, letters: &[DeadLetter]) -> anyhow::Resu
             .collect();
         headers.push((
             event_headers::EVENT_ID.to_string(),
-            format!("{}:replay:{}:{}:{}", letter.event_id, letter.dlq_topic, letter.partition, letter.offset),
+            format!(
+                "{}:replay:{}:{}:{}",
+                letter.event_id, letter.dlq_topic, letter.partition, letter.offset
+            ),
         ));
         headers.push((REPLAY_FOR.to_string(), letter.component.clone()));
         let mut record = FutureRecord::to(&letter.source_topic)

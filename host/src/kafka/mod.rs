@@ -79,7 +79,9 @@ impl Brokers {
     /// Base client settings for this cluster.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", self.bootstrap_servers()).set("client.id", "switchyard");
+        config
+            .set("bootstrap.servers", self.bootstrap_servers())
+            .set("client.id", "switchyard");
         config
     }
 }
@@ -102,7 +104,10 @@ pub fn headers_of(headers: Option<&BorrowedHeaders>) -> Vec<(String, String)> {
         .map(|h| {
             h.iter()
                 .map(|header| {
-                    let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                    let value = header
+                        .value
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default();
                     (header.key.to_string(), value)
                 })
                 .collect()
@@ -115,6 +120,9 @@ pub fn to_kafka_headers(headers: &[(String, String)]) -> OwnedHeaders {
     headers
         .iter()
         .fold(OwnedHeaders::new_with_capacity(headers.len()), |acc, (k, v)| {
-            acc.insert(Header { key: k, value: Some(v.as_bytes()) })
+            acc.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
         })
 }

@@ -33,7 +33,11 @@ pub async fn run_relay(db: Db, producer: FutureProducer, mut shutdown: watch::Re
                 Err(err) => tracing::warn!(error = %err, "relay lock failed"),
             }
         }
-        let sent = if lock.is_some() { relay_once(&db, &producer).await } else { Ok(0) };
+        let sent = if lock.is_some() {
+            relay_once(&db, &producer).await
+        } else {
+            Ok(0)
+        };
         match sent {
             Ok(n) if n > 0 => continue,
             Ok(_) if stopping => return,

@@ -23,8 +23,8 @@ use crate::config::ComponentSpec;
 use crate::event::InboundEvent;
 use crate::store::{Db, InboxEntry, StoreError};
 
-pub use state::{DeadlineExceeded, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write};
 use bindings::{Handler, HandlerPre};
+pub use state::{DeadlineExceeded, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write};
 use state::{InvocationState, MemoryCap};
 
 /// How often the epoch advances: the resolution of deadlines.
@@ -41,12 +41,29 @@ const MAX_MEMORY_BYTES: usize = 4 << 30;
 pub enum LoadError {
     #[error("cannot create the wasm engine: {0}")]
     Engine(String),
-    #[error("{at}: component \"{component}\": cannot read artifact {path}: {source} (build it with `just handlers` or fix `artifact`)")]
-    Read { at: String, component: String, path: String, source: std::io::Error },
+    #[error(
+        "{at}: component \"{component}\": cannot read artifact {path}: {source} (build it with `just handlers` or fix `artifact`)"
+    )]
+    Read {
+        at: String,
+        component: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{at}: component \"{component}\": {path} is not a valid Wasm component: {reason}")]
-    Compile { at: String, component: String, path: String, reason: String },
+    Compile {
+        at: String,
+        component: String,
+        path: String,
+        reason: String,
+    },
     #[error("{at}: component \"{component}\": {path} does not fit world switchyard:handler/handler: {reason}")]
-    World { at: String, component: String, path: String, reason: String },
+    World {
+        at: String,
+        component: String,
+        path: String,
+        reason: String,
+    },
 }
 
 /// A failure of the host around an invocation (not of the guest): the event was not
@@ -158,8 +175,11 @@ impl Runtime {
 
     /// Like [`Runtime::load`] with the artifact's bytes (binary or WAT) at hand.
     pub fn load_bytes(&self, spec: &ComponentSpec, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
-        let (at, component, path) =
-            (spec.artifact_at.to_string(), spec.name.to_string(), spec.artifact.display().to_string());
+        let (at, component, path) = (
+            spec.artifact_at.to_string(),
+            spec.name.to_string(),
+            spec.artifact.display().to_string(),
+        );
         let compiled = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
             at: at.clone(),
             component: component.clone(),
@@ -174,7 +194,10 @@ impl Runtime {
         };
         let instance_pre = self.linker.instantiate_pre(&compiled).map_err(world_error)?;
         let pre = HandlerPre::new(instance_pre).map_err(world_error)?;
-        Ok(LoadedComponent { spec: Arc::new(spec.clone()), pre })
+        Ok(LoadedComponent {
+            spec: Arc::new(spec.clone()),
+            pre,
+        })
     }
 
     /// Handles `event` with `component` exactly once in effect (see the module docs).
@@ -240,7 +263,10 @@ impl Runtime {
             request_id: event.request_id.clone(),
             trace: event.trace.clone(),
             effects: Effects::default(),
-            memory: MemoryCap { max_bytes: spec.limits.memory_bytes as usize, exceeded: false },
+            memory: MemoryCap {
+                max_bytes: spec.limits.memory_bytes as usize,
+                exceeded: false,
+            },
             deadline: started + spec.limits.deadline,
             poisoned: None,
         };
@@ -266,7 +292,10 @@ impl Runtime {
                 } else {
                     let state = store.into_data();
                     state.tx.rollback().await?;
-                    return Err(InvokeError::Instantiate { component: spec.name.to_string(), reason: format!("{e:#}") });
+                    return Err(InvokeError::Instantiate {
+                        component: spec.name.to_string(),
+                        reason: format!("{e:#}"),
+                    });
                 }
             }
         };
@@ -276,7 +305,10 @@ impl Runtime {
             Ok(Ok(())) => {
                 if let Some(why) = state.poisoned.take() {
                     state.tx.rollback().await?;
-                    Outcome::Failed(Failure { kind: FailureKind::Retryable, reason: format!("database failed during the call: {why}") })
+                    Outcome::Failed(Failure {
+                        kind: FailureKind::Retryable,
+                        reason: format!("database failed during the call: {why}"),
+                    })
                 } else {
                     state.tx.commit().await?;
                     Outcome::Committed(std::mem::take(&mut state.effects))
@@ -288,7 +320,11 @@ impl Runtime {
                     bindings::types::HandleError::Retryable(r) => (FailureKind::Retryable, r),
                     bindings::types::HandleError::Fatal(r) => (FailureKind::Fatal, r),
                 };
-                let kind = if state.poisoned.is_some() { FailureKind::Retryable } else { kind };
+                let kind = if state.poisoned.is_some() {
+                    FailureKind::Retryable
+                } else {
+                    kind
+                };
                 Outcome::Failed(Failure { kind, reason })
             }
             Err(trap) => {
@@ -305,7 +341,9 @@ impl Runtime {
                 timers = effects.timers.len(),
                 "handled"
             ),
-            Outcome::Failed(f) => tracing::warn!(elapsed_us, kind = f.kind.as_str(), reason = %f.reason, "handler failed"),
+            Outcome::Failed(f) => {
+                tracing::warn!(elapsed_us, kind = f.kind.as_str(), reason = %f.reason, "handler failed")
+            }
             Outcome::Duplicate => {}
         }
         Ok(outcome)
@@ -320,13 +358,22 @@ impl Runtime {
 /// Turns a trap into a failure class with a message an operator can act on.
 fn classify_trap(err: &wasmtime::Error, memory_exceeded: bool) -> Failure {
     if let Some(d) = err.downcast_ref::<DeadlineExceeded>() {
-        return Failure { kind: FailureKind::Deadline, reason: format!("{d}: the handler was stopped (raise limits.deadline-ms if it is legitimately slow)") };
+        return Failure {
+            kind: FailureKind::Deadline,
+            reason: format!("{d}: the handler was stopped (raise limits.deadline-ms if it is legitimately slow)"),
+        };
     }
     if let Some(m) = err.downcast_ref::<MemoryCapExceeded>() {
-        return Failure { kind: FailureKind::Memory, reason: format!("{m}: the handler was stopped (raise limits.memory-mib if it legitimately needs more)") };
+        return Failure {
+            kind: FailureKind::Memory,
+            reason: format!("{m}: the handler was stopped (raise limits.memory-mib if it legitimately needs more)"),
+        };
     }
     if memory_exceeded {
-        return Failure { kind: FailureKind::Memory, reason: "memory cap exceeded: the handler was stopped".into() };
+        return Failure {
+            kind: FailureKind::Memory,
+            reason: "memory cap exceeded: the handler was stopped".into(),
+        };
     }
     let trap = err.downcast_ref::<Trap>().map(|t| t.to_string());
     let detail = format!("{err:#}");
@@ -358,11 +405,24 @@ fn to_wit(event: &InboundEvent) -> bindings::types::Event {
         topic: event.topic.clone(),
         key: event.key.clone(),
         payload: event.payload.clone(),
-        headers: event.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
+        headers: event
+            .headers
+            .iter()
+            .map(|(n, v)| Header {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
         timestamp_ms: event.timestamp_ms,
         request_id: event.request_id.clone(),
-        trace: TraceContext { traceparent: event.trace.traceparent(), tracestate: event.trace.tracestate.clone() },
-        position: Position { partition: event.partition, offset: event.offset },
+        trace: TraceContext {
+            traceparent: event.trace.traceparent(),
+            tracestate: event.trace.tracestate.clone(),
+        },
+        position: Position {
+            partition: event.partition,
+            offset: event.offset,
+        },
     }
 }
 

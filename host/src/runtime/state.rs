@@ -73,7 +73,11 @@ impl ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.exceeded = true;
-            return Err(MemoryCapExceeded { max_bytes: self.max_bytes, desired }.into());
+            return Err(MemoryCapExceeded {
+                max_bytes: self.max_bytes,
+                desired,
+            }
+            .into());
         }
         Ok(true)
     }
@@ -111,6 +115,9 @@ pub struct InvocationState {
 
 impl WasiView for InvocationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }

@@ -113,19 +113,31 @@ impl Db {
     pub async fn open(url: Option<&str>, data_dir: &Path) -> Result<Db, StoreError> {
         let db = match url {
             Some(url) if url.starts_with("postgres") => {
-                let options = PgConnectOptions::from_str(url)
-                    .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+                let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
+                    url: redact(url),
+                    source,
+                })?;
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
                     .await
-                    .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+                    .map_err(|source| StoreError::Connect {
+                        url: redact(url),
+                        source,
+                    })?;
                 Db::Postgres(pool)
             }
-            Some(url) => Db::Sqlite(Self::sqlite(SqliteConnectOptions::from_str(url).map_err(|source| {
-                StoreError::Connect { url: url.to_string(), source }
-            })?, url).await?),
+            Some(url) => Db::Sqlite(
+                Self::sqlite(
+                    SqliteConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
+                        url: url.to_string(),
+                        source,
+                    })?,
+                    url,
+                )
+                .await?,
+            ),
             None => {
                 std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
                     path: data_dir.display().to_string(),
@@ -152,7 +164,10 @@ impl Db {
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Connect { url: url.to_string(), source })
+            .map_err(|source| StoreError::Connect {
+                url: url.to_string(),
+                source,
+            })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -192,7 +207,12 @@ impl Db {
                     id,
                     event_id,
                     component,
-                    message: OutboundMessage { topic, key, payload, headers: decode_headers(&headers)? },
+                    message: OutboundMessage {
+                        topic,
+                        key,
+                        payload,
+                        headers: decode_headers(&headers)?,
+                    },
                 })
             })
             .collect()
@@ -203,7 +223,12 @@ impl Db {
         const SQL: &str = "UPDATE outbox SET sent_at_ms = $1 WHERE id = $2";
         let mut tx = self.begin().await?;
         for id in ids {
-            on_conn!(&mut tx, |c| sqlx::query(SQL).bind(now_ms()).bind(id).execute(c).await?.rows_affected());
+            on_conn!(&mut tx, |c| sqlx::query(SQL)
+                .bind(now_ms())
+                .bind(id)
+                .execute(c)
+                .await?
+                .rows_affected());
         }
         tx.commit().await
     }
@@ -219,7 +244,11 @@ impl Db {
         type Row = (String, String, String, Option<Vec<u8>>, Vec<u8>, String);
         let mut tx = self.begin().await?;
         let sql = if matches!(tx, Tx::Postgres(_)) { DUE_PG } else { DUE };
-        let due: Vec<Row> = on_conn!(&mut tx, |c| sqlx::query_as(sql).bind(now_ms).bind(limit).fetch_all(c).await?);
+        let due: Vec<Row> = on_conn!(&mut tx, |c| sqlx::query_as(sql)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(c)
+            .await?);
         for (id, component, topic, key, payload, headers) in &due {
             let message = OutboundMessage {
                 topic: topic.clone(),
@@ -229,7 +258,11 @@ impl Db {
             };
             // The timer id doubles as the fired event's id, so a retried firing is one event.
             tx.insert_outbox(id, component, &message).await?;
-            on_conn!(&mut tx, |c| sqlx::query(DELETE).bind(id).execute(c).await?.rows_affected());
+            on_conn!(&mut tx, |c| sqlx::query(DELETE)
+                .bind(id)
+                .execute(c)
+                .await?
+                .rows_affected());
         }
         tx.commit().await?;
         Ok(due.len())
@@ -262,8 +295,9 @@ impl Db {
             Db::Sqlite(_) => Ok(Some(RelayLock(None))),
             Db::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
-                let (locked,): (bool,) =
-                    sqlx::query_as("SELECT pg_try_advisory_lock(7243001)").fetch_one(&mut *conn).await?;
+                let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(7243001)")
+                    .fetch_one(&mut *conn)
+                    .await?;
                 Ok(locked.then(|| RelayLock(Some(conn))))
             }
         }
@@ -347,35 +381,35 @@ impl Tx {
 
     pub async fn get(&mut self, component: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         const SQL: &str = "SELECT value FROM kv WHERE component = $1 AND key = $2";
-        let row: Option<(Vec<u8>,)> =
-            on_conn!(self, |c| sqlx::query_as(SQL).bind(component).bind(key).fetch_optional(c).await?);
+        let row: Option<(Vec<u8>,)> = on_conn!(self, |c| sqlx::query_as(SQL)
+            .bind(component)
+            .bind(key)
+            .fetch_optional(c)
+            .await?);
         Ok(row.map(|(v,)| v))
-    }
-
-    /// Like `get`, but on PostgreSQL locks the row until commit so that read-modify-write
-    /// operations (increment, compare-and-swap) of concurrent invocations serialize.
-    async fn get_for_update(&mut self, component: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        const SQL_PG: &str = "SELECT value FROM kv WHERE component = $1 AND key = $2 FOR UPDATE";
-        match self {
-            Tx::Sqlite(_) => self.get(component, key).await,
-            Tx::Postgres(t) => {
-                let row: Option<(Vec<u8>,)> =
-                    sqlx::query_as(SQL_PG).bind(component).bind(key).fetch_optional(&mut **t).await?;
-                Ok(row.map(|(v,)| v))
-            }
-        }
     }
 
     pub async fn put(&mut self, component: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
         const SQL: &str = "INSERT INTO kv (component, key, value) VALUES ($1, $2, $3) \
                            ON CONFLICT (component, key) DO UPDATE SET value = excluded.value";
-        on_conn!(self, |c| sqlx::query(SQL).bind(component).bind(key).bind(value).execute(c).await?.rows_affected());
+        on_conn!(self, |c| sqlx::query(SQL)
+            .bind(component)
+            .bind(key)
+            .bind(value)
+            .execute(c)
+            .await?
+            .rows_affected());
         Ok(())
     }
 
     pub async fn delete(&mut self, component: &str, key: &str) -> Result<bool, StoreError> {
         const SQL: &str = "DELETE FROM kv WHERE component = $1 AND key = $2";
-        let n = on_conn!(self, |c| sqlx::query(SQL).bind(component).bind(key).execute(c).await?.rows_affected());
+        let n = on_conn!(self, |c| sqlx::query(SQL)
+            .bind(component)
+            .bind(key)
+            .execute(c)
+            .await?
+            .rows_affected());
         Ok(n > 0)
     }
 
@@ -403,22 +437,38 @@ impl Tx {
     }
 
     /// Adds `delta` to the decimal counter under `key` (absent is 0) and returns it.
+    /// Built on compare-and-swap, so concurrent increments from other partitions (other
+    /// transactions on PostgreSQL) are never lost: a lost race reads again and retries.
     pub async fn increment(&mut self, component: &str, key: &str, delta: i64) -> Result<i64, StoreError> {
-        let current = match self.get_for_update(component, key).await? {
-            None => 0,
-            Some(bytes) => {
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                text.trim()
-                    .parse::<i64>()
-                    .map_err(|_| StoreError::NotANumber { key: key.to_string(), found: text.clone() })?
+        loop {
+            let current = self.get(component, key).await?;
+            let value = match &current {
+                None => 0,
+                Some(bytes) => {
+                    let text = String::from_utf8_lossy(bytes).into_owned();
+                    text.trim().parse::<i64>().map_err(|_| StoreError::NotANumber {
+                        key: key.to_string(),
+                        found: text.clone(),
+                    })?
+                }
+            };
+            let next = value
+                .checked_add(delta)
+                .ok_or_else(|| StoreError::Overflow { key: key.to_string() })?;
+            let next_text = next.to_string();
+            if self
+                .compare_and_swap(component, key, current.as_deref(), Some(next_text.as_bytes()))
+                .await?
+            {
+                return Ok(next);
             }
-        };
-        let next = current.checked_add(delta).ok_or_else(|| StoreError::Overflow { key: key.to_string() })?;
-        self.put(component, key, next.to_string().as_bytes()).await?;
-        Ok(next)
+        }
     }
 
-    /// Swaps `key` from `expected` to `new` (none: absent / delete) if it matches.
+    /// Swaps `key` from `expected` to `new` (none: absent / delete) if it matches. Each
+    /// case is one conditional statement, atomic against concurrent transactions: on
+    /// PostgreSQL an UPDATE re-checks its condition after waiting for a row lock, and an
+    /// insert of an absent key conflicts with a concurrent one.
     pub async fn compare_and_swap(
         &mut self,
         component: &str,
@@ -426,17 +476,36 @@ impl Tx {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
-        let current = self.get_for_update(component, key).await?;
-        if current.as_deref() != expected {
-            return Ok(false);
-        }
-        match new {
-            Some(value) => self.put(component, key, value).await?,
-            None => {
-                self.delete(component, key).await?;
-            }
-        }
-        Ok(true)
+        const INSERT: &str = "INSERT INTO kv (component, key, value) VALUES ($1, $2, $3) \
+                              ON CONFLICT (component, key) DO NOTHING";
+        const UPDATE: &str = "UPDATE kv SET value = $3 WHERE component = $1 AND key = $2 AND value = $4";
+        const DELETE: &str = "DELETE FROM kv WHERE component = $1 AND key = $2 AND value = $3";
+        let changed = match (expected, new) {
+            (None, Some(new)) => on_conn!(self, |c| sqlx::query(INSERT)
+                .bind(component)
+                .bind(key)
+                .bind(new)
+                .execute(c)
+                .await?
+                .rows_affected()),
+            (Some(old), Some(new)) => on_conn!(self, |c| sqlx::query(UPDATE)
+                .bind(component)
+                .bind(key)
+                .bind(new)
+                .bind(old)
+                .execute(c)
+                .await?
+                .rows_affected()),
+            (Some(old), None) => on_conn!(self, |c| sqlx::query(DELETE)
+                .bind(component)
+                .bind(key)
+                .bind(old)
+                .execute(c)
+                .await?
+                .rows_affected()),
+            (None, None) => return Ok(self.get(component, key).await?.is_none()),
+        };
+        Ok(changed == 1)
     }
 
     /// Queues a message for the relay, as part of this transaction.
@@ -492,7 +561,12 @@ impl Tx {
     /// Cancels a pending timer of `component`; false if it fired or never existed.
     pub async fn cancel_timer(&mut self, component: &str, id: &str) -> Result<bool, StoreError> {
         const SQL: &str = "DELETE FROM timers WHERE component = $1 AND id = $2";
-        let n = on_conn!(self, |c| sqlx::query(SQL).bind(component).bind(id).execute(c).await?.rows_affected());
+        let n = on_conn!(self, |c| sqlx::query(SQL)
+            .bind(component)
+            .bind(id)
+            .execute(c)
+            .await?
+            .rows_affected());
         Ok(n > 0)
     }
 }
@@ -535,11 +609,21 @@ mod tests {
         tx.put("a", "user/2", b"y").await.unwrap();
         tx.put("a", "users", b"z").await.unwrap();
         tx.put("b", "user/3", b"w").await.unwrap();
-        let keys: Vec<String> =
-            tx.list_prefix("a", "user/", None, 10).await.unwrap().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = tx
+            .list_prefix("a", "user/", None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, vec!["user/1", "user/2"]);
-        let page: Vec<String> =
-            tx.list_prefix("a", "user/", Some("user/1"), 10).await.unwrap().into_iter().map(|(k, _)| k).collect();
+        let page: Vec<String> = tx
+            .list_prefix("a", "user/", Some("user/1"), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(page, vec!["user/2"]);
         assert_eq!(tx.get("b", "user/1").await.unwrap(), None);
         tx.commit().await.unwrap();
@@ -552,7 +636,10 @@ mod tests {
         assert_eq!(tx.increment("a", "n", 5).await.unwrap(), 5);
         assert_eq!(tx.increment("a", "n", -2).await.unwrap(), 3);
         tx.put("a", "s", b"text").await.unwrap();
-        assert!(matches!(tx.increment("a", "s", 1).await, Err(StoreError::NotANumber { .. })));
+        assert!(matches!(
+            tx.increment("a", "s", 1).await,
+            Err(StoreError::NotANumber { .. })
+        ));
         assert!(!tx.compare_and_swap("a", "k", Some(b"v"), Some(b"w")).await.unwrap());
         assert!(tx.compare_and_swap("a", "k", None, Some(b"v")).await.unwrap());
         assert!(tx.compare_and_swap("a", "k", Some(b"v"), None).await.unwrap());
@@ -562,7 +649,13 @@ mod tests {
     #[tokio::test]
     async fn inbox_claims_once_and_rollback_forgets() {
         let (_dir, db) = sqlite().await;
-        let entry = InboxEntry { component: "a", event_id: "e1", topic: "t", partition: 0, offset: 7 };
+        let entry = InboxEntry {
+            component: "a",
+            event_id: "e1",
+            topic: "t",
+            partition: 0,
+            offset: 7,
+        };
         let mut tx = db.begin().await.unwrap();
         assert!(tx.claim_inbox(&entry).await.unwrap());
         tx.put("a", "k", b"v").await.unwrap();
@@ -579,7 +672,12 @@ mod tests {
     #[tokio::test]
     async fn due_timers_move_to_the_outbox_once() {
         let (_dir, db) = sqlite().await;
-        let message = OutboundMessage { topic: "t".into(), key: None, payload: b"p".to_vec(), headers: vec![("h".into(), "v".into())] };
+        let message = OutboundMessage {
+            topic: "t".into(),
+            key: None,
+            payload: b"p".to_vec(),
+            headers: vec![("h".into(), "v".into())],
+        };
         let mut tx = db.begin().await.unwrap();
         tx.insert_timer("t1", "a", 1_000, &message).await.unwrap();
         tx.insert_timer("t2", "a", 5_000, &message).await.unwrap();

@@ -7,6 +7,10 @@ impl Host for InvocationState {
     }
 
     async fn get_all(&mut self) -> Vec<(String, String)> {
-        self.component.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.component
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }

@@ -15,7 +15,11 @@ impl Host for InvocationState {
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         // Guest fields are folded into one rendered field: tracing needs field names at
         // compile time. The span around the invocation adds component, event and trace.
-        let fields: Vec<String> = fields.iter().take(32).map(|(k, v)| format!("{}={}", clip(k), clip(v))).collect();
+        let fields: Vec<String> = fields
+            .iter()
+            .take(32)
+            .map(|(k, v)| format!("{}={}", clip(k), clip(v)))
+            .collect();
         let fields = fields.join(" ");
         let message = clip(&message);
         let component = self.component.name.as_str();

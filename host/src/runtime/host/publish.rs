@@ -36,7 +36,12 @@ impl InvocationState {
             all.push((headers::REQUEST_ID.to_string(), request_id.clone()));
         }
         all.extend(msg.headers.into_iter().map(|h| (h.name, h.value)));
-        Ok(OutboundMessage { topic: msg.topic, key: msg.key, payload: msg.payload, headers: all })
+        Ok(OutboundMessage {
+            topic: msg.topic,
+            key: msg.key,
+            payload: msg.payload,
+            headers: all,
+        })
     }
 }
 

@@ -6,7 +6,10 @@ use super::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(Error::InvalidKey(format!("key must be 1 to {MAX_KEY_BYTES} bytes, got {}", key.len())));
+        return Err(Error::InvalidKey(format!(
+            "key must be 1 to {MAX_KEY_BYTES} bytes, got {}",
+            key.len()
+        )));
     }
     Ok(())
 }
@@ -90,7 +93,10 @@ impl Host for InvocationState {
         let ns = self.namespace();
         let result = self.tx.increment(&ns, &key, delta).await;
         let value = result.map_err(|e| self.storage_error(e))?;
-        self.effects.writes.push(Write::Put { key, value: value.to_string() });
+        self.effects.writes.push(Write::Put {
+            key,
+            value: value.to_string(),
+        });
         Ok(value)
     }
 
@@ -105,11 +111,17 @@ impl Host for InvocationState {
             check_value(value)?;
         }
         let ns = self.namespace();
-        let result = self.tx.compare_and_swap(&ns, &key, expected.as_deref(), new.as_deref()).await;
+        let result = self
+            .tx
+            .compare_and_swap(&ns, &key, expected.as_deref(), new.as_deref())
+            .await;
         let swapped = result.map_err(|e| self.storage_error(e))?;
         if swapped {
             self.effects.writes.push(match new {
-                Some(value) => Write::Put { key, value: String::from_utf8_lossy(&value).into_owned() },
+                Some(value) => Write::Put {
+                    key,
+                    value: String::from_utf8_lossy(&value).into_owned(),
+                },
                 None => Write::Delete { key },
             });
         }
