@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use serde_json::json;
 use switchyard::config::{ComponentName, ComponentSpec, Limits, Location, Routing, TopicName};
 use switchyard::event::{InboundEvent, headers};
@@ -223,17 +222,15 @@ async fn kafka_table() {
         let producer: FutureProducer = producer_config(&base).create().unwrap();
         let payload = serde_json::to_vec(&plan).unwrap();
         let payload = String::from_utf8(payload).unwrap().replace("{p}", &p);
-        let sends: Vec<_> = (0..N)
-            .map(|i| {
-                let key = format!("k{i}");
-                producer.send(
-                    FutureRecord::to(&format!("{p}.in")).key(&key).payload(&payload),
-                    Timeout::After(Duration::from_secs(30)),
-                )
-            })
-            .collect();
-        for s in sends {
-            s.await.map_err(|(e, _)| e).unwrap();
+        let topic = format!("{p}.in");
+        let mut deliveries = Vec::with_capacity(N);
+        for i in 0..N {
+            let key = format!("k{i}");
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+        for delivery in deliveries {
+            delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
         }
 
         // Baseline: a plain consumer reading the same topic to the end.
