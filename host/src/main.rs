@@ -49,6 +49,8 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Shows each route's committed offset and lag per partition.
+    Lag,
     /// Lists and replays dead letters.
     Dlq {
         #[command(subcommand)]
@@ -135,6 +137,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             command: TopicsCommand::Sync,
         } => topics_sync(&cli).await,
         Command::Dlq { command } => dlq(&cli, command).await,
+        Command::Lag => lag(&cli),
         Command::Invoke { component, event } => invoke(&cli, component, event).await,
     }
 }
@@ -334,6 +337,28 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
             }
             let n = switchyard::kafka::admin::replay(&base, &letters).await?;
             println!("replayed {n} dead letter(s) from {topic}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lag(cli: &Cli) -> Result<ExitCode> {
+    let routing = Routing::load(&cli.config)?;
+    let brokers = external_brokers(cli, &routing)?;
+    let base = brokers.client_config();
+    println!(
+        "{:<28} {:<12} {:<28} {:>4} {:>10} {:>8}",
+        "topic", "component", "group", "part", "committed", "lag"
+    );
+    for route in &routing.routes {
+        let partitions = routing.topics[&route.topic].partitions;
+        let rows = switchyard::kafka::dispatch::group_lag(&base, route, partitions)
+            .with_context(|| format!("reading offsets of group {}", route.group))?;
+        for (partition, committed, lag) in rows {
+            println!(
+                "{:<28} {:<12} {:<28} {:>4} {:>10} {:>8}",
+                route.topic, route.component, route.group, partition, committed, lag
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -304,6 +304,66 @@ async fn retries_back_off_and_block_only_their_partition(real: bool, backend: Ba
     assert_eq!(counter(&db, "worker", "flaky").await, 1);
 }
 
+const TIMERS: &str = r#"
+[topics."{p}.in"]
+partitions = 1
+[topics."{p}.later"]
+partitions = 1
+[components.sched]
+artifact = "{probe}"
+publishes = ["{p}.later"]
+[components.counter]
+artifact = "{probe}"
+[[routes]]
+topic = "{p}.in"
+component = "sched"
+group = "{p}-sched"
+[[routes]]
+topic = "{p}.later"
+component = "counter"
+group = "{p}-counter"
+"#;
+
+async fn timers_fire_once_and_survive_a_restart(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, TIMERS);
+    let Some(brokers) = brokers_for(real, &routing).await else {
+        return;
+    };
+    let Some(db) = test_db(backend).await else { return };
+    let db = db.db.clone();
+    let later = json!({"steps": [increment("fired")]}).to_string();
+    let plan =
+        json!({"steps": [{"op": "schedule", "topic": format!("{p}.later"), "delay_ms": 2500, "payload": later}]});
+    // Schedule, then stop the host before the timer is due.
+    with_service(&routing, &db, &brokers, async {
+        send(
+            &producer(&brokers.client_config()),
+            &format!("{p}.in"),
+            "k",
+            None,
+            &plan,
+        )
+        .await;
+        let start = Instant::now();
+        while db.count(Table::Timers).await.unwrap() == 0 {
+            assert!(start.elapsed() < Duration::from_secs(30), "timer never scheduled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(counter(&db, "counter", "fired").await, 0, "fired too early");
+    // A new host fires it, once.
+    with_service(&routing, &db, &brokers, async {
+        wait_for(&db, "counter", "fired", 1, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await;
+    assert_eq!(counter(&db, "counter", "fired").await, 1);
+    assert_eq!(db.count(Table::Timers).await.unwrap(), 0);
+}
+
 mod embedded {
     use super::*;
 
@@ -320,6 +380,11 @@ mod embedded {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retries_back_off_and_block_only_their_partition() {
         super::retries_back_off_and_block_only_their_partition(false, Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn timers_fire_once_and_survive_a_restart() {
+        super::timers_fire_once_and_survive_a_restart(false, Backend::Sqlite).await;
     }
 }
 
@@ -339,6 +404,11 @@ mod real {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retries_back_off_and_block_only_their_partition() {
         super::retries_back_off_and_block_only_their_partition(true, Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn timers_fire_once_and_survive_a_restart() {
+        super::timers_fire_once_and_survive_a_restart(true, Backend::Postgres).await;
     }
 }
 
@@ -453,7 +523,7 @@ async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
     send_stream(&brokers, &p, N as usize).await;
 
     let config = dir.path().join("topics.toml");
-    let mut host = HostProcess::start(&config, &servers, &url);
+    let mut host = HostProcess::start(&config, &servers, &url, &dir.path().join("first.log"));
     // Kill it while it is in the middle of the stream.
     let start = Instant::now();
     loop {
@@ -471,7 +541,7 @@ async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
     let at_kill = counter(&db, "worker", "count").await;
     assert!(at_kill < N, "the kill came too late to prove anything ({at_kill})");
 
-    let _host = HostProcess::start(&config, &servers, &url);
+    let _host = HostProcess::start(&config, &servers, &url, &dir.path().join("second.log"));
     wait_for(&db, "worker", "count", N, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // room for any duplicate
     assert_exactly_once(&db, N).await;
@@ -486,9 +556,35 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     let routing = routing(dir.path(), &p, STREAM);
     let brokers = brokers_for(true, &routing).await.unwrap();
     let config = dir.path().join("topics.toml");
-    let mut first = HostProcess::start(&config, &servers, &url);
-    let _second = HostProcess::start(&config, &servers, &url);
-    tokio::time::sleep(Duration::from_secs(3)).await; // both join the group
+    let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let mut first = HostProcess::start(&config, &servers, &url, &first_log);
+    let _second = HostProcess::start(&config, &servers, &url, &second_log);
+    // Both join the group and each is given a share of the four partitions.
+    let start = Instant::now();
+    let shares = |log: &Path| -> Vec<String> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("partitions assigned"))
+            .map(str::to_string)
+            .collect()
+    };
+    loop {
+        let (a, b) = (shares(&first_log), shares(&second_log));
+        let split = |lines: &[String]| {
+            lines
+                .last()
+                .is_some_and(|l| !l.contains("partitions=[]") && !l.contains("partitions=[0, 1, 2, 3]"))
+        };
+        if split(&a) && split(&b) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "hosts did not split the partitions:\n{a:?}\n{b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     const N: i64 = 400;
     send_stream(&brokers, &p, N as usize).await;
     // Both hosts took partitions: each handled part of the stream.

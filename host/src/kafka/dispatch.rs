@@ -4,11 +4,12 @@
 //! event is stored only after its effects (or its dead letter) are committed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -29,13 +30,60 @@ const RESUME_BELOW: usize = 64;
 /// Longest wait between tries when the host itself (database) fails.
 const HOST_FAILURE_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Follows the group's rebalances: logs what this host was given and lost, and bumps a
+/// partition's generation when it is revoked, so that events queued for it before are
+/// dropped (unstored, they are fetched again by whoever owns the partition next).
+pub struct RouteContext {
+    generations: Arc<Mutex<HashMap<i32, u64>>>,
+}
+
+impl RouteContext {
+    fn generation(&self, partition: i32) -> u64 {
+        self.generations
+            .lock()
+            .expect("generation lock")
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ClientContext for RouteContext {}
+
+impl ConsumerContext for RouteContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions = partitions_of(list);
+            let mut generations = self.generations.lock().expect("generation lock");
+            for p in &partitions {
+                *generations.entry(*p).or_default() += 1;
+            }
+            tracing::info!(?partitions, "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => tracing::info!(partitions = ?partitions_of(list), "partitions assigned"),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance failed"),
+        }
+    }
+}
+
+type RouteConsumer = StreamConsumer<RouteContext>;
+
 /// Everything a route's workers share.
 struct RouteCtx {
     route: Route,
     component: Arc<LoadedComponent>,
     runtime: Arc<Runtime>,
     db: Db,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<RouteConsumer>,
     /// Caps how many of the route's partitions run an invocation at once.
     permits: Semaphore,
     shutdown: watch::Receiver<bool>,
@@ -67,7 +115,10 @@ pub async fn run_route(
     base: ClientConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let consumer: Arc<StreamConsumer> = Arc::new(consumer_config(&base, &route).create()?);
+    let context = RouteContext {
+        generations: Arc::default(),
+    };
+    let consumer: Arc<RouteConsumer> = Arc::new(consumer_config(&base, &route).create_with_context(context)?);
     consumer.subscribe(&[route.topic.as_str()])?;
     let span = tracing::info_span!("route", topic = %route.topic, component = %route.component, group = %route.group);
     let ctx = Arc::new(RouteCtx {
@@ -88,8 +139,11 @@ pub async fn run_route(
     Ok(())
 }
 
+/// A queued event and the generation of its partition when it was received.
+type Queued = (OwnedMessage, u64);
+
 struct PartitionWorker {
-    sender: mpsc::UnboundedSender<OwnedMessage>,
+    sender: mpsc::UnboundedSender<Queued>,
     queued: Arc<AtomicUsize>,
     paused: bool,
 }
@@ -126,7 +180,8 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
                     PartitionWorker { sender, queued, paused: false }
                 });
                 let queued = worker.queued.fetch_add(1, Ordering::AcqRel) + 1;
-                if worker.sender.send(message).is_err() {
+                let generation = ctx.consumer.context().generation(partition);
+                if worker.sender.send((message, generation)).is_err() {
                     break; // the worker stopped: shutting down
                 }
                 if queued > PAUSE_ABOVE && !worker.paused {
@@ -154,12 +209,17 @@ fn partition_list(route: &Route, partition: i32) -> TopicPartitionList {
 async fn partition_worker(
     ctx: Arc<RouteCtx>,
     partition: i32,
-    mut receiver: mpsc::UnboundedReceiver<OwnedMessage>,
+    mut receiver: mpsc::UnboundedReceiver<Queued>,
     queued: Arc<AtomicUsize>,
 ) {
-    while let Some(message) = receiver.recv().await {
+    while let Some((message, generation)) = receiver.recv().await {
         if *ctx.shutdown.borrow() {
             return; // not handled, offset not stored: it is redelivered after restart
+        }
+        if generation != ctx.consumer.context().generation(partition) {
+            // Revoked since it was queued: its next owner (maybe this host again) reads it anew.
+            queued.fetch_sub(1, Ordering::AcqRel);
+            continue;
         }
         let offset = message.offset();
         if handle_message(&ctx, message).await {

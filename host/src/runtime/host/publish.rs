@@ -1,40 +1,66 @@
-use crate::event::headers;
+use crate::config::ComponentSpec;
+use crate::event::{TraceContext, headers};
 use crate::runtime::bindings::publish::{Error, Host, Message};
 use crate::runtime::state::{InvocationState, Published};
 use crate::store::OutboundMessage;
 
 use super::MAX_VALUE_BYTES;
 
+/// Checks a guest message against the component's rights and the host's limits.
+pub(crate) fn check_message(spec: &ComponentSpec, msg: &Message) -> Result<(), Error> {
+    if !spec.publishes.iter().any(|t| t.as_str() == msg.topic) {
+        return Err(Error::TopicNotAllowed(msg.topic.clone()));
+    }
+    if msg.payload.len() > MAX_VALUE_BYTES {
+        return Err(Error::TooLarge(msg.payload.len() as u64));
+    }
+    if let Some(h) = msg.headers.iter().find(|h| {
+        h.name.to_ascii_lowercase().starts_with(headers::RESERVED_PREFIX)
+            || h.name.eq_ignore_ascii_case(headers::TRACEPARENT)
+            || h.name.eq_ignore_ascii_case(headers::TRACESTATE)
+    }) {
+        return Err(Error::ReservedHeader(h.name.clone()));
+    }
+    Ok(())
+}
+
+/// The headers the host puts on a message with id `event_id` that `component` publishes
+/// while handling event `cause_id`: its id, source, cause, request id and a child span
+/// of the cause's trace.
+pub(crate) fn host_headers(
+    component: &str,
+    event_id: &str,
+    cause_id: &str,
+    request_id: Option<&str>,
+    trace: &TraceContext,
+) -> Vec<(String, String)> {
+    let child = trace.child();
+    let mut all = vec![
+        (headers::EVENT_ID.to_string(), event_id.to_string()),
+        (headers::SOURCE.to_string(), component.to_string()),
+        (headers::CAUSED_BY.to_string(), cause_id.to_string()),
+        (headers::TRACEPARENT.to_string(), child.traceparent()),
+    ];
+    if !child.tracestate.is_empty() {
+        all.push((headers::TRACESTATE.to_string(), child.tracestate));
+    }
+    if let Some(request_id) = request_id {
+        all.push((headers::REQUEST_ID.to_string(), request_id.to_string()));
+    }
+    all
+}
+
 impl InvocationState {
-    /// Checks a guest message against the component's rights and adds the host headers:
-    /// a fresh event id, the request id, a child trace context, source and cause.
+    /// A guest message, checked and with the host headers added, ready for the outbox.
     pub(crate) fn outbound(&self, msg: Message, event_id: &str) -> Result<OutboundMessage, Error> {
-        if !self.component.publishes.iter().any(|t| t.as_str() == msg.topic) {
-            return Err(Error::TopicNotAllowed(msg.topic));
-        }
-        if msg.payload.len() > MAX_VALUE_BYTES {
-            return Err(Error::TooLarge(msg.payload.len() as u64));
-        }
-        if let Some(h) = msg.headers.iter().find(|h| {
-            h.name.to_ascii_lowercase().starts_with(headers::RESERVED_PREFIX)
-                || h.name.eq_ignore_ascii_case(headers::TRACEPARENT)
-                || h.name.eq_ignore_ascii_case(headers::TRACESTATE)
-        }) {
-            return Err(Error::ReservedHeader(h.name.clone()));
-        }
-        let trace = self.trace.child();
-        let mut all = vec![
-            (headers::EVENT_ID.to_string(), event_id.to_string()),
-            (headers::SOURCE.to_string(), self.component.name.to_string()),
-            (headers::CAUSED_BY.to_string(), self.event_id.clone()),
-            (headers::TRACEPARENT.to_string(), trace.traceparent()),
-        ];
-        if !trace.tracestate.is_empty() {
-            all.push((headers::TRACESTATE.to_string(), trace.tracestate.clone()));
-        }
-        if let Some(request_id) = &self.request_id {
-            all.push((headers::REQUEST_ID.to_string(), request_id.clone()));
-        }
+        check_message(&self.component, &msg)?;
+        let mut all = host_headers(
+            self.component.name.as_str(),
+            event_id,
+            &self.event_id,
+            self.request_id.as_deref(),
+            &self.trace,
+        );
         all.extend(msg.headers.into_iter().map(|h| (h.name, h.value)));
         Ok(OutboundMessage {
             topic: msg.topic,
@@ -64,5 +90,84 @@ impl Host for InvocationState {
             headers: message.headers,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::config::{ComponentName, Limits, Location, TopicName};
+    use crate::runtime::bindings::types::Header;
+
+    fn spec() -> ComponentSpec {
+        ComponentSpec {
+            name: ComponentName::try_from("order".to_string()).unwrap(),
+            artifact: "order.wasm".into(),
+            artifact_at: Location {
+                path: "t.toml".into(),
+                line: 1,
+                column: 1,
+            },
+            publishes: BTreeSet::from([TopicName::try_from("orders.created".to_string()).unwrap()]),
+            config: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    fn message(topic: &str, payload_len: usize, header: Option<&str>) -> Message {
+        Message {
+            topic: topic.into(),
+            key: None,
+            payload: vec![0; payload_len],
+            headers: header
+                .map(|h| Header {
+                    name: h.into(),
+                    value: "v".into(),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_declared_topics_small_payloads_and_own_headers_pass() {
+        assert!(check_message(&spec(), &message("orders.created", 10, Some("x-mine"))).is_ok());
+        assert!(matches!(
+            check_message(&spec(), &message("billing.payments", 10, None)),
+            Err(Error::TopicNotAllowed(t)) if t == "billing.payments"
+        ));
+        assert!(matches!(
+            check_message(&spec(), &message("orders.created", MAX_VALUE_BYTES + 1, None)),
+            Err(Error::TooLarge(_))
+        ));
+        for reserved in ["switchyard-event-id", "Switchyard-Source", "traceparent"] {
+            assert!(matches!(
+                check_message(&spec(), &message("orders.created", 1, Some(reserved))),
+                Err(Error::ReservedHeader(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn host_headers_link_the_message_to_its_cause() {
+        let trace = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "k=v").unwrap();
+        let h: BTreeMap<String, String> = host_headers("order", "e2", "e1", Some("r1"), &trace)
+            .into_iter()
+            .collect();
+        assert_eq!(h[headers::EVENT_ID], "e2");
+        assert_eq!(h[headers::SOURCE], "order");
+        assert_eq!(h[headers::CAUSED_BY], "e1");
+        assert_eq!(h[headers::REQUEST_ID], "r1");
+        assert_eq!(h[headers::TRACESTATE], "k=v");
+        let child = TraceContext::parse(&h[headers::TRACEPARENT], "").unwrap();
+        assert_eq!(child.trace_id, trace.trace_id);
+        assert_ne!(child.parent_id, trace.parent_id);
+        assert!(
+            !host_headers("order", "e2", "e1", None, &trace)
+                .iter()
+                .any(|(n, _)| n == headers::REQUEST_ID)
+        );
     }
 }
