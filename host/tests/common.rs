@@ -86,24 +86,28 @@ pub async fn test_db(backend: Backend) -> Option<TestDb> {
             Some(TestDb { db, _dir: Some(dir) })
         }
         Backend::Postgres => {
-            let url = postgres_url()?;
-            // One database per test so tests can run in parallel and start empty.
-            let name = format!("sy_test_{}", uuid::Uuid::new_v4().simple());
-            let admin = sqlx::PgPool::connect(&url)
-                .await
-                .expect("connecting to the test PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let base = url.rsplit_once('/').map(|(b, _)| b).unwrap();
-            let db = Db::open(Some(&format!("{base}/{name}")), std::path::Path::new("."))
-                .await
-                .unwrap();
+            let (db, _) = postgres_database().await?;
             Some(TestDb { db, _dir: None })
         }
     }
+}
+
+/// A fresh database of its own on the test PostgreSQL server, so tests can run in
+/// parallel and start empty; also returns its URL for host processes.
+pub async fn postgres_database() -> Option<(Db, String)> {
+    let url = postgres_url()?;
+    let name = format!("sy_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connecting to the test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = format!("{}/{name}", url.rsplit_once('/').map(|(base, _)| base).unwrap());
+    let db = Db::open(Some(&url), std::path::Path::new(".")).await.unwrap();
+    Some((db, url))
 }
 
 /// Declares `$name_sqlite` and `$name_postgres` tests running `$scenario(db)`.

@@ -231,6 +231,25 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
             assert!(start.elapsed() < Duration::from_secs(30), "dead letters: {letters:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if real {
+            // The operator's view of the same: `switchyard dlq list`.
+            let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .arg("--config")
+                .arg(dir.path().join("topics.toml"))
+                .args(["--brokers", &brokers.bootstrap_servers(), "dlq", "list", "--json"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let lines: Vec<serde_json::Value> = out
+                .stdout
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).unwrap())
+                .collect();
+            assert_eq!(lines.len(), 2);
+            assert_eq!(lines[0]["reason"], "config fixed is not set");
+            assert_eq!(lines[0]["source_topic"], format!("{p}.in"));
+        }
     })
     .await;
 
@@ -364,53 +383,35 @@ async fn timers_fire_once_and_survive_a_restart(real: bool, backend: Backend) {
     assert_eq!(db.count(Table::Timers).await.unwrap(), 0);
 }
 
-mod embedded {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn event_flows_through_two_components_once() {
-        super::event_flows_through_two_components_once(false, Backend::Sqlite).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn poison_event_is_dead_lettered_and_replayed_after_a_fix() {
-        super::poison_event_is_dead_lettered_and_replayed_after_a_fix(false, Backend::Sqlite).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn retries_back_off_and_block_only_their_partition() {
-        super::retries_back_off_and_block_only_their_partition(false, Backend::Sqlite).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn timers_fire_once_and_survive_a_restart() {
-        super::timers_fire_once_and_survive_a_restart(false, Backend::Sqlite).await;
-    }
+/// Declares each scenario twice: on the embedded broker with SQLite, and on the real
+/// broker with PostgreSQL.
+macro_rules! on_both_brokers {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(false, super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(true, super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
 }
 
-mod real {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn event_flows_through_two_components_once() {
-        super::event_flows_through_two_components_once(true, Backend::Postgres).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn poison_event_is_dead_lettered_and_replayed_after_a_fix() {
-        super::poison_event_is_dead_lettered_and_replayed_after_a_fix(true, Backend::Postgres).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn retries_back_off_and_block_only_their_partition() {
-        super::retries_back_off_and_block_only_their_partition(true, Backend::Postgres).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn timers_fire_once_and_survive_a_restart() {
-        super::timers_fire_once_and_survive_a_restart(true, Backend::Postgres).await;
-    }
-}
+on_both_brokers!(
+    event_flows_through_two_components_once,
+    poison_event_is_dead_lettered_and_replayed_after_a_fix,
+    retries_back_off_and_block_only_their_partition,
+    timers_fire_once_and_survive_a_restart,
+);
 
 // ---- separate host processes (real broker and PostgreSQL only: the embedded broker
 // dies with its process) ----------------------------------------------------------------
@@ -433,7 +434,8 @@ group = "{p}-worker"
 struct HostProcess(Child);
 
 impl HostProcess {
-    fn start(config: &Path, brokers: &str, database_url: &str) -> HostProcess {
+    /// Starts a host; its log (rebalances at info) goes to `log`.
+    fn start(config: &Path, brokers: &str, database_url: &str, log: &Path) -> HostProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args([
                 "--config",
@@ -444,9 +446,9 @@ impl HostProcess {
                 database_url,
             ])
             .arg("run")
-            .env("SWITCHYARD_LOG", "warn")
+            .env("SWITCHYARD_LOG", "warn,switchyard::kafka::dispatch=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .expect("starting switchyard run");
         HostProcess(child)
@@ -469,21 +471,6 @@ impl Drop for HostProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A PostgreSQL database of its own for a multi-process test, and its URL.
-async fn process_db() -> Option<(Db, String)> {
-    let url = common::postgres_url()?;
-    let name = format!("sy_proc_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let url = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
-    let db = Db::open(Some(&url), Path::new(".")).await.unwrap();
-    Some((db, url))
 }
 
 async fn send_stream(brokers: &Brokers, p: &str, n: usize) {
@@ -514,7 +501,9 @@ async fn assert_exactly_once(db: &Db, n: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
     let Some(servers) = real_brokers() else { return };
-    let Some((db, url)) = process_db().await else { return };
+    let Some((db, url)) = common::postgres_database().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = prefix();
     let routing = routing(dir.path(), &p, STREAM);
@@ -550,7 +539,9 @@ async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     let Some(servers) = real_brokers() else { return };
-    let Some((db, url)) = process_db().await else { return };
+    let Some((db, url)) = common::postgres_database().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = prefix();
     let routing = routing(dir.path(), &p, STREAM);
