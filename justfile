@@ -26,8 +26,8 @@ services-stop:
     scripts/services.sh stop all
 
 # Every test: unit, handler logic, and integration against real services.
-test: handlers services
-    eval "$(scripts/services.sh env)" && cargo test --workspace
+test *ARGS: handlers services
+    scripts/test.sh {{ARGS}}
 
 # Formatting and lints, as CI runs them.
 lint:

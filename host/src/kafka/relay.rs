@@ -20,6 +20,8 @@ const BATCH: i64 = 512;
 /// Pause when there is nothing to send, or after a failure.
 const IDLE: Duration = Duration::from_millis(10);
 const BACKOFF: Duration = Duration::from_millis(500);
+/// How often a host that is not the relay tries to become it.
+const FOLLOWER_POLL: Duration = Duration::from_secs(1);
 
 /// Relays until `shutdown` turns true, then sends what is left once more and returns.
 pub async fn run_relay(db: Db, producer: FutureProducer, mut shutdown: watch::Receiver<bool>) {
@@ -32,12 +34,19 @@ pub async fn run_relay(db: Db, producer: FutureProducer, mut shutdown: watch::Re
                 Ok(None) => {} // another host relays
                 Err(err) => tracing::warn!(error = %err, "relay lock failed"),
             }
+            if lock.is_none() {
+                // Another host is the relay; check now and then whether it is still there.
+                if stopping {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOWER_POLL) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
         }
-        let sent = if lock.is_some() {
-            relay_once(&db, &producer).await
-        } else {
-            Ok(0)
-        };
+        let sent = relay_once(&db, &producer).await;
         match sent {
             Ok(n) if n > 0 => continue,
             Ok(_) if stopping => return,

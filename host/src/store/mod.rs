@@ -292,13 +292,15 @@ impl Db {
     /// connection (a dead host's lock vanishes with its session). SQLite has one host.
     pub async fn try_relay_lock(&self) -> Result<Option<RelayLock>, StoreError> {
         match self {
-            Db::Sqlite(_) => Ok(Some(RelayLock(None))),
+            Db::Sqlite(_) => Ok(Some(RelayLock { _session: None })),
             Db::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
+                // Detached from the pool: when the lock is dropped the session ends and
+                // PostgreSQL releases the lock, instead of it lingering on a pooled connection.
+                let mut conn = pool.acquire().await?.detach();
                 let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(7243001)")
-                    .fetch_one(&mut *conn)
+                    .fetch_one(&mut conn)
                     .await?;
-                Ok(locked.then(|| RelayLock(Some(conn))))
+                Ok(locked.then(|| RelayLock { _session: Some(conn) }))
             }
         }
     }
@@ -331,7 +333,10 @@ impl Db {
 }
 
 /// Proof of being the one outbox relay (see [`Db::try_relay_lock`]).
-pub struct RelayLock(#[allow(dead_code)] Option<sqlx::pool::PoolConnection<Postgres>>);
+pub struct RelayLock {
+    /// The session holding the advisory lock (PostgreSQL only); kept open, never read.
+    _session: Option<sqlx::PgConnection>,
+}
 
 /// Tables [`Db::count`] can count.
 #[derive(Debug, Clone, Copy)]
