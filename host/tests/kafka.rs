@@ -552,27 +552,25 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     let _second = HostProcess::start(&config, &servers, &url, &second_log);
     // Both join the group and each is given a share of the four partitions.
     let start = Instant::now();
-    let shares = |log: &Path| -> Vec<String> {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("partitions assigned"))
-            .map(str::to_string)
-            .collect()
+    // The partitions a host was last given, from its "partitions assigned" log lines.
+    let share = |log: &Path| -> Option<Vec<i32>> {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let line = text.lines().filter(|l| l.contains("partitions assigned")).last()?;
+        let list = line.split("partitions=[").nth(1)?.split(']').next()?;
+        Some(list.split(',').filter_map(|p| p.trim().parse().ok()).collect())
     };
     loop {
-        let (a, b) = (shares(&first_log), shares(&second_log));
-        let split = |lines: &[String]| {
-            lines
-                .last()
-                .is_some_and(|l| !l.contains("partitions=[]") && !l.contains("partitions=[0, 1, 2, 3]"))
-        };
-        if split(&a) && split(&b) {
-            break;
+        let (a, b) = (share(&first_log), share(&second_log));
+        if let (Some(a), Some(b)) = (&a, &b) {
+            let mut all: Vec<i32> = a.iter().chain(b).copied().collect();
+            all.sort();
+            if !a.is_empty() && !b.is_empty() && all == [0, 1, 2, 3] {
+                break;
+            }
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "hosts did not split the partitions:\n{a:?}\n{b:?}"
+            "hosts did not split the partitions: {a:?} {b:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -362,7 +362,8 @@ impl Routing {
                     ));
                 }
                 Some(group) => group.get_ref().clone(),
-                None => format!("switchyard.{component}"),
+                // One group per route: routes of one component rebalance independently.
+                None => format!("switchyard.{component}.{topic}"),
             };
             let mut retry = RetryPolicy::default();
             if let Some(attempts) = &raw_route.retry.attempts {
@@ -484,7 +485,7 @@ retry = { attempts = 3, initial-backoff-ms = 10, max-backoff-ms = 50 }
             }
         );
         let route = &routing.routes[0];
-        assert_eq!(route.group, "switchyard.order");
+        assert_eq!(route.group, "switchyard.order.orders.requests");
         assert_eq!(route.dead_letter.as_str(), "orders.requests.dlq");
         assert_eq!(route.concurrency, 3);
         assert_eq!(routing.topics[&route.topic].partitions, 3);

@@ -34,6 +34,9 @@ const HOST_FAILURE_BACKOFF: Duration = Duration::from_secs(5);
 /// partition's generation when it is revoked, so that events queued for it before are
 /// dropped (unstored, they are fetched again by whoever owns the partition next).
 pub struct RouteContext {
+    /// The route's topic and component, for log lines outside the route's span.
+    topic: String,
+    component: String,
     generations: Arc<Mutex<HashMap<i32, u64>>>,
 }
 
@@ -62,13 +65,18 @@ impl ConsumerContext for RouteContext {
             for p in &partitions {
                 *generations.entry(*p).or_default() += 1;
             }
-            tracing::info!(?partitions, "partitions revoked");
+            tracing::info!(topic = %self.topic, component = %self.component, ?partitions, "partitions revoked");
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(list) => tracing::info!(partitions = ?partitions_of(list), "partitions assigned"),
+            Rebalance::Assign(list) => tracing::info!(
+                topic = %self.topic,
+                component = %self.component,
+                partitions = ?partitions_of(list),
+                "partitions assigned"
+            ),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance failed"),
         }
@@ -116,6 +124,8 @@ pub async fn run_route(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let context = RouteContext {
+        topic: route.topic.to_string(),
+        component: route.component.to_string(),
         generations: Arc::default(),
     };
     let consumer: Arc<RouteConsumer> = Arc::new(consumer_config(&base, &route).create_with_context(context)?);
