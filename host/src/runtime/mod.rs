@@ -146,6 +146,9 @@ impl Runtime {
             .total_tables(MAX_INSTANCES * 4)
             .max_memory_size(MAX_MEMORY_BYTES);
         let mut config = Config::new();
+        // Compiled components are cached on disk (keyed by their hash), so restarts and
+        // `check` skip recompiling unchanged artifacts; without a usable cache dir, compile.
+        config.cache(wasmtime::Cache::from_file(None).ok());
         config
             .epoch_interruption(true)
             .wasm_component_model(true)
