@@ -249,6 +249,29 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
             assert_eq!(lines.len(), 2);
             assert_eq!(lines[0]["reason"], "config fixed is not set");
             assert_eq!(lines[0]["source_topic"], format!("{p}.in"));
+
+            // `switchyard lag`: partition 0 got all seven events; its lag drains to 0.
+            let start = Instant::now();
+            loop {
+                let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                    .arg("--config")
+                    .arg(dir.path().join("topics.toml"))
+                    .args(["--brokers", &brokers.bootstrap_servers(), "lag"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let table = String::from_utf8_lossy(&out.stdout).into_owned();
+                let row: Vec<String> = table
+                    .lines()
+                    .find(|l| l.starts_with(&format!("{p}.in ")) && l.split_whitespace().nth(3) == Some("0"))
+                    .map(|l| l.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default();
+                if row.get(4).map(String::as_str) == Some("7") && row.get(5).map(String::as_str) == Some("0") {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "lag never drained:\n{table}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
         }
     })
     .await;

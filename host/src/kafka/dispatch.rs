@@ -178,7 +178,9 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
                 let message = match received {
                     Ok(message) => message.detach(),
                     Err(err) => {
+                        // Broker or topic trouble: librdkafka retries by itself; don't spin.
                         tracing::warn!(error = %err, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }
                 };
