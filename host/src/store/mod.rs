@@ -153,15 +153,17 @@ impl Db {
     }
 
     async fn sqlite(options: SqliteConnectOptions, url: &str) -> Result<SqlitePool, StoreError> {
-        // WAL lets readers run beside the one writer; writers queue on the busy timeout
-        // because every transaction starts with BEGIN IMMEDIATE (see `begin`).
+        // SQLite has one writer. One pooled connection makes this process's transactions
+        // queue on the pool (fair, no sleeping) instead of on SQLite's busy handler, which
+        // backs off in milliseconds; the busy timeout and BEGIN IMMEDIATE (see `begin`)
+        // still order writers of other processes on the same file (`switchyard invoke`).
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
         SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(1)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect {
