@@ -578,7 +578,7 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     // The partitions a host was last given, from its "partitions assigned" log lines.
     let share = |log: &Path| -> Option<Vec<i32>> {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let line = text.lines().filter(|l| l.contains("partitions assigned")).last()?;
+        let line = text.lines().rev().find(|l| l.contains("partitions assigned"))?;
         let list = line.split("partitions=[").nth(1)?.split(']').next()?;
         Some(list.split(',').filter_map(|p| p.trim().parse().ok()).collect())
     };
