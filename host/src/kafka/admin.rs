@@ -106,8 +106,45 @@ pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Resu
             }
         }
     }
+    if !create.is_empty() || !grow.is_empty() {
+        wait_for_leaders(&admin, &wanted).await?;
+    }
     changes.sort_by(|a, b| a.topic.cmp(&b.topic));
     Ok(changes)
+}
+
+/// New topics and partitions take a moment to get a leader; until then producing and
+/// reading offsets fail. Waits until every wanted partition has one.
+async fn wait_for_leaders(admin: &AdminClient<DefaultClientContext>, wanted: &[(String, u32)]) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, TIMEOUT)
+            .context("reading cluster metadata")?;
+        let pending: Vec<&str> = wanted
+            .iter()
+            .filter(|(topic, partitions)| {
+                let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                    return true;
+                };
+                meta.error().is_some()
+                    || meta.partitions().len() < *partitions as usize
+                    || meta.partitions().iter().any(|p| p.leader() < 0 || p.error().is_some())
+            })
+            .map(|(topic, _)| topic.as_str())
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "topics without a partition leader after {TIMEOUT:?}: {}",
+                pending.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One dead letter as `dlq list` shows it.
