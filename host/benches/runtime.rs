@@ -240,11 +240,12 @@ async fn kafka_table() {
             .set("auto.offset.reset", "earliest");
         let consumer: StreamConsumer = config.create().unwrap();
         consumer.subscribe(&[&format!("{p}.in")]).unwrap();
+        consumer.recv().await.unwrap();
         let start = Instant::now();
-        for _ in 0..N {
+        for _ in 1..N {
             consumer.recv().await.unwrap();
         }
-        let raw = start.elapsed() / N as u32;
+        let raw = start.elapsed() / (N as u32 - 1);
         drop(consumer);
 
         let tmp = tempfile::tempdir().unwrap();
@@ -254,10 +255,15 @@ async fn kafka_table() {
         };
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let service = switchyard::service::serve(&routing, db.clone(), &brokers, shutdown);
+        // Both clocks start at the first event received or handled, so joining the group
+        // (and, for the route, loading the component) is not counted: N-1 events are.
         let watch = async {
+            while db.count(Table::Inbox).await.unwrap() < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let start = Instant::now();
             while db.count(Table::Inbox).await.unwrap() < N as i64 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let elapsed = start.elapsed();
             stop.send(true).unwrap();
@@ -273,7 +279,7 @@ async fn kafka_table() {
         });
         rows.push(Row {
             name,
-            per_op: elapsed / N as u32,
+            per_op: elapsed / (N as u32 - 1),
             baseline: Some(raw),
         });
     }
