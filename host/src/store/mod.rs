@@ -222,17 +222,31 @@ impl Db {
 
     /// Marks outbox rows as delivered to Kafka.
     pub async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        // By id, never by range: ids are taken at insert, so a row with a lower id can
+        // still become visible after this batch was read.
         const SQL: &str = "UPDATE outbox SET sent_at_ms = $1 WHERE id = $2";
-        let mut tx = self.begin().await?;
-        for id in ids {
-            on_conn!(&mut tx, |c| sqlx::query(SQL)
-                .bind(now_ms())
-                .bind(id)
-                .execute(c)
-                .await?
-                .rows_affected());
+        const SQL_PG: &str = "UPDATE outbox SET sent_at_ms = $1 WHERE id = ANY($2)";
+        if ids.is_empty() {
+            return Ok(());
         }
-        tx.commit().await
+        match self {
+            Db::Postgres(pool) => {
+                sqlx::query(SQL_PG).bind(now_ms()).bind(ids).execute(pool).await?;
+                Ok(())
+            }
+            Db::Sqlite(_) => {
+                let mut tx = self.begin().await?;
+                for id in ids {
+                    on_conn!(&mut tx, |c| sqlx::query(SQL)
+                        .bind(now_ms())
+                        .bind(id)
+                        .execute(c)
+                        .await?
+                        .rows_affected());
+                }
+                tx.commit().await
+            }
+        }
     }
 
     /// Moves every timer due by `now_ms` into the outbox, in one transaction per batch,
