@@ -5,41 +5,23 @@
 //! `SWITCHYARD_TEST_DATABASE_URL`, Kafka rows `SWITCHYARD_TEST_KAFKA_BROKERS`
 //! (`scripts/services.sh env`); rows whose service is missing are skipped.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use switchyard::config::{ComponentName, ComponentSpec, Limits, Location, Routing, TopicName};
+use switchyard::config::{ComponentSpec, Routing};
 use switchyard::event::{InboundEvent, headers};
 use switchyard::kafka::{Brokers, admin, producer_config};
 use switchyard::runtime::{Outcome, Runtime};
 use switchyard::store::{Db, InboxEntry, OutboundMessage, Table};
 
-fn probe_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/components/probe.wasm");
-    assert!(path.is_file(), "{} missing: run `just handlers`", path.display());
-    path
-}
+// The test suite's helpers: built components, specs, per-run PostgreSQL databases.
+#[path = "../tests/common.rs"]
+mod common;
 
 fn spec(publishes: &[&str]) -> ComponentSpec {
-    ComponentSpec {
-        name: ComponentName::try_from("bench".to_string()).unwrap(),
-        artifact: probe_path(),
-        artifact_at: Location {
-            path: "bench".into(),
-            line: 1,
-            column: 1,
-        },
-        publishes: publishes
-            .iter()
-            .map(|t| TopicName::try_from(t.to_string()).unwrap())
-            .collect::<BTreeSet<_>>(),
-        config: BTreeMap::new(),
-        limits: Limits::default(),
-    }
+    common::spec("bench", "probe", publishes)
 }
 
 fn event(i: usize, plan: &serde_json::Value, pad_to: usize) -> InboundEvent {
@@ -130,20 +112,7 @@ async fn time_bare_transactions(db: &Db, n: usize) -> Duration {
 }
 
 async fn postgres_db() -> Option<Db> {
-    let url = std::env::var("SWITCHYARD_TEST_DATABASE_URL").ok()?;
-    let name = format!("sy_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&url).await.ok()?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .ok()?;
-    admin.close().await;
-    Db::open(
-        Some(&format!("{}/{name}", url.rsplit_once('/')?.0)),
-        std::path::Path::new("."),
-    )
-    .await
-    .ok()
+    common::postgres_database().await.map(|(db, _)| db)
 }
 
 async fn runtime_table() {
@@ -211,7 +180,7 @@ async fn kafka_table() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "[topics.\"{p}.in\"]\npartitions = 3\n[topics.\"{p}.out\"]\n[components.bench]\nartifact = \"{}\"\npublishes = [\"{p}.out\"]\n[[routes]]\ntopic = \"{p}.in\"\ncomponent = \"bench\"\ngroup = \"{p}-route\"\n",
-            probe_path().display()
+            common::artifact("probe").display()
         );
         let path = dir.path().join("topics.toml");
         std::fs::write(&path, text).unwrap();

@@ -351,11 +351,6 @@ impl Runtime {
         }
         Ok(outcome)
     }
-
-    /// The engine, for benchmarks that want to compare against raw wasmtime.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
 }
 
 /// Turns a trap into a failure class with a message an operator can act on.

@@ -11,7 +11,7 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::ComponentSpec;
 use crate::event::TraceContext;
-use crate::store::Tx;
+use crate::store::{StoreError, Tx};
 
 /// What an invocation did, in order; reported by `switchyard invoke` and tests.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
@@ -111,6 +111,18 @@ pub struct InvocationState {
     /// Set when the database failed under a host call: the transaction is no longer
     /// usable, so the invocation is retried whatever the guest returns.
     pub(crate) poisoned: Option<String>,
+}
+
+impl InvocationState {
+    /// Records a database failure under a host call: the transaction is no longer usable,
+    /// so the invocation is retried whatever the guest returns. Returns what the guest
+    /// is told.
+    pub(crate) fn poison(&mut self, operation: &str, err: &StoreError) -> String {
+        let why = err.to_string();
+        tracing::warn!(component = %self.component.name, operation, error = %why, "database failed under a host call");
+        self.poisoned.get_or_insert(why);
+        "database error; the event will be retried".into()
+    }
 }
 
 impl WasiView for InvocationState {

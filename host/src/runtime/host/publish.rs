@@ -77,10 +77,7 @@ impl Host for InvocationState {
         let message = self.outbound(msg, &event_id)?;
         let component = self.component.name.to_string();
         if let Err(err) = self.tx.insert_outbox(&event_id, &component, &message).await {
-            let why = err.to_string();
-            tracing::warn!(component, error = %why, "outbox insert failed");
-            self.poisoned.get_or_insert(why);
-            return Err(Error::Unavailable("database error; the event will be retried".into()));
+            return Err(Error::Unavailable(self.poison("publish", &err)));
         }
         self.effects.published.push(Published {
             event_id,

@@ -28,12 +28,7 @@ impl InvocationState {
         match err {
             StoreError::NotANumber { found, .. } => Error::NotANumber(found),
             StoreError::Overflow { key } => Error::NotANumber(format!("{key}: overflow")),
-            other => {
-                let message = other.to_string();
-                tracing::warn!(component = %self.component.name, error = %message, "storage call failed");
-                self.poisoned.get_or_insert(message);
-                Error::Unavailable("database error; the event will be retried".into())
-            }
+            other => Error::Unavailable(self.poison("storage", &other)),
         }
     }
 

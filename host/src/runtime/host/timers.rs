@@ -14,10 +14,7 @@ impl Host for InvocationState {
         let fire_at_ms = now_ms().saturating_add(delay_ms.min(MAX_DELAY_MS) as i64);
         let component = self.component.name.to_string();
         if let Err(err) = self.tx.insert_timer(&id, &component, fire_at_ms, &message).await {
-            let why = err.to_string();
-            tracing::warn!(component, error = %why, "timer insert failed");
-            self.poisoned.get_or_insert(why);
-            return Err(Error::Unavailable("database error; the event will be retried".into()));
+            return Err(Error::Unavailable(self.poison("timer schedule", &err)));
         }
         self.effects.timers.push(ScheduledTimer {
             id: id.clone(),
@@ -37,10 +34,7 @@ impl Host for InvocationState {
                 }
                 Ok(cancelled)
             }
-            Err(err) => {
-                self.poisoned.get_or_insert(err.to_string());
-                Err(Error::Unavailable("database error; the event will be retried".into()))
-            }
+            Err(err) => Err(Error::Unavailable(self.poison("timer cancel", &err))),
         }
     }
 }
