@@ -47,14 +47,32 @@ fn start_groups_at_the_end(base: &rdkafka::ClientConfig, routing: &Routing) {
         let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
         let mut offsets = rdkafka::TopicPartitionList::new();
         for partition in 0..routing.topics[&route.topic].partitions as i32 {
-            let (_, high) = consumer
-                .fetch_watermarks(route.topic.as_str(), partition, Duration::from_secs(10))
-                .unwrap();
+            // Right after the topics are created a partition leader may not serve offset
+            // requests yet (NotLeaderForPartition): ask again for a while.
+            let start = Instant::now();
+            let high = loop {
+                match consumer.fetch_watermarks(route.topic.as_str(), partition, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(err) if start.elapsed() < Duration::from_secs(30) => {
+                        eprintln!("watermarks of {}[{partition}] not ready: {err}", route.topic);
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(err) => panic!("watermarks of {}[{partition}]: {err}", route.topic),
+                }
+            };
             offsets
                 .add_partition_offset(route.topic.as_str(), partition, rdkafka::Offset::Offset(high))
                 .unwrap();
         }
-        consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).unwrap();
+        let start = Instant::now();
+        while let Err(err) = consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "committing start offsets of {}: {err}",
+                route.group
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
