@@ -2,7 +2,7 @@
 //! real Kafka broker (`SWITCHYARD_TEST_KAFKA_BROKERS`) or the embedded one. The crash
 //! and rebalance scenarios run `switchyard run` as separate processes.
 
-mod common;
+
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,18 +17,11 @@ use switchyard::kafka::{Brokers, admin};
 use switchyard::service::serve;
 use switchyard::store::{Db, Table};
 
-use common::{Backend, artifact, test_db};
+use crate::common::{Backend, artifact, test_db};
 
-/// The real broker under test, if configured (required under CI).
+/// The real broker under test.
 fn real_brokers() -> Option<String> {
-    match std::env::var("SWITCHYARD_TEST_KAFKA_BROKERS") {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var_os("CI").is_some() => panic!("SWITCHYARD_TEST_KAFKA_BROKERS is not set under CI"),
-        Err(_) => {
-            eprintln!("SWITCHYARD_TEST_KAFKA_BROKERS not set: skipping the real-broker variant");
-            None
-        }
-    }
+    Some(crate::common::kafka_brokers())
 }
 
 /// Routing for a test, with topic and group names unique to it.
@@ -524,7 +517,7 @@ async fn assert_exactly_once(db: &Db, n: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
     let Some(servers) = real_brokers() else { return };
-    let Some((db, url)) = common::postgres_database().await else {
+    let Some((db, url)) = crate::common::postgres_database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -562,7 +555,7 @@ async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     let Some(servers) = real_brokers() else { return };
-    let Some((db, url)) = common::postgres_database().await else {
+    let Some((db, url)) = crate::common::postgres_database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -17,15 +17,38 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a component built from handlers/; fails with the fix when it is missing.
+/// Path of a component built from handlers/; fails with the fix when it is missing or
+/// older than its sources (a stale artifact would test code that no longer exists).
 pub fn artifact(name: &str) -> PathBuf {
-    let path = workspace().join("target/components").join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `just handlers` first",
-        path.display()
-    );
+    let root = workspace();
+    let path = root.join("target/components").join(format!("{name}.wasm"));
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: run `just handlers` first", path.display()));
+    let sources = [root.join("handlers").join(name), root.join("handlers/sdk"), root.join("wit")];
+    if let Some(newer) = sources.iter().find_map(|dir| newer_file(dir, built)) {
+        panic!(
+            "{} is older than {}: run `just handlers` (or `just test`, which rebuilds them)",
+            path.display(),
+            newer.display()
+        );
+    }
     path
+}
+
+/// A file under `dir` modified after `than`, if any.
+fn newer_file(dir: &std::path::Path, than: std::time::SystemTime) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = newer_file(&path, than) {
+                return Some(found);
+            }
+        } else if entry.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > than) {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// A component spec for tests: the probe under another name, with tight limits.
@@ -63,19 +86,22 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// The PostgreSQL server URL tests use (`scripts/services.sh env` prints it). Without
-/// it the PostgreSQL variants skip locally, and fail under CI.
+/// A real service's address from the environment. A missing service fails the test
+/// rather than skipping it: a skipped test that counts as passed proves nothing.
+pub fn service(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with `just test`, which starts PostgreSQL, Redis and Kafka (scripts/services.sh) and exports it")
+    })
+}
+
+/// The PostgreSQL server URL tests use (`scripts/services.sh env` prints it).
 pub fn postgres_url() -> Option<String> {
-    match std::env::var("SWITCHYARD_TEST_DATABASE_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("SWITCHYARD_TEST_DATABASE_URL is not set under CI: start PostgreSQL with scripts/services.sh")
-        }
-        Err(_) => {
-            eprintln!("SWITCHYARD_TEST_DATABASE_URL not set: skipping the PostgreSQL variant (run `just test`)");
-            None
-        }
-    }
+    Some(service("SWITCHYARD_TEST_DATABASE_URL"))
+}
+
+/// The real Kafka broker tests use.
+pub fn kafka_brokers() -> String {
+    service("SWITCHYARD_TEST_KAFKA_BROKERS")
 }
 
 pub async fn test_db(backend: Backend) -> Option<TestDb> {

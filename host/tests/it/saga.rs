@@ -2,7 +2,7 @@
 //! topics.toml: a user registers and tops up, one order is paid and notified, one runs
 //! out of money. On the embedded broker with SQLite, and on Kafka with PostgreSQL.
 
-mod common;
+
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use switchyard::kafka::{Brokers, admin, producer_config};
 use switchyard::service::serve;
 use switchyard::store::Db;
 
-use common::{Backend, test_db, workspace};
+use crate::common::{Backend, test_db, workspace};
 
 /// The shipped routing, with consumer groups unique to this run so that a new group
 /// starts at the beginning of the topics.
@@ -125,13 +125,7 @@ async fn saga(real: bool, backend: Backend) {
     let run = format!("saga{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let routing = saga_routing(dir.path(), &run);
     let brokers = if real {
-        let Ok(servers) = std::env::var("SWITCHYARD_TEST_KAFKA_BROKERS") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "SWITCHYARD_TEST_KAFKA_BROKERS is not set under CI"
-            );
-            return;
-        };
+        let servers = crate::common::kafka_brokers();
         let brokers = Brokers::start(Some(&servers), &routing).unwrap();
         admin::sync_topics(&brokers.client_config(), &routing).await.unwrap();
         start_groups_at_the_end(&brokers.client_config(), &routing);

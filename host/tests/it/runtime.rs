@@ -2,14 +2,14 @@
 //! PostgreSQL: isolation, atomicity, deduplication, containment of bad guests, and
 //! rejection of components that do not fit the world.
 
-mod common;
+
 
 use serde_json::json;
 use switchyard::event::{InboundEvent, headers};
 use switchyard::runtime::{FailureKind, LoadError, Outcome, Runtime};
 use switchyard::store::{Db, Table};
 
-use common::spec;
+use crate::common::spec;
 
 fn event(id: &str, plan: serde_json::Value) -> InboundEvent {
     InboundEvent::from_message(

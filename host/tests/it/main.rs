@@ -1,0 +1,11 @@
+//! Every integration test in one binary: each test file used to link wasmtime,
+//! librdkafka and sqlx on its own, which cost minutes of linking on 2 cores.
+
+#[macro_use]
+mod common;
+
+mod cli;
+mod config;
+mod kafka;
+mod runtime;
+mod saga;
