@@ -3,21 +3,16 @@
 
 use serde::Deserialize;
 
-/// Header names Switchyard sets on every message it produces.
-pub mod headers {
-    /// Unique id of the event; consumers' inboxes are keyed by it.
-    pub const EVENT_ID: &str = "switchyard-event-id";
-    /// Correlation id of the business request.
-    pub const REQUEST_ID: &str = "switchyard-request-id";
-    /// Component that produced the message.
-    pub const SOURCE: &str = "switchyard-source";
-    /// Event id of the event whose handling produced this one.
-    pub const CAUSED_BY: &str = "switchyard-caused-by";
-    /// W3C trace context.
-    pub const TRACEPARENT: &str = "traceparent";
-    pub const TRACESTATE: &str = "tracestate";
-    /// Prefix reserved for the host; components may not set such headers.
-    pub const RESERVED_PREFIX: &str = "switchyard-";
+/// Header names (their home is [`crate::protocol`]).
+pub use crate::protocol::names as headers;
+
+/// Where a message sits: which log (cluster) it came from, and its place in it.
+#[derive(Debug, Clone, Copy)]
+pub struct LogPosition<'a> {
+    pub origin: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// One event to hand to a component.
@@ -99,20 +94,34 @@ fn new_span_id() -> String {
 }
 
 impl InboundEvent {
-    /// Builds the event from a Kafka message's parts, deriving its id (header, else
-    /// topic/partition/offset), `requestId` (header, else the JSON payload's field) and
-    /// trace context (header, else a new root).
+    /// Builds the event from a Kafka message's parts, deriving its id, `requestId`
+    /// (header, else the JSON payload's field) and trace context (header, else a new
+    /// root).
+    ///
+    /// The id is the `switchyard-event-id` header when there is one (callers pass
+    /// headers already screened by [`crate::protocol::Signer::screen`], so only the
+    /// host's own ids get here), else the message's place in its log: origin (the
+    /// cluster id, or a fresh id per embedded broker), topic, partition, offset and
+    /// timestamp. The origin and timestamp keep a restarted embedded broker or a
+    /// recreated topic, whose offsets start again at 0, from colliding with old events.
     pub fn from_message(
-        topic: &str,
-        partition: i32,
-        offset: i64,
+        at: &LogPosition<'_>,
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
         timestamp_ms: i64,
     ) -> InboundEvent {
+        let LogPosition {
+            origin,
+            topic,
+            partition,
+            offset,
+        } = *at;
         let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        let id = header(headers::EVENT_ID).unwrap_or_else(|| format!("{topic}/{partition}/{offset}"));
+        let id = match header(headers::EVENT_ID) {
+            Some(id) => crate::protocol::bounded_event_id(&id),
+            None => crate::protocol::bounded_event_id(&format!("{origin}/{topic}/{partition}/{offset}@{timestamp_ms}")),
+        };
         let request_id = header(headers::REQUEST_ID).or_else(|| request_id_of(&payload));
         let trace = header(headers::TRACEPARENT)
             .and_then(|tp| TraceContext::parse(&tp, &header(headers::TRACESTATE).unwrap_or_default()))
@@ -169,8 +178,16 @@ mod tests {
 
     #[test]
     fn derives_id_request_id_and_trace() {
-        let e = InboundEvent::from_message("t", 2, 9, None, br#"{"requestId":"r-1"}"#.to_vec(), vec![], 0);
-        assert_eq!(e.id, "t/2/9");
+        let at = LogPosition {
+            origin: "c1",
+            topic: "t",
+            partition: 2,
+            offset: 9,
+        };
+        let e = InboundEvent::from_message(&at, None, br#"{"requestId":"r-1"}"#.to_vec(), vec![], 5);
+        assert_eq!(e.id, "c1/t/2/9@5");
+        let later = InboundEvent::from_message(&LogPosition { origin: "c2", ..at }, None, vec![], vec![], 5);
+        assert_ne!(later.id, e.id, "another broker's offset 9 is another event");
         assert_eq!(e.request_id.as_deref(), Some("r-1"));
         let headers = vec![
             (headers::EVENT_ID.to_string(), "ev".to_string()),
@@ -180,7 +197,7 @@ mod tests {
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
             ),
         ];
-        let e = InboundEvent::from_message("t", 0, 0, None, b"not json".to_vec(), headers, 0);
+        let e = InboundEvent::from_message(&at, None, b"not json".to_vec(), headers, 0);
         assert_eq!(e.id, "ev");
         assert_eq!(e.request_id.as_deref(), Some("r-2"));
         assert_eq!(e.trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");

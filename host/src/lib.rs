@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`config`]: `topics.toml` parsed strictly into a validated routing table.
-//! - [`event`]: events as the host sees them, Switchyard's headers, trace context.
+//! - [`protocol`]: the `switchyard-*` headers, the dead-letter record, message limits and
+//!   the signature that tells the host's headers from forged ones.
+//! - [`event`]: events as the host sees them (id, `requestId`, trace context).
 //! - [`store`]: SQLite / PostgreSQL state: component storage, inbox, outbox, timers.
 //! - [`runtime`]: wasmtime engine, component loading and checking, and
 //!   [`runtime::Runtime::invoke`], which runs one event with exactly-once effects.
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod protocol;
 pub mod runtime;
 pub mod service;
 pub mod store;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use switchyard::config::{ComponentName, Routing};
 use switchyard::event::InboundEvent;
 use switchyard::kafka::Brokers;
-use switchyard::runtime::{self, Outcome, Runtime};
+use switchyard::runtime::{self, InvokeMode, Outcome, Runtime};
 use switchyard::store::Db;
 
 #[derive(Parser)]
@@ -66,6 +66,10 @@ enum Command {
         /// JSON file: {"topic": ..., "payload": <JSON or string>, "key"?, "headers"?, "id"?}
         #[arg(long)]
         event: PathBuf,
+        /// Commit the effects to the database (the next `run` relays them). Without it the
+        /// invocation is a dry run: its effects are printed and rolled back.
+        #[arg(long)]
+        commit: bool,
     },
 }
 
@@ -141,7 +145,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => topics_sync(&cli).await,
         Command::Dlq { command } => dlq(&cli, command).await,
         Command::Lag => lag(&cli),
-        Command::Invoke { component, event } => invoke(&cli, component, event).await,
+        Command::Invoke { component, event, commit } => invoke(&cli, component, event, *commit).await,
     }
 }
 
@@ -195,7 +199,7 @@ struct EventFile {
     offset: i64,
 }
 
-async fn invoke(cli: &Cli, component: &str, event_path: &Path) -> Result<ExitCode> {
+async fn invoke(cli: &Cli, component: &str, event_path: &Path, commit: bool) -> Result<ExitCode> {
     let routing = Routing::load(&cli.config)?;
     let name = ComponentName::try_from(component.to_string()).map_err(anyhow::Error::msg)?;
     let spec = routing
@@ -212,10 +216,16 @@ async fn invoke(cli: &Cli, component: &str, event_path: &Path) -> Result<ExitCod
     if let Some(id) = file.id {
         headers.push((switchyard::event::headers::EVENT_ID.to_string(), id));
     }
+    // Its own origin: an invoked file is never mistaken for an event of a real log.
+    let origin = format!("invoke-{}", uuid::Uuid::new_v4().simple());
+    let at = switchyard::event::LogPosition {
+        origin: &origin,
+        topic: &file.topic,
+        partition: file.partition,
+        offset: file.offset,
+    };
     let event = InboundEvent::from_message(
-        &file.topic,
-        file.partition,
-        file.offset,
+        &at,
         file.key.map(String::into_bytes),
         payload,
         headers,
@@ -225,11 +235,12 @@ async fn invoke(cli: &Cli, component: &str, event_path: &Path) -> Result<ExitCod
     let runtime = Runtime::new()?;
     let loaded = runtime.load(spec)?;
     let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
-    let outcome = runtime.invoke(&loaded, &db, &event).await?;
+    let mode = if commit { InvokeMode::Commit } else { InvokeMode::DryRun };
+    let outcome = runtime.invoke_in(mode, &loaded, &db, &event).await?;
     db.close().await;
     let (report, code) = match outcome {
         Outcome::Committed(effects) => (
-            serde_json::json!({"event": event.id, "outcome": "committed", "effects": effects}),
+            serde_json::json!({"event": event.id, "outcome": if commit { "committed" } else { "dry-run" }, "effects": effects}),
             ExitCode::SUCCESS,
         ),
         Outcome::Duplicate => (
@@ -300,15 +311,26 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
     let routing = Routing::load(&cli.config)?;
     let brokers = external_brokers(cli, &routing)?;
     let base = brokers.client_config();
+    // The database holds the key that tells the hosts' dead letters from forged ones.
+    let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
+    let signer = db.signer().clone();
+    db.close().await;
     match command {
         DlqCommand::List { topic, json } => {
             let topics: Vec<String> = match topic {
                 Some(t) => vec![t.clone()],
                 None => routing.dead_letter_topics().iter().map(|t| t.to_string()).collect(),
             };
-            let letters = switchyard::kafka::admin::list_dead_letters(&base, &topics)?;
+            let listing = switchyard::kafka::admin::list_dead_letters(&base, &topics, &signer)?;
+            let letters = &listing.letters;
+            if listing.unread > 0 {
+                eprintln!(
+                    "warning: {} dead letter(s) could not be read in time; this list is incomplete (run it again)",
+                    listing.unread
+                );
+            }
             if *json {
-                for letter in &letters {
+                for letter in letters {
                     println!("{}", serde_json::to_string(letter)?);
                 }
             } else {
@@ -316,7 +338,7 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
                     "{:<28} {:>4} {:>7}  {:<10} {:<28} {:<9} {:>3}  reason",
                     "dead-letter topic", "part", "offset", "component", "from", "kind", "try"
                 );
-                for l in &letters {
+                for l in letters {
                     let from = format!("{}[{}]@{}", l.source_topic, l.source_partition, l.source_offset);
                     println!(
                         "{:<28} {:>4} {:>7}  {:<10} {:<28} {:<9} {:>3}  {}",
@@ -331,14 +353,21 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
             partition,
             offset,
         } => {
-            let mut letters = switchyard::kafka::admin::list_dead_letters(&base, std::slice::from_ref(topic))?;
+            let listing = switchyard::kafka::admin::list_dead_letters(&base, std::slice::from_ref(topic), &signer)?;
+            if listing.unread > 0 && partition.is_none() {
+                anyhow::bail!(
+                    "{} dead letter(s) of {topic} could not be read in time; nothing replayed (run it again)",
+                    listing.unread
+                );
+            }
+            let mut letters = listing.letters;
             if let (Some(p), Some(o)) = (partition, offset) {
                 letters.retain(|l| l.partition == *p && l.offset == *o);
                 if letters.is_empty() {
                     anyhow::bail!("no dead letter at {topic}[{p}]@{o} (see `switchyard dlq list`)");
                 }
             }
-            let n = switchyard::kafka::admin::replay(&base, &letters).await?;
+            let n = switchyard::kafka::admin::replay(&base, &routing, &signer, &letters).await?;
             println!("replayed {n} dead letter(s) from {topic}");
         }
     }

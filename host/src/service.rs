@@ -1,49 +1,84 @@
-//! `switchyard run`: every route consuming, the outbox relay and the timer pump, with a
-//! graceful shutdown that drains in-flight events before the relay sends the last of
-//! their effects.
+//! `switchyard run`: every route consuming under a supervisor, the outbox relay, the
+//! timer pump and retention, with a graceful shutdown that drains in-flight events
+//! before the relay sends the last of their effects.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Routing;
-use crate::kafka::{Brokers, dispatch, producer_config, relay};
-use crate::runtime::{self, Runtime};
+use crate::config::{Route, Routing};
+use crate::kafka::relay::{self, relay_producer_config};
+use crate::kafka::{Brokers, dispatch};
+use crate::runtime::{self, LoadedComponent, Runtime};
 use crate::store::Db;
 
+/// Settings of a running host beyond the routing table.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long inbox claims and sent outbox rows are kept: the dedup window.
+    pub dedup_window: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// First and longest pause before a failed route is restarted.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// A route that ran this long before failing restarts after the shortest pause again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
 /// Runs `routing` until `shutdown` turns true.
-pub async fn serve(
+pub async fn serve(routing: &Routing, db: Db, brokers: &Brokers, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    serve_with(routing, db, brokers, Options::default(), shutdown).await
+}
+
+/// [`serve`] with explicit [`Options`].
+pub async fn serve_with(
     routing: &Routing,
     db: Db,
     brokers: &Brokers,
+    options: Options,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new()?);
     let loaded = runtime::load_all(&runtime, routing.components.values().cloned())
         .map_err(|errors| anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
-    let components: std::collections::HashMap<_, _> =
-        loaded.into_iter().map(|c| (c.spec.name.clone(), Arc::new(c))).collect();
+    let components: HashMap<_, _> = loaded.into_iter().map(|c| (c.spec.name.clone(), Arc::new(c))).collect();
+    let origin = brokers.origin().await?;
 
     let base = brokers.client_config();
-    let producer: FutureProducer = producer_config(&base).create().context("creating the Kafka producer")?;
     // The relay stops only after the routes have drained, so their last effects go out.
     let (relay_stop, relay_shutdown) = watch::channel(false);
-    let relay_task = tokio::spawn(relay::run_relay(db.clone(), producer.clone(), relay_shutdown.clone()));
-    let timer_task = tokio::spawn(relay::run_timers(db.clone(), relay_shutdown));
+    let relay_task = tokio::spawn(relay::run_relay(
+        db.clone(),
+        relay_producer_config(&base),
+        relay_shutdown.clone(),
+    ));
+    let timer_task = tokio::spawn(relay::run_timers(db.clone(), relay_shutdown.clone()));
+    let retention_task = tokio::spawn(relay::run_retention(
+        db.clone(),
+        options.dedup_window,
+        Duration::from_secs(60),
+        relay_shutdown,
+    ));
 
     let mut routes = JoinSet::new();
     for route in &routing.routes {
-        let component = components[&route.component].clone();
-        routes.spawn(dispatch::run_route(
+        routes.spawn(supervise(
             route.clone(),
-            component,
+            components[&route.component].clone(),
             runtime.clone(),
             db.clone(),
             base.clone(),
+            origin.clone(),
             shutdown.clone(),
         ));
     }
@@ -52,28 +87,68 @@ pub async fn serve(
         components = components.len(),
         database = db.kind(),
         brokers = %brokers.bootstrap_servers(),
+        origin = %origin,
         "switchyard running"
     );
-    let mut failed = None;
-    while let Some(result) = routes.join_next().await {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, "route stopped");
-                failed.get_or_insert(err);
-            }
-            Err(err) => {
-                failed.get_or_insert(anyhow::anyhow!("route task failed: {err}"));
-            }
-        }
-    }
+    while routes.join_next().await.is_some() {}
     let _ = relay_stop.send(true);
     let _ = relay_task.await;
     let _ = timer_task.await;
-    let _ = producer.flush(Duration::from_secs(10));
+    let _ = retention_task.await;
     tracing::info!("switchyard stopped");
-    match failed {
-        Some(err) => Err(err),
-        None => Ok(()),
+    Ok(())
+}
+
+/// Runs one route until shutdown, restarting it with backoff whenever it fails or its
+/// task dies, so one bad route (or one panic) never leaves the host running without it.
+/// Other routes are untouched by a restart; its partitions are read again from the
+/// committed offsets, and the inbox skips what was already handled.
+async fn supervise(
+    route: Route,
+    component: Arc<LoadedComponent>,
+    runtime: Arc<Runtime>,
+    db: Db,
+    base: rdkafka::ClientConfig,
+    origin: String,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let run = tokio::spawn(dispatch::run_route(
+            route.clone(),
+            component.clone(),
+            runtime.clone(),
+            db.clone(),
+            base.clone(),
+            origin.clone(),
+            shutdown.clone(),
+        ));
+        let reason = match run.await {
+            Ok(Ok(())) if *shutdown.borrow() => return,
+            Ok(Ok(())) => "the route stopped by itself".to_string(),
+            Ok(Err(err)) => format!("{err:#}"),
+            Err(err) => format!("the route task died: {err}"),
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        failures = if started.elapsed() > HEALTHY_RUN { 1 } else { failures + 1 };
+        let delay = RESTART_BACKOFF
+            .0
+            .saturating_mul(1 << (failures - 1).min(10))
+            .min(RESTART_BACKOFF.1);
+        tracing::error!(
+            topic = %route.topic,
+            component = %route.component,
+            reason = %reason,
+            restart_in_ms = delay.as_millis() as u64,
+            "route failed; restarting"
+        );
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }

@@ -18,7 +18,7 @@ pub struct Plan {
 }
 
 /// One operation.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Step {
     Put {
@@ -87,7 +87,38 @@ pub enum Step {
     Alloc {
         mib: u32,
     },
+    /// Sleeps in WASI (blocked in a host call, not computing).
+    Sleep {
+        ms: u64,
+    },
+    /// Runs `step` this many times (floods of publishes, logs, prints).
+    Repeat {
+        times: u32,
+        step: Box<Step>,
+    },
+    /// Stores a value of this many KiB under `key`.
+    PutBig {
+        key: String,
+        kib: u32,
+    },
+    /// Publishes with a key of this many bytes and these extra headers.
+    PublishRaw {
+        topic: String,
+        key_bytes: u32,
+        headers: Vec<(String, String)>,
+        payload_kib: u32,
+    },
+    /// Fails fatally with a reason of this many KiB.
+    FailLong {
+        kib: u32,
+    },
+    /// Fails fatally if the sandbox lets the guest read files, see environment
+    /// variables, open sockets, or keep state from an earlier invocation.
+    SandboxEscape,
 }
+
+/// Touched by `SandboxEscape`: a fresh instance per event starts it at 0 every time.
+static INVOCATIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Plan {
     pub fn parse(payload: &[u8]) -> Result<Plan, HandleError> {
@@ -209,11 +240,54 @@ fn run(step: Step, event: &Event) -> Result<(), HandleError> {
             }
             std::hint::black_box(&hog);
         }
+        Step::Sleep { ms } => std::thread::sleep(std::time::Duration::from_millis(ms)),
+        Step::Repeat { times, step } => {
+            for _ in 0..times {
+                run((*step).clone(), event)?;
+            }
+        }
+        Step::PutBig { key, kib } => storage::put(&key, &vec![b'x'; kib as usize * 1024])?,
+        Step::PublishRaw {
+            topic,
+            key_bytes,
+            headers,
+            payload_kib,
+        } => publish::send(&publish::Message {
+            topic,
+            key: Some(vec![b'k'; key_bytes as usize]),
+            payload: vec![b'p'; payload_kib as usize * 1024],
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| switchyard_sdk::Header { name, value })
+                .collect(),
+        })?,
+        Step::FailLong { kib } => return Err(HandleError::fatal("r".repeat(kib as usize * 1024))),
+        Step::SandboxEscape => {
+            let mut breaches = Vec::new();
+            if INVOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) != 0 {
+                breaches.push("state survived from an earlier invocation".to_string());
+            }
+            for path in ["/", ".", "/etc/passwd", "topics.toml"] {
+                if std::fs::read_dir(path).is_ok() || std::fs::read(path).is_ok() {
+                    breaches.push(format!("could read {path}"));
+                }
+            }
+            if std::fs::write("escape.txt", b"x").is_ok() {
+                breaches.push("could write a file".into());
+            }
+            if let Some((k, _)) = std::env::vars().next() {
+                breaches.push(format!("could see environment variable {k}"));
+            }
+            if std::net::TcpStream::connect("127.0.0.1:55432").is_ok() {
+                breaches.push("could open a socket".into());
+            }
+            if !breaches.is_empty() {
+                return Err(HandleError::fatal(breaches.join("; ")));
+            }
+        }
     }
     Ok(())
 }
-
-switchyard_sdk::export_handler!(Probe);
 
 #[cfg(test)]
 mod tests {

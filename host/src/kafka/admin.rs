@@ -14,9 +14,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::Routing;
-use crate::event::headers as event_headers;
+use crate::protocol::{DeadLetterRecord, Signer, names};
 
-use super::{REPLAY_FOR, dlq_headers, headers_of, producer_config, to_kafka_headers};
+use super::{headers_of, producer_config, to_kafka_headers};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -162,6 +162,8 @@ pub struct DeadLetter {
     pub reason: String,
     pub attempts: String,
     pub failed_at_ms: String,
+    /// Signed by a host of this database: its record can be trusted for replay.
+    pub signed: bool,
     #[serde(skip)]
     pub key: Option<Vec<u8>>,
     #[serde(skip)]
@@ -170,9 +172,19 @@ pub struct DeadLetter {
     pub headers: Vec<(String, String)>,
 }
 
+/// The dead letters read, and how many could not be read in time.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub letters: Vec<DeadLetter>,
+    /// Dead letters below the high watermark not read before the timeout: the listing
+    /// is incomplete when this is not 0, and says so.
+    pub unread: i64,
+}
+
 /// Reads every dead letter currently in `topics` (from the start to the high
-/// watermark), without joining a group or committing anything.
-pub fn list_dead_letters(base: &ClientConfig, topics: &[String]) -> anyhow::Result<Vec<DeadLetter>> {
+/// watermark), without joining a group or committing anything, checking each one's
+/// signature with `signer`.
+pub fn list_dead_letters(base: &ClientConfig, topics: &[String], signer: &Signer) -> anyhow::Result<Listing> {
     let mut config = base.clone();
     config
         .set("group.id", "switchyard-dlq-reader")
@@ -195,7 +207,7 @@ pub fn list_dead_letters(base: &ClientConfig, topics: &[String]) -> anyhow::Resu
     }
     let mut letters = Vec::new();
     if remaining == 0 {
-        return Ok(letters);
+        return Ok(Listing::default());
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + TIMEOUT;
@@ -214,7 +226,10 @@ pub fn list_dead_letters(base: &ClientConfig, topics: &[String]) -> anyhow::Resu
             continue;
         }
         remaining -= 1;
-        let headers = headers_of(message.headers());
+        let headers = headers_of(&message);
+        let key = message.key().map(<[u8]>::to_vec);
+        let payload = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let signed = signer.verify(message.topic(), key.as_deref(), &payload, &headers);
         let header = |name: &str| {
             headers
                 .iter()
@@ -226,62 +241,123 @@ pub fn list_dead_letters(base: &ClientConfig, topics: &[String]) -> anyhow::Resu
             dlq_topic: message.topic().to_string(),
             partition: message.partition(),
             offset: message.offset(),
-            event_id: header(event_headers::EVENT_ID),
-            component: header(dlq_headers::COMPONENT),
-            source_topic: header(dlq_headers::TOPIC),
-            source_partition: header(dlq_headers::PARTITION),
-            source_offset: header(dlq_headers::OFFSET),
-            kind: header(dlq_headers::KIND),
-            reason: header(dlq_headers::REASON),
-            attempts: header(dlq_headers::ATTEMPTS),
-            failed_at_ms: header(dlq_headers::FAILED_AT),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            event_id: header(names::EVENT_ID),
+            component: header(names::DLQ_COMPONENT),
+            source_topic: header(names::DLQ_TOPIC),
+            source_partition: header(names::DLQ_PARTITION),
+            source_offset: header(names::DLQ_OFFSET),
+            kind: header(names::DLQ_KIND),
+            reason: header(names::DLQ_REASON),
+            attempts: header(names::DLQ_ATTEMPTS),
+            failed_at_ms: header(names::DLQ_FAILED_AT),
+            signed,
+            key,
+            payload,
             headers,
         });
     }
     letters.sort_by(|a, b| (&a.dlq_topic, a.partition, a.offset).cmp(&(&b.dlq_topic, b.partition, b.offset)));
-    Ok(letters)
+    Ok(Listing {
+        letters,
+        unread: remaining,
+    })
 }
 
-/// Sends dead letters back to the topic they failed on, for the component that failed
-/// them only. The replay's event id is derived from the dead letter's position, so
-/// replaying the same dead letter twice still runs it once.
-pub async fn replay(base: &ClientConfig, letters: &[DeadLetter]) -> anyhow::Result<usize> {
-    let producer: FutureProducer = producer_config(base).create()?;
+/// Why a dead letter cannot be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(
+        "{at} is not signed by a host of this database: its switchyard-dlq-* headers may be forged, so it is not replayed (produce the event to its topic yourself if you trust it)"
+    )]
+    Unsigned { at: String },
+    #[error("{at}: {source}")]
+    Malformed {
+        at: String,
+        source: crate::protocol::ProtocolError,
+    },
+    #[error("{at} names component {component:?} on topic {topic:?}, which topics.toml does not route; fix the routing or drop the dead letter")]
+    NotRouted { at: String, component: String, topic: String },
+    #[error("replaying {at} to {topic}[{partition}]: {error}")]
+    Send {
+        at: String,
+        topic: String,
+        partition: i32,
+        error: rdkafka::error::KafkaError,
+    },
+}
+
+/// Sends dead letters back to the partition they failed on, for the component that
+/// failed them only. Only signed dead letters whose component still routes their topic
+/// are replayed; everything is checked before anything is sent. The replay's event id
+/// is derived from the dead letter's position, so replaying the same dead letter twice
+/// still runs it once.
+pub async fn replay(
+    base: &ClientConfig,
+    routing: &Routing,
+    signer: &Signer,
+    letters: &[DeadLetter],
+) -> Result<usize, ReplayError> {
+    let mut plan = Vec::with_capacity(letters.len());
     for letter in letters {
-        if letter.source_topic.is_empty() || letter.component.is_empty() {
-            anyhow::bail!(
-                "{}[{}]@{} has no switchyard-dlq headers: not a Switchyard dead letter",
-                letter.dlq_topic,
-                letter.partition,
-                letter.offset
-            );
+        let at = format!("{}[{}]@{}", letter.dlq_topic, letter.partition, letter.offset);
+        if !signer.verify(&letter.dlq_topic, letter.key.as_deref(), &letter.payload, &letter.headers) {
+            return Err(ReplayError::Unsigned { at });
+        }
+        let record =
+            DeadLetterRecord::from_headers(&letter.headers).map_err(|source| ReplayError::Malformed { at: at.clone(), source })?;
+        if !routing
+            .routes
+            .iter()
+            .any(|r| r.topic.as_str() == record.topic && r.component.as_str() == record.component)
+        {
+            return Err(ReplayError::NotRouted {
+                at,
+                component: record.component,
+                topic: record.topic,
+            });
         }
         let mut headers: Vec<(String, String)> = letter
             .headers
             .iter()
-            .filter(|(n, _)| !n.starts_with(dlq_headers::PREFIX) && n != event_headers::EVENT_ID && n != REPLAY_FOR)
+            .filter(|(n, _)| {
+                !n.starts_with(names::DLQ_PREFIX) && n != names::EVENT_ID && n != names::REPLAY_FOR && n != names::SIGNATURE
+            })
             .cloned()
             .collect();
-        headers.push((
-            event_headers::EVENT_ID.to_string(),
-            format!(
-                "{}:replay:{}:{}:{}",
-                letter.event_id, letter.dlq_topic, letter.partition, letter.offset
-            ),
+        let replay_id = crate::protocol::bounded_event_id(&format!(
+            "{}:replay:{}:{}:{}",
+            letter.event_id, letter.dlq_topic, letter.partition, letter.offset
         ));
-        headers.push((REPLAY_FOR.to_string(), letter.component.clone()));
-        let mut record = FutureRecord::to(&letter.source_topic)
+        headers.push((names::EVENT_ID.to_string(), replay_id));
+        headers.push((names::REPLAY_FOR.to_string(), record.component.clone()));
+        signer.seal(&record.topic, letter.key.as_deref(), &letter.payload, &mut headers);
+        plan.push((at, record, headers, letter));
+    }
+    let producer: FutureProducer = producer_config(base).create().map_err(|error| ReplayError::Send {
+        at: "-".into(),
+        topic: "-".into(),
+        partition: -1,
+        error,
+    })?;
+    for (at, record, headers, letter) in &plan {
+        // Back to the partition it was read from: the key's other events live there, and
+        // the default partitioner of this client need not agree with the original producer's.
+        let mut out = FutureRecord::to(&record.topic)
+            .partition(record.partition)
             .payload(&letter.payload)
-            .headers(to_kafka_headers(&headers));
+            .headers(to_kafka_headers(headers));
         if let Some(key) = &letter.key {
-            record = record.key(key);
+            out = out.key(key);
         }
         producer
-            .send(record, Timeout::After(TIMEOUT))
+            .send(out, Timeout::After(TIMEOUT))
             .await
-            .map_err(|(err, _)| anyhow::anyhow!("replaying to {}: {err}", letter.source_topic))?;
+            .map_err(|(error, _)| ReplayError::Send {
+                at: at.clone(),
+                topic: record.topic.clone(),
+                partition: record.partition,
+                error,
+            })?;
     }
-    Ok(letters.len())
+    Ok(plan.len())
 }

@@ -10,18 +10,19 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Route;
-use crate::event::InboundEvent;
-use crate::runtime::{Failure, LoadedComponent, Outcome, Runtime};
+use crate::event::{InboundEvent, LogPosition};
+use crate::protocol::{DeadLetterRecord, names};
+use crate::runtime::{Failure, FailureKind, InvokeError, LoadedComponent, Outcome, Runtime};
 use crate::store::{Db, InboxEntry, OutboundMessage, now_ms};
 
-use super::{ATTEMPT, REPLAY_FOR, dlq_headers, headers_of};
+use super::headers_of;
 
 /// Queued events per partition above which the partition is paused, and below which it
 /// resumes: memory stays bounded while one partition retries. Kept wide because each
@@ -94,6 +95,8 @@ struct RouteCtx {
     runtime: Arc<Runtime>,
     db: Db,
     consumer: Arc<RouteConsumer>,
+    /// The log events come from, for fallback event ids (see [`super::Brokers::origin`]).
+    origin: String,
     /// Caps how many of the route's partitions run an invocation at once.
     permits: Semaphore,
     shutdown: watch::Receiver<bool>,
@@ -111,7 +114,13 @@ pub fn consumer_config(base: &ClientConfig, route: &Route) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        // Light traffic: an idle partition's fetch returns as soon as one event arrives
+        // (fetch.min.bytes=1 is the default) but the broker may park an empty fetch for
+        // fetch.wait.max.ms; 100 ms (not 500) bounds what an event that lands just after
+        // an empty fetch waits, at ten fetches a second per idle broker connection.
+        .set("fetch.wait.max.ms", "100")
+        .set("fetch.queue.backoff.ms", "10");
     config
 }
 
@@ -123,6 +132,7 @@ pub async fn run_route(
     runtime: Arc<Runtime>,
     db: Db,
     base: ClientConfig,
+    origin: String,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let context = RouteContext {
@@ -140,19 +150,45 @@ pub async fn run_route(
         runtime,
         db,
         consumer: consumer.clone(),
+        origin,
         shutdown: shutdown.clone(),
     });
-    dispatch(ctx, shutdown).instrument(span).await?;
+    let result = dispatch(ctx, shutdown).instrument(span).await;
     // Commit what the workers stored; "no offset" just means nothing new.
     if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %err, "final commit");
     }
     consumer.unsubscribe();
-    Ok(())
+    result
+}
+
+/// A message as received, owned, with its headers already decoded safely.
+struct Received {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+    timestamp_ms: i64,
+}
+
+impl Received {
+    fn of(message: &BorrowedMessage<'_>) -> Received {
+        Received {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: headers_of(message),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or_else(now_ms),
+        }
+    }
 }
 
 /// A queued event and the generation of its partition when it was received.
-type Queued = (OwnedMessage, u64);
+type Queued = (Received, u64);
 
 struct PartitionWorker {
     sender: mpsc::UnboundedSender<Queued>,
@@ -168,6 +204,15 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                // A worker ends early only by panicking: restart the whole route (the
+                // supervisor backs off), so no partition is left without a worker.
+                match done {
+                    Ok(()) if *shutdown.borrow() => break,
+                    Ok(()) => anyhow::bail!("a partition worker stopped early"),
+                    Err(err) => anyhow::bail!("a partition worker failed: {err}"),
+                }
+            }
             _ = tick.tick() => {
                 for (partition, worker) in workers.iter_mut() {
                     if worker.paused && worker.queued.load(Ordering::Acquire) < RESUME_BELOW {
@@ -178,7 +223,7 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
             }
             received = ctx.consumer.recv() => {
                 let message = match received {
-                    Ok(message) => message.detach(),
+                    Ok(message) => Received::of(&message),
                     Err(err) => {
                         // Broker or topic trouble: librdkafka retries by itself; don't spin.
                         tracing::warn!(error = %err, "consumer error");
@@ -186,7 +231,7 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
                         continue;
                     }
                 };
-                let partition = message.partition();
+                let partition = message.partition;
                 let worker = workers.entry(partition).or_insert_with(|| {
                     let (sender, receiver) = mpsc::unbounded_channel();
                     let queued = Arc::new(AtomicUsize::new(0));
@@ -206,12 +251,17 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
         }
     }
     drop(workers); // closes the queues; each worker finishes its current event
+    let mut failed = None;
     while let Some(result) = tasks.join_next().await {
         if let Err(err) = result {
-            tracing::error!(error = %err, "partition worker panicked");
+            failed.get_or_insert(err);
         }
     }
-    Ok(())
+    match failed {
+        // Its partition's events are unstored: the restarted route reads them again.
+        Some(err) => Err(anyhow::anyhow!("a partition worker failed: {err}")),
+        None => Ok(()),
+    }
 }
 
 fn partition_list(route: &Route, partition: i32) -> TopicPartitionList {
@@ -235,7 +285,7 @@ async fn partition_worker(
             queued.fetch_sub(1, Ordering::AcqRel);
             continue;
         }
-        let offset = message.offset();
+        let offset = message.offset;
         if handle_message(&ctx, message).await {
             // Stores offset+1 for the next commit; fails harmlessly if the partition was
             // revoked meanwhile (the new owner's inbox then skips the event).
@@ -251,23 +301,33 @@ async fn partition_worker(
 
 /// Handles one message to the end: committed, skipped as duplicate, or dead-lettered.
 /// False only when shutdown interrupted it before that.
-async fn handle_message(ctx: &RouteCtx, message: OwnedMessage) -> bool {
-    let headers = headers_of(message.headers().map(|h| h.as_borrowed()));
-    if let Some((_, target)) = headers.iter().find(|(n, _)| n == REPLAY_FOR)
+async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
+    let Received {
+        topic,
+        partition,
+        offset,
+        key,
+        payload,
+        mut headers,
+        timestamp_ms,
+    } = message;
+    // Only the host's own (signed) switchyard-* headers steer it; forged ones are dropped.
+    let dropped = ctx
+        .db
+        .signer()
+        .screen(&topic, key.as_deref(), &payload, &mut headers);
+    if let Some((_, target)) = headers.iter().find(|(n, _)| n == names::REPLAY_FOR)
         && target != ctx.route.component.as_str()
     {
         return true; // a replay meant for another component
     }
-    let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
-    let mut event = InboundEvent::from_message(
-        message.topic(),
-        message.partition(),
-        message.offset(),
-        message.key().map(<[u8]>::to_vec),
-        message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        headers,
-        timestamp,
-    );
+    let at = LogPosition {
+        origin: &ctx.origin,
+        topic: &topic,
+        partition,
+        offset,
+    };
+    let mut event = InboundEvent::from_message(&at, key, payload, headers, timestamp_ms);
     let span = tracing::info_span!(
         "event",
         event_id = %event.id,
@@ -277,34 +337,47 @@ async fn handle_message(ctx: &RouteCtx, message: OwnedMessage) -> bool {
         trace_id = %event.trace.trace_id,
     );
     async move {
+        if !dropped.is_empty() {
+            tracing::warn!(
+                ?dropped,
+                "unsigned switchyard-* headers ignored: only the host sets them (the event id falls back to the log position)"
+            );
+        }
         let policy = ctx.route.retry;
         let mut attempt: u32 = 1;
         let mut host_failures: u32 = 0;
         loop {
-            event.headers.retain(|(n, _)| n != ATTEMPT);
-            event.headers.push((ATTEMPT.to_string(), attempt.to_string()));
+            event.headers.retain(|(n, _)| n != names::ATTEMPT);
+            event.headers.push((names::ATTEMPT.to_string(), attempt.to_string()));
             let outcome = {
                 let _permit = ctx.permits.acquire().await.expect("semaphore never closes");
                 ctx.runtime.invoke(&ctx.component, &ctx.db, &event).await
             };
             let failure = match outcome {
-                Ok(Outcome::Committed(_)) | Ok(Outcome::Duplicate) => return true,
-                Ok(Outcome::Failed(failure)) => failure,
-                Err(err) => {
-                    // The host failed (database down): not the event's fault, retry without
-                    // spending its attempts.
-                    host_failures += 1;
-                    let delay = policy.backoff(host_failures).min(HOST_FAILURE_BACKOFF);
-                    tracing::error!(error = %err, retry_in_ms = delay.as_millis() as u64, "host failure; retrying");
-                    if !sleep_unless_shutdown(ctx, delay).await {
-                        return false;
-                    }
-                    continue;
+                Ok(Outcome::Committed(_)) => return true,
+                Ok(Outcome::Duplicate) => {
+                    log_duplicate(ctx, &event).await;
+                    return true;
                 }
+                Ok(Outcome::Failed(failure)) => failure,
+                Err(err) => match event_fault(err) {
+                    Ok(failure) => failure,
+                    Err(err) => {
+                        // The host failed (database down): not the event's fault, retry
+                        // without spending its attempts.
+                        host_failures += 1;
+                        let delay = policy.backoff(host_failures).min(HOST_FAILURE_BACKOFF);
+                        tracing::error!(error = %err, retry_in_ms = delay.as_millis() as u64, "host failure; retrying");
+                        if !sleep_unless_shutdown(ctx, delay).await {
+                            return false;
+                        }
+                        continue;
+                    }
+                },
             };
             if failure.kind.is_retryable() && attempt < policy.attempts {
                 let delay = policy.backoff(attempt);
-                tracing::warn!(attempt, retry_in_ms = delay.as_millis() as u64, reason = %failure.reason, "retryable failure");
+                tracing::warn!(attempt, kind = failure.kind.as_str(), retry_in_ms = delay.as_millis() as u64, reason = %failure.reason, "retryable failure");
                 if !sleep_unless_shutdown(ctx, delay).await {
                     return false;
                 }
@@ -318,6 +391,36 @@ async fn handle_message(ctx: &RouteCtx, message: OwnedMessage) -> bool {
     .await
 }
 
+/// Splits invocation errors into the event's fault (it can never succeed as it is: the
+/// database refuses its data, the component cannot even be instantiated for it) and the
+/// host's (retried without end).
+fn event_fault(err: InvokeError) -> Result<Failure, InvokeError> {
+    match err {
+        InvokeError::Store(store) if store.is_caused_by_data() => Ok(Failure {
+            kind: FailureKind::Rejected,
+            reason: format!("the database refused this event's data: {store}"),
+        }),
+        InvokeError::Instantiate { component, reason } => Ok(Failure {
+            kind: FailureKind::Instantiate,
+            reason: format!("cannot instantiate component \"{component}\": {reason}"),
+        }),
+        other => Err(other),
+    }
+}
+
+async fn log_duplicate(ctx: &RouteCtx, event: &InboundEvent) {
+    match ctx.db.first_handled(ctx.route.component.as_str(), &event.id).await {
+        Ok(Some(first)) => tracing::info!(
+            first_topic = %first.topic,
+            first_partition = first.partition,
+            first_offset = first.offset,
+            first_handled_at_ms = first.handled_at_ms,
+            "event id already handled; skipped"
+        ),
+        _ => tracing::info!("event id already handled; skipped"),
+    }
+}
+
 async fn sleep_unless_shutdown(ctx: &RouteCtx, delay: Duration) -> bool {
     let mut shutdown = ctx.shutdown.clone();
     tokio::select! {
@@ -326,35 +429,53 @@ async fn sleep_unless_shutdown(ctx: &RouteCtx, delay: Duration) -> bool {
     }
 }
 
-/// Sends the event to the route's dead-letter topic through the outbox, with headers
-/// saying what failed, where and how often. Retries until the database takes it.
-async fn dead_letter(ctx: &RouteCtx, event: &InboundEvent, failure: &Failure, attempts: u32) -> bool {
+/// The dead letter of `event`: its payload, key and headers as they came, plus the
+/// record of what failed, where and how often.
+pub fn dead_letter_message(
+    event: &InboundEvent,
+    component: &str,
+    dead_letter_topic: &str,
+    failure: &Failure,
+    attempts: u32,
+) -> OutboundMessage {
     let mut headers: Vec<(String, String)> = event
         .headers
         .iter()
-        .filter(|(n, _)| !n.starts_with(dlq_headers::PREFIX) && n != ATTEMPT && n != REPLAY_FOR)
+        .filter(|(n, _)| !n.starts_with(names::DLQ_PREFIX) && n != names::ATTEMPT && n != names::REPLAY_FOR && n != names::SIGNATURE)
         .cloned()
         .collect();
-    // Keep the original event id so a replay is recognisably the same event.
-    if !headers.iter().any(|(n, _)| n == crate::event::headers::EVENT_ID) {
-        headers.push((crate::event::headers::EVENT_ID.to_string(), event.id.clone()));
-    }
-    headers.extend([
-        (dlq_headers::REASON.to_string(), failure.reason.clone()),
-        (dlq_headers::KIND.to_string(), failure.kind.as_str().to_string()),
-        (dlq_headers::COMPONENT.to_string(), ctx.route.component.to_string()),
-        (dlq_headers::TOPIC.to_string(), event.topic.clone()),
-        (dlq_headers::PARTITION.to_string(), event.partition.to_string()),
-        (dlq_headers::OFFSET.to_string(), event.offset.to_string()),
-        (dlq_headers::ATTEMPTS.to_string(), attempts.to_string()),
-        (dlq_headers::FAILED_AT.to_string(), now_ms().to_string()),
-    ]);
-    let message = OutboundMessage {
-        topic: ctx.route.dead_letter.to_string(),
+    // Keep the event id so a replay is recognisably the same event.
+    headers.retain(|(n, _)| n != names::EVENT_ID);
+    headers.push((names::EVENT_ID.to_string(), event.id.clone()));
+    let record = DeadLetterRecord {
+        reason: failure.reason.clone(),
+        kind: failure.kind.as_str().to_string(),
+        component: component.to_string(),
+        topic: event.topic.clone(),
+        partition: event.partition,
+        offset: event.offset,
+        attempts,
+        failed_at_ms: now_ms(),
+    };
+    headers.extend(record.to_headers());
+    OutboundMessage {
+        topic: dead_letter_topic.to_string(),
         key: event.key.clone(),
         payload: event.payload.clone(),
         headers,
-    };
+    }
+}
+
+/// Sends the event to the route's dead-letter topic through the outbox, atomically with
+/// its inbox claim. Retries until the database takes it.
+async fn dead_letter(ctx: &RouteCtx, event: &InboundEvent, failure: &Failure, attempts: u32) -> bool {
+    let message = dead_letter_message(
+        event,
+        ctx.route.component.as_str(),
+        ctx.route.dead_letter.as_str(),
+        failure,
+        attempts,
+    );
     let entry = InboxEntry {
         component: ctx.route.component.as_str(),
         event_id: &event.id,

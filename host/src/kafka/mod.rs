@@ -6,45 +6,24 @@ pub mod dispatch;
 pub mod relay;
 
 use rdkafka::ClientConfig;
-use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use crate::config::Routing;
-
-/// Header names of dead letters.
-pub mod dlq_headers {
-    /// Why the event failed (the handler's reason or the trap).
-    pub const REASON: &str = "switchyard-dlq-reason";
-    /// retryable | fatal | trap | deadline | memory.
-    pub const KIND: &str = "switchyard-dlq-kind";
-    /// The component that failed it.
-    pub const COMPONENT: &str = "switchyard-dlq-component";
-    /// Where the event was read from.
-    pub const TOPIC: &str = "switchyard-dlq-topic";
-    pub const PARTITION: &str = "switchyard-dlq-partition";
-    pub const OFFSET: &str = "switchyard-dlq-offset";
-    /// How many times it was tried.
-    pub const ATTEMPTS: &str = "switchyard-dlq-attempts";
-    /// When it was dead-lettered, epoch ms.
-    pub const FAILED_AT: &str = "switchyard-dlq-failed-at";
-    /// Prefix of all of the above.
-    pub const PREFIX: &str = "switchyard-dlq-";
-}
-
-/// Set on a replayed event: only this component's route handles it, so components
-/// that handled the original are not run twice.
-pub const REPLAY_FOR: &str = "switchyard-replay-for";
-/// Set by the host on the event handed to a component: which try this is (1-based).
-pub const ATTEMPT: &str = "switchyard-attempt";
 
 /// Where the brokers are.
 pub enum Brokers {
     /// A real cluster's bootstrap servers.
     External(String),
     /// librdkafka's in-process mock cluster: the embedded default. It lives as long as
-    /// this value, so it must outlive everything that talks to it.
-    Embedded(MockCluster<'static, DefaultProducerContext>),
+    /// this value, so it must outlive everything that talks to it. It keeps its log in
+    /// memory only; `origin` is fresh for every start, so the events of a new embedded
+    /// broker (whose offsets start again at 0) are never taken for old ones.
+    Embedded {
+        cluster: MockCluster<'static, DefaultProducerContext>,
+        origin: String,
+    },
 }
 
 impl Brokers {
@@ -64,7 +43,10 @@ impl Brokers {
                     }
                 }
                 tracing::info!(bootstrap = %cluster.bootstrap_servers(), "embedded Kafka broker started");
-                Ok(Brokers::Embedded(cluster))
+                Ok(Brokers::Embedded {
+                    cluster,
+                    origin: format!("embedded-{}", uuid::Uuid::now_v7().simple()),
+                })
             }
         }
     }
@@ -72,7 +54,28 @@ impl Brokers {
     pub fn bootstrap_servers(&self) -> String {
         match self {
             Brokers::External(servers) => servers.clone(),
-            Brokers::Embedded(cluster) => cluster.bootstrap_servers(),
+            Brokers::Embedded { cluster, .. } => cluster.bootstrap_servers(),
+        }
+    }
+
+    /// The name of the log events come from, part of the fallback event id of messages
+    /// without a `switchyard-event-id` (see [`crate::event::InboundEvent::from_message`]):
+    /// the cluster id of a real cluster, a fresh id per embedded broker.
+    pub async fn origin(&self) -> anyhow::Result<String> {
+        match self {
+            Brokers::Embedded { origin, .. } => Ok(origin.clone()),
+            Brokers::External(_) => {
+                let config = self.client_config();
+                tokio::task::spawn_blocking(move || {
+                    use rdkafka::consumer::Consumer;
+                    let consumer: rdkafka::consumer::BaseConsumer = config.create()?;
+                    consumer
+                        .client()
+                        .fetch_cluster_id(std::time::Duration::from_secs(10))
+                        .ok_or_else(|| anyhow::anyhow!("the cluster did not tell its id within 10 s"))
+                })
+                .await?
+            }
         }
     }
 
@@ -98,21 +101,41 @@ pub fn producer_config(base: &ClientConfig) -> ClientConfig {
     config
 }
 
-/// Kafka headers as (name, UTF-8 value) pairs; binary values are decoded lossily.
-pub fn headers_of(headers: Option<&BorrowedHeaders>) -> Vec<(String, String)> {
-    headers
-        .map(|h| {
-            h.iter()
-                .map(|header| {
-                    let value = header
-                        .value
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                        .unwrap_or_default();
-                    (header.key.to_string(), value)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// A message's headers as (name, value) pairs, names and values decoded lossily (invalid
+/// UTF-8 becomes U+FFFD). Read through librdkafka directly: rdkafka's own header iterator
+/// panics on a name that is not UTF-8, which any producer can send.
+pub fn headers_of(message: &BorrowedMessage<'_>) -> Vec<(String, String)> {
+    use rdkafka::bindings as rd;
+    let mut out = Vec::new();
+    // SAFETY: the message pointer is valid for the borrow; librdkafka owns the headers
+    // and every pointer it hands out lives as long as the message. Names are
+    // NUL-terminated; values come with their size.
+    unsafe {
+        let mut headers: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+        if rd::rd_kafka_message_headers(message.ptr(), &mut headers) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        {
+            return out;
+        }
+        let count = rd::rd_kafka_header_cnt(headers);
+        for idx in 0..count {
+            let mut name: *const std::os::raw::c_char = std::ptr::null();
+            let mut value: *const std::os::raw::c_void = std::ptr::null();
+            let mut size: usize = 0;
+            if rd::rd_kafka_header_get_all(headers, idx, &mut name, &mut value, &mut size)
+                != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            {
+                continue;
+            }
+            let name = String::from_utf8_lossy(std::ffi::CStr::from_ptr(name).to_bytes()).into_owned();
+            let value = if value.is_null() {
+                String::new()
+            } else {
+                String::from_utf8_lossy(std::slice::from_raw_parts(value.cast::<u8>(), size)).into_owned()
+            };
+            out.push((name, value));
+        }
+    }
+    out
 }
 
 /// The same pairs as owned Kafka headers.

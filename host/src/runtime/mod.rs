@@ -8,6 +8,7 @@
 
 mod bindings;
 mod host;
+mod output;
 mod state;
 
 use std::sync::Arc;
@@ -17,19 +18,19 @@ use tracing::Instrument;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::config::ComponentSpec;
 use crate::event::InboundEvent;
 use crate::store::{Db, InboxEntry, StoreError};
 
 use bindings::{Handler, HandlerPre};
-pub use state::{DeadlineExceeded, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write};
+use output::CappedOutput;
+pub use state::{DeadlineExceeded, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write, caps};
 use state::{InvocationState, MemoryCap};
 
 /// How often the epoch advances: the resolution of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
-/// Guest stdout/stderr kept per invocation.
+/// Guest stdout/stderr kept per invocation; the rest is counted and dropped.
 const OUTPUT_CAPACITY: usize = 64 * 1024;
 /// Instances alive at once, across all components.
 const MAX_INSTANCES: u32 = 256;
@@ -107,11 +108,22 @@ pub enum FailureKind {
     Deadline,
     /// The guest outgrew its memory cap.
     Memory,
+    /// The guest went past one of the invocation [`caps`] (publishes, writes, ...).
+    Limit,
+    /// The component could not be instantiated for this event.
+    Instantiate,
+    /// The database refused the event's data (say, an id with a NUL byte).
+    Rejected,
 }
 
 impl FailureKind {
+    /// Worth another try. A blown deadline is: the wall clock includes CPU contention
+    /// and lock waits, so a short overload must not turn into permanent dead letters.
     pub fn is_retryable(self) -> bool {
-        self == FailureKind::Retryable
+        matches!(
+            self,
+            FailureKind::Retryable | FailureKind::Deadline | FailureKind::Instantiate
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -121,8 +133,19 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::Deadline => "deadline",
             FailureKind::Memory => "memory",
+            FailureKind::Limit => "limit",
+            FailureKind::Instantiate => "instantiate",
+            FailureKind::Rejected => "rejected",
         }
     }
+}
+
+/// Whether an invocation's effects are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokeMode {
+    Commit,
+    /// Runs everything, reports the effects, and rolls them back (`switchyard invoke`).
+    DryRun,
 }
 
 /// A component compiled, linked and checked, ready to instantiate.
@@ -210,6 +233,17 @@ impl Runtime {
         db: &Db,
         event: &InboundEvent,
     ) -> Result<Outcome, InvokeError> {
+        self.invoke_in(InvokeMode::Commit, component, db, event).await
+    }
+
+    /// [`Runtime::invoke`], or a dry run that reports the effects and keeps none.
+    pub async fn invoke_in(
+        &self,
+        mode: InvokeMode,
+        component: &LoadedComponent,
+        db: &Db,
+        event: &InboundEvent,
+    ) -> Result<Outcome, InvokeError> {
         let span = tracing::info_span!(
             "invoke",
             component = %component.spec.name,
@@ -220,11 +254,12 @@ impl Runtime {
             request_id = event.request_id.as_deref().unwrap_or(""),
             trace_id = %event.trace.trace_id,
         );
-        self.invoke_inner(component, db, event).instrument(span).await
+        self.invoke_inner(mode, component, db, event).instrument(span).await
     }
 
     async fn invoke_inner(
         &self,
+        mode: InvokeMode,
         component: &LoadedComponent,
         db: &Db,
         event: &InboundEvent,
@@ -244,8 +279,8 @@ impl Runtime {
             return Ok(Outcome::Duplicate);
         }
 
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stdout = CappedOutput::new(OUTPUT_CAPACITY);
+        let stderr = CappedOutput::new(OUTPUT_CAPACITY);
         // No preopened dirs, no env, no args, no sockets allowed: clocks and randomness only.
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
@@ -272,6 +307,8 @@ impl Runtime {
             },
             deadline: started + spec.limits.deadline,
             poisoned: None,
+            used: Default::default(),
+            over_limit: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -286,10 +323,21 @@ impl Runtime {
             }
         });
 
-        let result = match component.pre.instantiate_async(&mut store).await {
-            Ok(handler) => handler.call_handle(&mut store, &to_wit(event)).await,
-            Err(e) => {
-                // Instantiation traps too when start-up code blows the limits.
+        // The epoch deadline stops a guest that computes; this timer stops one blocked in
+        // a host call (a WASI sleep, a lock wait), dropping the call where it waits, so
+        // the whole invocation, host calls included, ends by its deadline.
+        let deadline = spec.limits.deadline;
+        let run = async {
+            let handler = component.pre.instantiate_async(&mut store).await.map_err(Err)?;
+            handler.call_handle(&mut store, &to_wit(event)).await.map_err(Ok)
+        };
+        let result = match tokio::time::timeout(deadline + EPOCH_TICK, run).await {
+            Ok(Ok(returned)) => Ok(returned),
+            // Trapped while handling.
+            Ok(Err(Ok(trap))) => Err(trap),
+            // Failed to instantiate: start-up code that blows the limits is the guest's
+            // fault like any trap; anything else is the host's, reported as such.
+            Ok(Err(Err(e))) => {
                 if store.data().memory.exceeded || e.downcast_ref::<DeadlineExceeded>().is_some() {
                     Err(e)
                 } else {
@@ -301,10 +349,22 @@ impl Runtime {
                     });
                 }
             }
+            Err(_elapsed) => Err(wasmtime::Error::new(DeadlineExceeded(deadline.as_millis()))
+                .context("blocked in a host call (sleep, lock wait) past the deadline")),
         };
         let mut state = store.into_data();
         forward_output(&state);
         let outcome = match result {
+            Ok(_) if state.over_limit.is_some() => {
+                state.tx.rollback().await?;
+                Outcome::Failed(Failure {
+                    kind: FailureKind::Limit,
+                    reason: format!(
+                        "{} (raise nothing: split the work over several events)",
+                        state.over_limit.take().unwrap_or_default()
+                    ),
+                })
+            }
             Ok(Ok(())) => {
                 if let Some(why) = state.poisoned.take() {
                     state.tx.rollback().await?;
@@ -313,7 +373,10 @@ impl Runtime {
                         reason: format!("database failed during the call: {why}"),
                     })
                 } else {
-                    state.tx.commit().await?;
+                    match mode {
+                        InvokeMode::Commit => state.tx.commit().await?,
+                        InvokeMode::DryRun => state.tx.rollback().await?,
+                    }
                     Outcome::Committed(std::mem::take(&mut state.effects))
                 }
             }
@@ -389,10 +452,17 @@ fn classify_trap(err: &wasmtime::Error, memory_exceeded: bool) -> Failure {
 fn forward_output(state: &InvocationState) {
     let component = state.component.name.as_str();
     for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
-        let bytes = pipe.contents();
+        let (bytes, dropped) = pipe.contents();
         for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
             tracing::info!(target: "guest", component, stream, "{line}");
         }
+        if dropped > 0 {
+            tracing::warn!(target: "guest", component, stream, dropped_bytes = dropped, "guest output over {OUTPUT_CAPACITY} bytes; the rest was dropped");
+        }
+    }
+    let dropped_logs = state.used.log_calls.saturating_sub(caps::MAX_LOG_CALLS);
+    if dropped_logs > 0 {
+        tracing::warn!(target: "guest", component, dropped_logs, "more than {} log calls in one invocation; the rest were dropped", caps::MAX_LOG_CALLS);
     }
 }
 

@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 use wasmtime::ResourceLimiter;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::ComponentSpec;
 use crate::event::TraceContext;
 use crate::store::{StoreError, Tx};
+
+use super::output::CappedOutput;
 
 /// What an invocation did, in order; reported by `switchyard invoke` and tests.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
@@ -92,8 +93,8 @@ pub struct InvocationState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     /// Captured guest stdout and stderr, turned into log lines after the call.
-    pub(crate) stdout: MemoryOutputPipe,
-    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) stdout: CappedOutput,
+    pub(crate) stderr: CappedOutput,
     /// Who is running: storage namespace, allowed topics and config come from here.
     pub(crate) component: Arc<ComponentSpec>,
     /// The transaction everything the guest does goes into.
@@ -111,9 +112,74 @@ pub struct InvocationState {
     /// Set when the database failed under a host call: the transaction is no longer
     /// usable, so the invocation is retried whatever the guest returns.
     pub(crate) poisoned: Option<String>,
+    /// What the guest has asked of the host so far, against [`caps`].
+    pub(crate) used: Usage,
+    /// Set when the guest went past one of [`caps`]: the invocation fails whatever the
+    /// guest returns, with this reason.
+    pub(crate) over_limit: Option<String>,
+}
+
+/// Caps on what one invocation may ask of the host. Past one, the host call fails and
+/// so does the invocation (`limit`), so a flooding handler ends in a dead letter saying
+/// which cap it hit instead of exhausting the host.
+pub mod caps {
+    /// Messages published plus timers scheduled.
+    pub const MAX_MESSAGES: usize = 1000;
+    /// Their bytes together (key, payload, headers).
+    pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+    /// Storage writes (put, delete, increment, compare-and-swap).
+    pub const MAX_WRITES: usize = 10_000;
+    /// Bytes of values written.
+    pub const MAX_WRITTEN_BYTES: usize = 32 << 20;
+    /// Bytes one `list-prefix` call may return; ask for fewer keys to stay under it.
+    pub const MAX_LISTED_BYTES: usize = 8 << 20;
+    /// Guest log calls kept; later ones are counted and dropped.
+    pub const MAX_LOG_CALLS: usize = 1000;
+}
+
+/// Counters behind [`caps`].
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub messages: usize,
+    pub message_bytes: usize,
+    pub writes: usize,
+    pub written_bytes: usize,
+    pub log_calls: usize,
 }
 
 impl InvocationState {
+    /// Counts one more message of `bytes`; Err(reason) past the caps.
+    pub(crate) fn count_message(&mut self, bytes: usize) -> Result<(), String> {
+        self.used.messages += 1;
+        self.used.message_bytes += bytes;
+        if self.used.messages > caps::MAX_MESSAGES {
+            return Err(self.exceed(format!("more than {} messages and timers in one invocation", caps::MAX_MESSAGES)));
+        }
+        if self.used.message_bytes > caps::MAX_MESSAGE_BYTES {
+            return Err(self.exceed(format!("more than {} bytes of messages in one invocation", caps::MAX_MESSAGE_BYTES)));
+        }
+        Ok(())
+    }
+
+    /// Counts one more storage write of `bytes`; Err(reason) past the caps.
+    pub(crate) fn count_write(&mut self, bytes: usize) -> Result<(), String> {
+        self.used.writes += 1;
+        self.used.written_bytes += bytes;
+        if self.used.writes > caps::MAX_WRITES {
+            return Err(self.exceed(format!("more than {} storage writes in one invocation", caps::MAX_WRITES)));
+        }
+        if self.used.written_bytes > caps::MAX_WRITTEN_BYTES {
+            return Err(self.exceed(format!("more than {} bytes written in one invocation", caps::MAX_WRITTEN_BYTES)));
+        }
+        Ok(())
+    }
+
+    fn exceed(&mut self, reason: String) -> String {
+        let message = format!("invocation limit: {reason}");
+        self.over_limit.get_or_insert(message.clone());
+        message
+    }
+
     /// Records a database failure under a host call: the transaction is no longer usable,
     /// so the invocation is retried whatever the guest returns. Returns what the guest
     /// is told.

@@ -10,14 +10,14 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs the binary with none of the caller's SWITCHYARD_* settings (a developer's
+/// SWITCHYARD_CONFIG or database would change what is tested).
 fn switchyard(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SWITCHYARD_DATABASE_URL")
-        .env_remove("SWITCHYARD_BROKERS")
-        .output()
-        .unwrap()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_")) {
+        command.env_remove(name);
+    }
+    command.args(args).current_dir(dir).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -92,7 +92,8 @@ fn invoke_runs_one_event_and_reports_its_effects() {
     let out = switchyard(&args, dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["outcome"], "committed");
+    // A dry run by default: the effects are reported, and none is left for `run` to relay.
+    assert_eq!(report["outcome"], "dry-run");
     let published = report["effects"]["published"].as_array().unwrap();
     assert_eq!(published.len(), 1);
     assert_eq!(published[0]["topic"], "orders.created");
@@ -100,9 +101,37 @@ fn invoke_runs_one_event_and_reports_its_effects() {
     assert_eq!(created["totalCost"], 19.98);
     assert_eq!(report["effects"]["timers"][0]["topic"], "orders.timeouts");
 
-    // Without an "id" the event id comes from topic/partition/offset, the same each run:
-    // the second run is recognised as a duplicate and nothing runs.
-    let out = switchyard(&args, dir.path());
+    let db = dir.path().join("data/switchyard.db");
+    assert_eq!(count_rows(&db, "outbox"), 0, "a dry run leaves no outbox rows");
+    assert_eq!(count_rows(&db, "timers"), 0, "a dry run leaves no timers");
+    assert_eq!(count_rows(&db, "inbox"), 0, "a dry run claims nothing");
+
+    // --commit keeps them; with an "id" a second run is a duplicate. Without an id every
+    // run is a new event of its own origin, never one of a live log.
+    let mut with_id = event.clone();
+    with_id["id"] = "cli-1".into();
+    std::fs::write(dir.path().join("event.json"), with_id.to_string()).unwrap();
+    let mut commit = args.to_vec();
+    commit.push("--commit");
+    let out = switchyard(&commit, dir.path());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "committed", "{}", text(&out.stderr));
+    assert_eq!(count_rows(&db, "outbox"), 1);
+    let out = switchyard(&commit, dir.path());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["outcome"], "duplicate");
+}
+
+fn count_rows(db: &Path, table: &str) -> i64 {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM ' + sys.argv[2]).fetchone()[0])",
+        ])
+        .arg(db)
+        .arg(table)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().parse().unwrap()
 }

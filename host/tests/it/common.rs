@@ -68,7 +68,7 @@ pub fn spec(name: &str, artifact_name: &str, publishes: &[&str]) -> ComponentSpe
         config: BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
         limits: Limits {
             memory_bytes: 32 << 20,
-            deadline: Duration::from_millis(500),
+            deadline: Duration::from_millis(2000),
         },
     }
 }

@@ -209,7 +209,7 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
         wait_for(&db, "worker", "count", 5, Duration::from_secs(60)).await;
         let start = Instant::now();
         loop {
-            let letters = admin::list_dead_letters(&base, &dead).unwrap();
+            let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
             if letters.len() == 2 {
                 let poison = &letters[0];
                 assert_eq!(poison.component, "worker");
@@ -218,6 +218,7 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
                 assert_eq!(poison.attempts, "1");
                 assert_eq!(poison.source_topic, format!("{p}.in"));
                 assert_eq!(poison.source_partition, "0");
+                assert!(poison.signed, "the host signs its dead letters");
                 assert!(letters[1].reason.contains("bad plan"), "{:?}", letters[1]);
                 break;
             }
@@ -229,6 +230,8 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
             let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
                 .arg("--config")
                 .arg(dir.path().join("topics.toml"))
+                .arg("--data-dir")
+                .arg(dir.path())
                 .args(["--brokers", &brokers.bootstrap_servers(), "dlq", "list", "--json"])
                 .output()
                 .unwrap();
@@ -272,9 +275,9 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
     // The fix: the component now has its setting. Replay the poison event only.
     let fixed = routing(dir.path(), &p, &POISON.replace("{config}", "fixed = \"yes\""));
     with_service(&fixed, &db, &brokers, async {
-        let letters = admin::list_dead_letters(&base, &dead).unwrap();
-        admin::replay(&base, &letters[..1]).await.unwrap();
-        admin::replay(&base, &letters[..1]).await.unwrap(); // a second replay is absorbed
+        let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+        admin::replay(&base, &fixed, db.signer(), &letters[..1]).await.unwrap();
+        admin::replay(&base, &fixed, db.signer(), &letters[..1]).await.unwrap(); // a second replay is absorbed
         wait_for(&db, "worker", "count", 6, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
     })
@@ -606,12 +609,9 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     wait_for(&db, "worker", "count", N, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_exactly_once(&db, N).await;
-    let partitions: Vec<(i32,)> = match &db {
-        Db::Postgres(pool) => sqlx::query_as("SELECT DISTINCT partition FROM inbox ORDER BY partition")
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-        Db::Sqlite(_) => unreachable!(),
-    };
+    let partitions: Vec<(i32,)> = sqlx::query_as("SELECT DISTINCT partition FROM inbox ORDER BY partition")
+        .fetch_all(db.postgres_pool().unwrap())
+        .await
+        .unwrap();
     assert_eq!(partitions.len(), 4, "every partition was consumed");
 }

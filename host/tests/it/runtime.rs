@@ -2,20 +2,22 @@
 //! PostgreSQL: isolation, atomicity, deduplication, containment of bad guests, and
 //! rejection of components that do not fit the world.
 
-
-
 use serde_json::json;
-use switchyard::event::{InboundEvent, headers};
+use switchyard::event::{InboundEvent, LogPosition, headers};
 use switchyard::runtime::{FailureKind, LoadError, Outcome, Runtime};
 use switchyard::store::{Db, Table};
 
 use crate::common::spec;
 
 fn event(id: &str, plan: serde_json::Value) -> InboundEvent {
+    let at = LogPosition {
+        origin: "test",
+        topic: "probe.in",
+        partition: 0,
+        offset: 0,
+    };
     InboundEvent::from_message(
-        "probe.in",
-        0,
-        0,
+        &at,
         Some(b"k".to_vec()),
         serde_json::to_vec(&plan).unwrap(),
         vec![

@@ -1,5 +1,5 @@
 use crate::runtime::bindings::log::{Host, Level};
-use crate::runtime::state::InvocationState;
+use crate::runtime::state::{InvocationState, caps};
 
 /// Longest message or field value kept from a guest log call.
 const MAX_LOG_CHARS: usize = 4096;
@@ -13,6 +13,10 @@ fn clip(s: &str) -> &str {
 
 impl Host for InvocationState {
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        self.used.log_calls += 1;
+        if self.used.log_calls > caps::MAX_LOG_CALLS {
+            return; // counted; reported once after the call
+        }
         // Guest fields are folded into one rendered field: tracing needs field names at
         // compile time. The span around the invocation adds component, event and trace.
         let fields: Vec<String> = fields

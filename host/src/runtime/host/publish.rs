@@ -1,5 +1,6 @@
 use crate::config::ComponentSpec;
 use crate::event::{TraceContext, headers};
+use crate::protocol::{self, limits};
 use crate::runtime::bindings::publish::{Error, Host, Message};
 use crate::runtime::state::{InvocationState, Published};
 use crate::store::OutboundMessage;
@@ -13,6 +14,20 @@ pub(crate) fn check_message(spec: &ComponentSpec, msg: &Message) -> Result<(), E
     }
     if msg.payload.len() > MAX_VALUE_BYTES {
         return Err(Error::TooLarge(msg.payload.len() as u64));
+    }
+    // Everything the broker counts, so a committed row is never refused by it.
+    let key_len = msg.key.as_ref().map_or(0, Vec::len);
+    let header_bytes: usize = msg.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    if key_len > limits::MAX_KEY_BYTES {
+        return Err(Error::TooLarge(key_len as u64));
+    }
+    // Room for the host's own headers (ids, trace, source) and a dead letter's record.
+    if msg.headers.len() > limits::MAX_HEADERS - 16 || header_bytes > limits::MAX_HEADER_BYTES {
+        return Err(Error::TooLarge(header_bytes as u64));
+    }
+    let total = key_len + msg.payload.len() + header_bytes;
+    if total > limits::MAX_MESSAGE_BYTES - limits::MAX_REASON_BYTES - 2048 {
+        return Err(Error::TooLarge(total as u64));
     }
     if let Some(h) = msg.headers.iter().find(|h| {
         h.name.to_ascii_lowercase().starts_with(headers::RESERVED_PREFIX)
@@ -52,8 +67,12 @@ pub(crate) fn host_headers(
 
 impl InvocationState {
     /// A guest message, checked and with the host headers added, ready for the outbox.
-    pub(crate) fn outbound(&self, msg: Message, event_id: &str) -> Result<OutboundMessage, Error> {
+    /// Checks `msg` and counts it against the invocation's caps; the message the
+    /// outbox will hold, with the host's headers.
+    pub(crate) fn outbound(&mut self, msg: Message, event_id: &str) -> Result<OutboundMessage, Error> {
         check_message(&self.component, &msg)?;
+        let bytes = msg.key.as_ref().map_or(0, Vec::len) + msg.payload.len();
+        self.count_message(bytes).map_err(Error::Unavailable)?;
         let mut all = host_headers(
             self.component.name.as_str(),
             event_id,
@@ -62,6 +81,7 @@ impl InvocationState {
             &self.trace,
         );
         all.extend(msg.headers.into_iter().map(|h| (h.name, h.value)));
+        debug_assert!(protocol::message_bytes(msg.key.as_deref(), &msg.payload, &all) <= limits::MAX_MESSAGE_BYTES);
         Ok(OutboundMessage {
             topic: msg.topic,
             key: msg.key,
@@ -139,6 +159,26 @@ mod tests {
             check_message(&spec(), &message("orders.created", MAX_VALUE_BYTES + 1, None)),
             Err(Error::TooLarge(_))
         ));
+        let mut big_key = message("orders.created", 1, None);
+        big_key.key = Some(vec![b'k'; limits::MAX_KEY_BYTES + 1]);
+        assert!(matches!(check_message(&spec(), &big_key), Err(Error::TooLarge(_))));
+        let mut many_headers = message("orders.created", 1, None);
+        many_headers.headers = (0..limits::MAX_HEADERS)
+            .map(|i| Header {
+                name: format!("x-{i}"),
+                value: "v".into(),
+            })
+            .collect();
+        assert!(matches!(check_message(&spec(), &many_headers), Err(Error::TooLarge(_))));
+        let mut huge_header = message("orders.created", 1, None);
+        huge_header.headers = vec![Header {
+            name: "x-big".into(),
+            value: "v".repeat(limits::MAX_HEADER_BYTES + 1),
+        }];
+        assert!(matches!(check_message(&spec(), &huge_header), Err(Error::TooLarge(_))));
+        // A payload under its own cap whose message is over the broker's limit.
+        let near = message("orders.created", limits::MAX_MESSAGE_BYTES - 100, Some("x-mine"));
+        assert!(matches!(check_message(&spec(), &near), Err(Error::TooLarge(_))));
         for reserved in ["switchyard-event-id", "Switchyard-Source", "traceparent"] {
             assert!(matches!(
                 check_message(&spec(), &message("orders.created", 1, Some(reserved))),

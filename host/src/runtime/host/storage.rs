@@ -1,5 +1,5 @@
 use crate::runtime::bindings::storage::{Error, Host};
-use crate::runtime::state::{InvocationState, Write};
+use crate::runtime::state::{InvocationState, Write, caps};
 use crate::store::StoreError;
 
 use super::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -48,6 +48,7 @@ impl Host for InvocationState {
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
         check_key(&key)?;
         check_value(&value)?;
+        self.count_write(value.len()).map_err(Error::Unavailable)?;
         let ns = self.namespace();
         let result = self.tx.put(&ns, &key, &value).await;
         result.map_err(|e| self.storage_error(e))?;
@@ -58,6 +59,7 @@ impl Host for InvocationState {
 
     async fn delete(&mut self, key: String) -> Result<bool, Error> {
         check_key(&key)?;
+        self.count_write(0).map_err(Error::Unavailable)?;
         let ns = self.namespace();
         let result = self.tx.delete(&ns, &key).await;
         let existed = result.map_err(|e| self.storage_error(e))?;
@@ -79,12 +81,22 @@ impl Host for InvocationState {
         let ns = self.namespace();
         // Bound one call's result so a guest cannot pull a whole table into memory.
         let limit = limit.min(1000);
-        let result = self.tx.list_prefix(&ns, &prefix, start_after.as_deref(), limit).await;
-        result.map_err(|e| self.storage_error(e))
+        let result = self
+            .tx
+            .list_prefix(&ns, &prefix, start_after.as_deref(), limit, caps::MAX_LISTED_BYTES)
+            .await;
+        match result.map_err(|e| self.storage_error(e))? {
+            Some(rows) => Ok(rows),
+            None => Err(Error::Unavailable(format!(
+                "list-prefix {prefix:?} would return more than {} bytes; ask for fewer keys per call",
+                caps::MAX_LISTED_BYTES
+            ))),
+        }
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, Error> {
         check_key(&key)?;
+        self.count_write(20).map_err(Error::Unavailable)?;
         let ns = self.namespace();
         let result = self.tx.increment(&ns, &key, delta).await;
         let value = result.map_err(|e| self.storage_error(e))?;
@@ -105,6 +117,7 @@ impl Host for InvocationState {
         if let Some(value) = &new {
             check_value(value)?;
         }
+        self.count_write(new.as_ref().map_or(0, Vec::len)).map_err(Error::Unavailable)?;
         let ns = self.namespace();
         let result = self
             .tx

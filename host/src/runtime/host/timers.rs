@@ -3,7 +3,7 @@ use crate::runtime::bindings::timers::Host;
 use crate::runtime::state::{InvocationState, ScheduledTimer};
 use crate::store::now_ms;
 
-/// Longest delay a timer may have: a year.
+/// Longest delay a timer may have: a year (longer delays are cut to it).
 const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 
 impl Host for InvocationState {

@@ -1,0 +1,203 @@
+//! Component key-value storage: one namespace per component, inside the invocation's
+//! transaction.
+
+use super::{StoreError, Tx, on_conn};
+
+impl Tx {
+    pub async fn get(&mut self, component: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        const SQL: &str = "SELECT value FROM kv WHERE component = $1 AND key = $2";
+        let row: Option<(Vec<u8>,)> = on_conn!(self, |c| sqlx::query_as(SQL)
+            .bind(component)
+            .bind(key)
+            .fetch_optional(c)
+            .await?);
+        Ok(row.map(|(v,)| v))
+    }
+
+    pub async fn put(&mut self, component: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO kv (component, key, value) VALUES ($1, $2, $3) \
+                           ON CONFLICT (component, key) DO UPDATE SET value = excluded.value";
+        on_conn!(self, |c| sqlx::query(SQL)
+            .bind(component)
+            .bind(key)
+            .bind(value)
+            .execute(c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    pub async fn delete(&mut self, component: &str, key: &str) -> Result<bool, StoreError> {
+        const SQL: &str = "DELETE FROM kv WHERE component = $1 AND key = $2";
+        let n = on_conn!(self, |c| sqlx::query(SQL)
+            .bind(component)
+            .bind(key)
+            .execute(c)
+            .await?
+            .rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Keys with `prefix` after `start_after`, in byte order, at most `limit`; None when
+    /// their keys and values would exceed `max_bytes` (read row by row, so the host never
+    /// holds more than that).
+    pub async fn list_prefix(
+        &mut self,
+        component: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<(String, Vec<u8>)>>, StoreError> {
+        use futures_util::TryStreamExt;
+        // `key >= prefix` lets the primary key index start at the prefix; the substr test
+        // stops at its end without LIKE's escaping rules.
+        const SQL: &str = "SELECT key, value FROM kv WHERE component = $1 AND key >= $2 AND key > $3 \
+                           AND substr(key, 1, length($2)) = $2 ORDER BY key LIMIT $4";
+        let after = start_after.unwrap_or("");
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        on_conn!(self, |c| {
+            let mut rows = sqlx::query_as::<_, (String, Vec<u8>)>(SQL)
+                .bind(component)
+                .bind(prefix)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch(c);
+            while let Some((key, value)) = rows.try_next().await? {
+                bytes += key.len() + value.len();
+                if bytes > max_bytes {
+                    return Ok(None);
+                }
+                out.push((key, value));
+            }
+        });
+        Ok(Some(out))
+    }
+
+    /// Adds `delta` to the decimal counter under `key` (absent is 0) and returns it.
+    /// Built on compare-and-swap, so concurrent increments from other partitions (other
+    /// transactions on PostgreSQL) are never lost: a lost race reads again and retries.
+    pub async fn increment(&mut self, component: &str, key: &str, delta: i64) -> Result<i64, StoreError> {
+        loop {
+            let current = self.get(component, key).await?;
+            let value = match &current {
+                None => 0,
+                Some(bytes) => {
+                    let text = String::from_utf8_lossy(bytes).into_owned();
+                    text.trim().parse::<i64>().map_err(|_| StoreError::NotANumber {
+                        key: key.to_string(),
+                        found: text.clone(),
+                    })?
+                }
+            };
+            let next = value
+                .checked_add(delta)
+                .ok_or_else(|| StoreError::Overflow { key: key.to_string() })?;
+            let next_text = next.to_string();
+            if self
+                .compare_and_swap(component, key, current.as_deref(), Some(next_text.as_bytes()))
+                .await?
+            {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Swaps `key` from `expected` to `new` (none: absent / delete) if it matches. Each
+    /// case is one conditional statement, atomic against concurrent transactions: on
+    /// PostgreSQL an UPDATE re-checks its condition after waiting for a row lock, and an
+    /// insert of an absent key conflicts with a concurrent one.
+    pub async fn compare_and_swap(
+        &mut self,
+        component: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        const INSERT: &str = "INSERT INTO kv (component, key, value) VALUES ($1, $2, $3) \
+                              ON CONFLICT (component, key) DO NOTHING";
+        const UPDATE: &str = "UPDATE kv SET value = $3 WHERE component = $1 AND key = $2 AND value = $4";
+        const DELETE: &str = "DELETE FROM kv WHERE component = $1 AND key = $2 AND value = $3";
+        let changed = match (expected, new) {
+            (None, Some(new)) => on_conn!(self, |c| sqlx::query(INSERT)
+                .bind(component)
+                .bind(key)
+                .bind(new)
+                .execute(c)
+                .await?
+                .rows_affected()),
+            (Some(old), Some(new)) => on_conn!(self, |c| sqlx::query(UPDATE)
+                .bind(component)
+                .bind(key)
+                .bind(new)
+                .bind(old)
+                .execute(c)
+                .await?
+                .rows_affected()),
+            (Some(old), None) => on_conn!(self, |c| sqlx::query(DELETE)
+                .bind(component)
+                .bind(key)
+                .bind(old)
+                .execute(c)
+                .await?
+                .rows_affected()),
+            (None, None) => return Ok(self.get(component, key).await?.is_none()),
+        };
+        Ok(changed == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::sqlite;
+    use super::*;
+
+    #[tokio::test]
+    async fn namespaces_are_separate_and_prefix_listing_is_exact() {
+        let (_dir, db) = sqlite().await;
+        let mut tx = db.begin().await.unwrap();
+        tx.put("a", "user/1", b"x").await.unwrap();
+        tx.put("a", "user/2", b"y").await.unwrap();
+        tx.put("a", "users", b"z").await.unwrap();
+        tx.put("b", "user/3", b"w").await.unwrap();
+        let keys: Vec<String> = tx
+            .list_prefix("a", "user/", None, 10, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec!["user/1", "user/2"]);
+        let page: Vec<String> = tx
+            .list_prefix("a", "user/", Some("user/1"), 10, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(page, vec!["user/2"]);
+        assert_eq!(tx.list_prefix("a", "user/", None, 10, 13).await.unwrap(), None, "over the byte cap");
+        assert_eq!(tx.get("b", "user/1").await.unwrap(), None);
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn increment_and_compare_and_swap() {
+        let (_dir, db) = sqlite().await;
+        let mut tx = db.begin().await.unwrap();
+        assert_eq!(tx.increment("a", "n", 5).await.unwrap(), 5);
+        assert_eq!(tx.increment("a", "n", -2).await.unwrap(), 3);
+        tx.put("a", "s", b"text").await.unwrap();
+        assert!(matches!(
+            tx.increment("a", "s", 1).await,
+            Err(StoreError::NotANumber { .. })
+        ));
+        assert!(!tx.compare_and_swap("a", "k", Some(b"v"), Some(b"w")).await.unwrap());
+        assert!(tx.compare_and_swap("a", "k", None, Some(b"v")).await.unwrap());
+        assert!(tx.compare_and_swap("a", "k", Some(b"v"), None).await.unwrap());
+        assert_eq!(tx.get("a", "k").await.unwrap(), None);
+    }
+}

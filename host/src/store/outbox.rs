@@ -1,0 +1,263 @@
+//! The transactional outbox: messages committed with their invocation, relayed to Kafka
+//! in id order and marked sent once the broker acknowledged them. A row the broker can
+//! never take is parked with its reason, so it blocks nothing behind it.
+
+use std::fs::File;
+
+use super::{Db, OutboundMessage, Pool, StoreError, Tx, decode_headers, encode_headers, now_ms, on_conn, on_pool};
+
+/// An outbox row waiting for the relay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: String,
+    pub component: String,
+    pub message: OutboundMessage,
+}
+
+/// A row set aside because the broker refused it for good.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ParkedRow {
+    pub id: i64,
+    pub event_id: String,
+    pub component: String,
+    pub topic: String,
+    pub reason: String,
+    pub parked_at_ms: i64,
+}
+
+type Row = (i64, String, String, String, Option<Vec<u8>>, Vec<u8>, String);
+
+impl Tx {
+    /// Queues a message for the relay, as part of this transaction.
+    pub async fn insert_outbox(
+        &mut self,
+        event_id: &str,
+        component: &str,
+        message: &OutboundMessage,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        let headers = encode_headers(&message.headers);
+        on_conn!(self, |c| sqlx::query(SQL)
+            .bind(event_id)
+            .bind(component)
+            .bind(&message.topic)
+            .bind(message.key.as_deref())
+            .bind(&message.payload)
+            .bind(&headers)
+            .bind(now_ms())
+            .execute(c)
+            .await?
+            .rows_affected());
+        self.wrote_outbox = true;
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Unsent, unparked outbox rows in commit order, oldest first.
+    pub async fn unsent_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        const SQL: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
+                           WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL ORDER BY id LIMIT $1";
+        let rows: Vec<Row> = on_pool!(self, |p| sqlx::query_as(SQL).bind(limit).fetch_all(p).await?);
+        rows.into_iter()
+            .map(|(id, event_id, component, topic, key, payload, headers)| {
+                Ok(OutboxRow {
+                    id,
+                    event_id,
+                    component,
+                    message: OutboundMessage {
+                        topic,
+                        key,
+                        payload,
+                        headers: decode_headers(&headers)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Marks outbox rows as delivered to Kafka, in one statement.
+    pub async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        // By id, never by range: ids are taken at insert, so a row with a lower id can
+        // still become visible after this batch was read.
+        const SQL: &str = "UPDATE outbox SET sent_at_ms = $1 WHERE id IN (SELECT value FROM json_each($2))";
+        const SQL_PG: &str = "UPDATE outbox SET sent_at_ms = $1 WHERE id = ANY($2)";
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query(SQL_PG).bind(now_ms()).bind(ids).execute(pool).await?;
+            }
+            Pool::Sqlite(pool) => {
+                let list = serde_json::to_string(ids).expect("integers serialize");
+                sqlx::query(SQL).bind(now_ms()).bind(list).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a row aside that the broker will never take, with the reason.
+    pub async fn park(&self, id: i64, reason: &str) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE outbox SET parked_at_ms = $1, park_reason = $2 WHERE id = $3";
+        on_pool!(self, |p| sqlx::query(SQL)
+            .bind(now_ms())
+            .bind(reason)
+            .bind(id)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Rows parked by the relay, oldest first.
+    pub async fn parked_outbox(&self, limit: i64) -> Result<Vec<ParkedRow>, StoreError> {
+        const SQL: &str = "SELECT id, event_id, component, topic, COALESCE(park_reason, ''), parked_at_ms FROM outbox \
+                           WHERE parked_at_ms IS NOT NULL ORDER BY id LIMIT $1";
+        let rows: Vec<(i64, String, String, String, String, i64)> =
+            on_pool!(self, |p| sqlx::query_as(SQL).bind(limit).fetch_all(p).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(id, event_id, component, topic, reason, parked_at_ms)| ParkedRow {
+                id,
+                event_id,
+                component,
+                topic,
+                reason,
+                parked_at_ms,
+            })
+            .collect())
+    }
+
+    /// Puts parked rows back in the queue (after the topic was created or its size limit
+    /// raised); all of them without `id`. Returns how many.
+    pub async fn requeue_parked(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        const ONE: &str = "UPDATE outbox SET parked_at_ms = NULL, park_reason = NULL WHERE parked_at_ms IS NOT NULL AND id = $1";
+        const ALL: &str = "UPDATE outbox SET parked_at_ms = NULL, park_reason = NULL WHERE parked_at_ms IS NOT NULL";
+        let n = match id {
+            Some(id) => on_pool!(self, |p| sqlx::query(ONE).bind(id).execute(p).await?.rows_affected()),
+            None => on_pool!(self, |p| sqlx::query(ALL).execute(p).await?.rows_affected()),
+        };
+        if n > 0 {
+            self.signals.outbox.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Only the holder of this lock relays the outbox, so rows go out in commit order
+    /// and no two relays race. On PostgreSQL it is a session advisory lock held by a
+    /// connection of its own (a dead host's lock vanishes with its session); on SQLite an
+    /// exclusive lock on a file beside the database, so a second `switchyard run` on the
+    /// same data directory does not relay too. None: another host or process holds it.
+    pub async fn try_relay_lock(&self) -> Result<Option<RelayLock>, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(_) => {
+                let Some(db_path) = &self.sqlite_path else {
+                    // An in-memory database belongs to this process alone.
+                    return Ok(Some(RelayLock::Process));
+                };
+                let path = db_path.with_extension("relay.lock");
+                let file = File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|source| StoreError::Lock {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                match file.try_lock() {
+                    Ok(()) => Ok(Some(RelayLock::File(file))),
+                    Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                    Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock {
+                        path: path.display().to_string(),
+                        source,
+                    }),
+                }
+            }
+            Pool::Postgres(pool) => {
+                // Detached from the pool: when the lock is dropped the session ends and
+                // PostgreSQL releases the lock, instead of it lingering on a pooled connection.
+                let mut conn = pool.acquire().await?.detach();
+                let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(7243001)")
+                    .fetch_one(&mut conn)
+                    .await?;
+                Ok(locked.then_some(RelayLock::Postgres(conn)))
+            }
+        }
+    }
+}
+
+/// Proof of being the one outbox relay (see [`Db::try_relay_lock`]).
+pub enum RelayLock {
+    /// The session holding the advisory lock.
+    Postgres(sqlx::PgConnection),
+    /// The locked file; the lock goes with the file handle.
+    File(File),
+    Process,
+}
+
+impl RelayLock {
+    /// Whether the lock is still held. A PostgreSQL session can die under the relay (a
+    /// restarted server, a killed backend); the server then frees the lock and another
+    /// host takes over, so the relay must check before every batch and stop if it lost it.
+    pub async fn still_held(&mut self) -> bool {
+        match self {
+            RelayLock::Postgres(conn) => {
+                const SQL: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                                   AND objid = 7243001 AND pid = pg_backend_pid() AND granted";
+                matches!(sqlx::query_as::<_, (i64,)>(SQL).fetch_one(conn).await, Ok((1,)))
+            }
+            RelayLock::File(_) | RelayLock::Process => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::sqlite;
+    use super::*;
+    use crate::store::Table;
+
+    fn message(topic: &str) -> OutboundMessage {
+        OutboundMessage {
+            topic: topic.into(),
+            key: None,
+            payload: b"p".to_vec(),
+            headers: vec![("h".into(), "v".into())],
+        }
+    }
+
+    #[tokio::test]
+    async fn parked_rows_leave_the_queue_until_requeued() {
+        let (_dir, db) = sqlite().await;
+        let mut tx = db.begin().await.unwrap();
+        for i in 0..3 {
+            tx.insert_outbox(&format!("e{i}"), "a", &message("t")).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        let rows = db.unsent_outbox(10).await.unwrap();
+        db.park(rows[0].id, "message too large").await.unwrap();
+        db.mark_sent(&[rows[1].id, rows[2].id]).await.unwrap();
+        assert!(db.unsent_outbox(10).await.unwrap().is_empty());
+        let parked = db.parked_outbox(10).await.unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].reason, "message too large");
+        assert_eq!(db.count(Table::ParkedOutbox).await.unwrap(), 1);
+        assert_eq!(db.requeue_parked(None).await.unwrap(), 1);
+        assert_eq!(db.unsent_outbox(10).await.unwrap()[0].event_id, "e0");
+    }
+
+    #[tokio::test]
+    async fn one_relay_per_sqlite_file() {
+        let (dir, db) = sqlite().await;
+        let other_process = Db::open(None, dir.path()).await.unwrap();
+        let lock = db.try_relay_lock().await.unwrap();
+        assert!(lock.is_some());
+        assert!(other_process.try_relay_lock().await.unwrap().is_none());
+        drop(lock);
+        assert!(other_process.try_relay_lock().await.unwrap().is_some());
+    }
+}
