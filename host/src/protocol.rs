@@ -102,11 +102,12 @@ pub fn clip(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max.saturating_sub(16);
+    let suffix = format!(" [cut at {} B]", text.len());
+    let mut end = max.saturating_sub(suffix.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{} [cut at {} B]", &text[..end], text.len())
+    format!("{}{suffix}", &text[..end])
 }
 
 /// The key that signs and checks the host's headers.
@@ -313,6 +314,7 @@ mod tests {
         let back = DeadLetterRecord::from_headers(&headers).unwrap();
         assert_eq!(back.partition, 2);
         assert!(back.reason.ends_with("[cut at 10000 B]"));
+        assert!(back.reason.len() <= limits::MAX_REASON_BYTES);
         assert!(matches!(
             DeadLetterRecord::from_headers(&headers[1..]),
             Err(ProtocolError::Missing(names::DLQ_REASON))

@@ -25,11 +25,23 @@ fn main() -> Result<()> {
     }
 }
 
+/// The workspace `cargo xtask` was run in: found from the current directory at run
+/// time, not baked in at build time, so checkouts sharing one target directory (git
+/// worktrees) each build their own handlers.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    let start = std::env::current_dir().expect("a current directory");
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]")) && dir.join("handlers").is_dir()
+        })
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask lives in the workspace")
+                .to_path_buf()
+        })
 }
 
 /// Crates under handlers/ that build a cdylib, i.e. components.

@@ -289,6 +289,8 @@ fn run(step: Step, event: &Event) -> Result<(), HandleError> {
     Ok(())
 }
 
+switchyard_sdk::export_handler!(Probe);
+
 #[cfg(test)]
 mod tests {
     use super::*;

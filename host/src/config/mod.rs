@@ -321,6 +321,9 @@ impl Routing {
         }
 
         let mut routes: Vec<Route> = Vec::new();
+        // Where each route's dead-letter topic and group were given, for errors that
+        // compare routes.
+        let mut dead_letter_spans = Vec::new();
         for raw_route in raw.routes {
             let route_span = raw_route.span();
             let raw_route = raw_route.into_inner();
@@ -389,6 +392,17 @@ impl Routing {
                     ));
                 }
             }
+            if let Some(other) = routes.iter().find(|r| r.group == group) {
+                let span = raw_route.group.as_ref().map_or(route_span.clone(), |g| g.span());
+                return Err(at(
+                    span,
+                    format!(
+                        "group \"{group}\" is already the group of route {} -> {}: two routes in one group split the partitions between them, so each would miss events; give each route its own group (or omit it)",
+                        other.topic, other.component
+                    ),
+                ));
+            }
+            dead_letter_spans.push(raw_route.dead_letter.as_ref().map_or(route_span.clone(), |d| d.span()));
             let concurrency = match &raw_route.concurrency {
                 Some(c) => range_check(c, 1, 1024, "concurrency").map_err(|m| at(c.span(), m))? as usize,
                 None => topics[&topic].partitions as usize,
@@ -401,6 +415,18 @@ impl Routing {
                 retry,
                 concurrency,
             });
+        }
+
+        for (route, span) in routes.iter().zip(dead_letter_spans) {
+            if let Some(consumer) = routes.iter().find(|r| r.topic == route.dead_letter) {
+                return Err(at(
+                    span,
+                    format!(
+                        "dead-letter topic {} of route {} -> {} is the input of route {} -> {}: its failures would be handled again as new events; pick a topic no route consumes",
+                        route.dead_letter, route.topic, route.component, consumer.topic, consumer.component
+                    ),
+                ));
+            }
         }
 
         Ok(Routing {

@@ -25,7 +25,7 @@ fn real_brokers() -> Option<String> {
 }
 
 /// Routing for a test, with topic and group names unique to it.
-fn routing(dir: &Path, prefix: &str, body: &str) -> Routing {
+pub(crate) fn routing(dir: &Path, prefix: &str, body: &str) -> Routing {
     let text = body
         .replace("{p}", prefix)
         .replace("{probe}", &artifact("probe").display().to_string());
@@ -34,11 +34,11 @@ fn routing(dir: &Path, prefix: &str, body: &str) -> Routing {
     Routing::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-fn prefix() -> String {
+pub(crate) fn prefix() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
 
-async fn brokers_for(real: bool, routing: &Routing) -> Option<Brokers> {
+pub(crate) async fn brokers_for(real: bool, routing: &Routing) -> Option<Brokers> {
     if real {
         let servers = real_brokers()?;
         let brokers = Brokers::start(Some(&servers), routing).unwrap();
@@ -49,11 +49,11 @@ async fn brokers_for(real: bool, routing: &Routing) -> Option<Brokers> {
     }
 }
 
-fn producer(base: &ClientConfig) -> FutureProducer {
+pub(crate) fn producer(base: &ClientConfig) -> FutureProducer {
     switchyard::kafka::producer_config(base).create().unwrap()
 }
 
-async fn send(producer: &FutureProducer, topic: &str, key: &str, partition: Option<i32>, payload: &serde_json::Value) {
+pub(crate) async fn send(producer: &FutureProducer, topic: &str, key: &str, partition: Option<i32>, payload: &serde_json::Value) {
     let body = serde_json::to_vec(payload).unwrap();
     let mut record = FutureRecord::to(topic).key(key).payload(&body);
     if let Some(p) = partition {
@@ -67,7 +67,7 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str, partition: Opti
 }
 
 /// The decimal counter under `key` of `component`, 0 when absent.
-async fn counter(db: &Db, component: &str, key: &str) -> i64 {
+pub(crate) async fn counter(db: &Db, component: &str, key: &str) -> i64 {
     db.peek(component, key)
         .await
         .unwrap()
@@ -76,7 +76,7 @@ async fn counter(db: &Db, component: &str, key: &str) -> i64 {
 }
 
 /// Waits until `component`'s counter reaches `want`, failing after `limit`.
-async fn wait_for(db: &Db, component: &str, key: &str, want: i64, limit: Duration) {
+pub(crate) async fn wait_for(db: &Db, component: &str, key: &str, want: i64, limit: Duration) {
     let start = Instant::now();
     loop {
         let got = counter(db, component, key).await;
@@ -116,7 +116,7 @@ group = "{p}-second"
 "#;
 
 /// Runs the service beside `scenario`, then stops it gracefully.
-async fn with_service<F: std::future::Future<Output = ()>>(routing: &Routing, db: &Db, brokers: &Brokers, scenario: F) {
+pub(crate) async fn with_service<F: std::future::Future<Output = ()>>(routing: &Routing, db: &Db, brokers: &Brokers, scenario: F) {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let service = serve(routing, db.clone(), brokers, shutdown);
     let test = async {

@@ -1,0 +1,449 @@
+//! Hostile input against a real host: guests that sleep, flood or try to escape, and
+//! messages with broken or forged metadata. Each case ends in a clear failure or a dead
+//! letter, loses nothing, and leaves every other event flowing.
+
+use std::os::unix::ffi::OsStrExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use serde_json::json;
+use switchyard::event::{InboundEvent, LogPosition, headers};
+use switchyard::kafka::{admin, relay};
+use switchyard::protocol::names;
+use switchyard::runtime::{FailureKind, Outcome, Runtime};
+use switchyard::store::{Db, OutboundMessage, Table};
+
+use crate::common::{Backend, spec, test_db};
+use crate::kafka::{brokers_for, counter, prefix, producer, routing, send, wait_for, with_service};
+
+fn event(id: &str, plan: serde_json::Value) -> InboundEvent {
+    let at = LogPosition {
+        origin: "test",
+        topic: "probe.in",
+        partition: 0,
+        offset: 0,
+    };
+    InboundEvent::from_message(
+        &at,
+        None,
+        serde_json::to_vec(&plan).unwrap(),
+        vec![(headers::EVENT_ID.into(), id.into())],
+        0,
+    )
+}
+
+fn failure_of(outcome: Outcome) -> switchyard::runtime::Failure {
+    match outcome {
+        Outcome::Failed(f) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn committed(outcome: &Outcome) {
+    assert!(matches!(outcome, Outcome::Committed(_)), "expected a commit, got {outcome:?}");
+}
+
+async fn nothing_committed(db: &Db) {
+    for table in [Table::Kv, Table::Inbox, Table::Outbox, Table::Timers] {
+        assert_eq!(db.count(table).await.unwrap(), 0, "{table:?} should be empty");
+    }
+}
+
+async fn a_guest_asleep_in_a_host_call_is_stopped_at_its_deadline(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let mut tight = spec("probe", "probe", &[]);
+    tight.limits.deadline = Duration::from_millis(300);
+    let probe = runtime.load(&tight).unwrap();
+    let started = Instant::now();
+    let plan = json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "sleep", "ms": 60_000}]});
+    let failure = failure_of(runtime.invoke(&probe, db, &event("sleeper", plan)).await.unwrap());
+    assert_eq!(failure.kind, FailureKind::Deadline, "{failure:?}");
+    assert!(failure.reason.contains("deadline of 300 ms"), "{failure:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    nothing_committed(db).await;
+    // The write lock is free again: the next event commits.
+    let ok = json!({"steps": [{"op": "put", "key": "after", "value": "1"}]});
+    committed(&runtime.invoke(&probe, db, &event("next", ok)).await.unwrap());
+}
+
+async fn floods_of_publishes_and_writes_fail_the_invocation_with_the_cap_named(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &["probe.out"])).unwrap();
+    let publishes = json!({"steps": [{"op": "repeat", "times": 1001, "step":
+        {"op": "publish", "topic": "probe.out", "key": "k", "payload": "x"}}]});
+    let failure = failure_of(runtime.invoke(&probe, db, &event("flood-1", publishes)).await.unwrap());
+    assert_eq!(failure.kind, FailureKind::Limit, "{failure:?}");
+    assert!(failure.reason.contains("more than 1000 messages"), "{failure:?}");
+    let writes = json!({"steps": [{"op": "repeat", "times": 40, "step": {"op": "put-big", "key": "big", "kib": 1024}}]});
+    let failure = failure_of(runtime.invoke(&probe, db, &event("flood-2", writes)).await.unwrap());
+    assert_eq!(failure.kind, FailureKind::Limit, "{failure:?}");
+    assert!(failure.reason.contains("bytes written"), "{failure:?}");
+    nothing_committed(db).await;
+}
+
+async fn floods_of_logs_and_stdout_are_cut_not_fatal(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    let line = "x".repeat(100);
+    let plan = json!({"steps": [
+        {"op": "repeat", "times": 3000, "step": {"op": "log", "message": "spam"}},
+        {"op": "repeat", "times": 3000, "step": {"op": "print", "line": line}},
+        {"op": "put", "key": "done", "value": "1"}
+    ]});
+    committed(&runtime.invoke(&probe, db, &event("chatty", plan)).await.unwrap());
+    assert_eq!(db.peek("probe", "done").await.unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+async fn a_list_over_the_byte_cap_is_refused_not_allocated(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    let fill = json!({"steps": (0..9).map(|i| json!({"op": "put-big", "key": format!("big/{i}"), "kib": 1024})).collect::<Vec<_>>()});
+    committed(&runtime.invoke(&probe, db, &event("fill", fill)).await.unwrap());
+    let list = json!({"steps": [{"op": "expect-prefix", "prefix": "big/", "keys": []}]});
+    let failure = failure_of(runtime.invoke(&probe, db, &event("list", list)).await.unwrap());
+    assert!(failure.reason.contains("list-prefix"), "{failure:?}");
+}
+
+async fn oversized_keys_and_headers_are_refused_at_publish(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &["probe.out"])).unwrap();
+    let many: Vec<(String, String)> = (0..60).map(|i| (format!("x-{i}"), "v".into())).collect();
+    for (i, step) in [
+        json!({"op": "publish-raw", "topic": "probe.out", "key_bytes": 5000, "headers": [], "payload_kib": 1}),
+        json!({"op": "publish-raw", "topic": "probe.out", "key_bytes": 1, "headers": many, "payload_kib": 1}),
+        json!({"op": "publish-raw", "topic": "probe.out", "key_bytes": 1, "headers": [["x-big", "v".repeat(40_000)]], "payload_kib": 1}),
+        json!({"op": "publish-raw", "topic": "probe.out", "key_bytes": 1, "headers": [], "payload_kib": 1000}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let plan = json!({"steps": [step]});
+        let failure = failure_of(runtime.invoke(&probe, db, &event(&format!("big{i}"), plan)).await.unwrap());
+        assert!(failure.reason.contains("TooLarge"), "case {i}: {failure:?}");
+    }
+    nothing_committed(db).await;
+}
+
+async fn the_sandbox_has_no_files_env_sockets_or_memory_of_earlier_events(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    for i in 0..2 {
+        let plan = json!({"steps": [{"op": "sandbox-escape"}]});
+        let outcome = runtime.invoke(&probe, db, &event(&format!("escape{i}"), plan)).await.unwrap();
+        committed(&outcome);
+    }
+}
+
+async fn event_ids_with_nul_bytes_or_over_the_index_limit_are_claimed_once(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    for id in ["a\0b".to_string(), "x".repeat(5000)] {
+        let plan = json!({"steps": [{"op": "increment", "key": "n", "delta": 1}]});
+        let e = event(&id, plan);
+        assert!(!e.id.contains('\0') && e.id.len() < 200, "{}", e.id);
+        committed(&runtime.invoke(&probe, db, &e).await.unwrap());
+        assert!(matches!(runtime.invoke(&probe, db, &e).await.unwrap(), Outcome::Duplicate));
+    }
+    assert_eq!(db.peek("probe", "n").await.unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+on_both_backends!(
+    a_guest_asleep_in_a_host_call_is_stopped_at_its_deadline,
+    floods_of_publishes_and_writes_fail_the_invocation_with_the_cap_named,
+    floods_of_logs_and_stdout_are_cut_not_fatal,
+    a_list_over_the_byte_cap_is_refused_not_allocated,
+    oversized_keys_and_headers_are_refused_at_publish,
+    the_sandbox_has_no_files_env_sockets_or_memory_of_earlier_events,
+    event_ids_with_nul_bytes_or_over_the_index_limit_are_claimed_once,
+);
+
+// ---- messages through a running host ---------------------------------------------------
+
+const HOSTILE: &str = r#"
+[topics."{p}.in"]
+partitions = 2
+[topics."{p}.out"]
+partitions = 1
+[components.worker]
+artifact = "{probe}"
+publishes = ["{p}.out"]
+limits = { deadline-ms = 1000 }
+[components.sink]
+artifact = "{probe}"
+[[routes]]
+topic = "{p}.in"
+component = "worker"
+group = "{p}-worker"
+dead-letter = "{p}.in.dead"
+retry = { attempts = 2, initial-backoff-ms = 20, max-backoff-ms = 50 }
+[[routes]]
+topic = "{p}.out"
+component = "sink"
+group = "{p}-sink"
+"#;
+
+/// Produces one message with kcat, whose `-H` takes header names as raw bytes (the
+/// Rust client only takes UTF-8 names).
+fn kcat(bootstrap: &str, topic: &str, partition: i32, header: &[u8], payload: &[u8]) {
+    let mut child = Command::new("kcat")
+        .args(["-b", bootstrap, "-P", "-t", topic, "-p", &partition.to_string(), "-k", "raw", "-H"])
+        .arg(std::ffi::OsStr::from_bytes(header))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat is installed by scripts/services.sh");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    assert!(child.wait().unwrap().success(), "kcat failed");
+}
+
+async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, HOSTILE);
+    let brokers = brokers_for(real, &routing).await.unwrap();
+    let db = test_db(backend).await.unwrap();
+    let db = db.db.clone();
+    let base = brokers.client_config();
+    let input = format!("{p}.in");
+    let dead = vec![format!("{p}.in.dead")];
+    let inc = json!({"steps": [{"op": "increment", "key": "count", "delta": 1}]});
+    let inc_bytes = serde_json::to_vec(&inc).unwrap();
+    with_service(&routing, &db, &brokers, async {
+        let producer = producer(&base);
+        // 1. A header name that is not UTF-8 (rdkafka's own iterator panics on it).
+        kcat(&brokers.bootstrap_servers(), &input, 0, b"\xff\xfe-name=v", &inc_bytes);
+        // 2. Two different events forging one switchyard-event-id: both run.
+        // 3. A forged replay-for naming another component: it runs anyway.
+        for forged in [
+            vec![(names::EVENT_ID, "forged-id")],
+            vec![(names::EVENT_ID, "forged-id")],
+            vec![(names::REPLAY_FOR, "someone-else"), (names::SIGNATURE, "00")],
+        ] {
+            let headers = forged.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                })
+            });
+            producer
+                .send(
+                    FutureRecord::to(&input).partition(0).key("k").payload(&inc_bytes).headers(headers),
+                    Timeout::After(Duration::from_secs(10)),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        // 4. A NUL in the key and in a header value.
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "x-nul",
+            value: Some(&b"a\0b"[..]),
+        });
+        producer
+            .send(
+                FutureRecord::to(&input).partition(0).key(&b"k\0ey"[..]).payload(&inc_bytes).headers(headers),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        // 5. Forged dead-letter headers on a failing event, 6. a 100 KiB failure reason,
+        // 7. a payload that is not even UTF-8: each becomes one dead letter of ours.
+        let forged_dlq = OwnedHeaders::new()
+            .insert(Header {
+                key: names::DLQ_COMPONENT,
+                value: Some(&b"billing"[..]),
+            })
+            .insert(Header {
+                key: names::DLQ_TOPIC,
+                value: Some(&b"billing.payments"[..]),
+            });
+        let fail = serde_json::to_vec(&json!({"steps": [{"op": "fail", "retryable": false, "reason": "no"}]})).unwrap();
+        producer
+            .send(
+                FutureRecord::to(&input).partition(0).key("k").payload(&fail).headers(forged_dlq),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        send(&producer, &input, "k", Some(0), &json!({"steps": [{"op": "fail-long", "kib": 100}]})).await;
+        producer
+            .send(
+                FutureRecord::to(&input).partition(0).key("k").payload(&b"\xff\xfe not utf-8"[..]),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        // Behind all of that on partition 0, and beside it on partition 1: plain events.
+        for i in 0..10 {
+            send(&producer, &input, "k", Some(i % 2), &inc).await;
+        }
+        wait_for(&db, "worker", "count", 5 + 10, Duration::from_secs(60)).await;
+        let start = Instant::now();
+        let letters = loop {
+            let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+            if letters.len() >= 3 {
+                break letters;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "dead letters: {letters:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(letters.len(), 3, "{letters:?}");
+        for letter in &letters {
+            assert!(letter.signed, "{letter:?}");
+            assert_eq!(letter.component, "worker", "forged dlq headers are not kept: {letter:?}");
+            assert_eq!(letter.source_topic, input);
+            assert_eq!(letter.source_partition, "0");
+        }
+        assert_eq!(letters[0].reason, "no");
+        assert!(letters[1].reason.len() <= 2048 && letters[1].reason.ends_with("[cut at 102400 B]"), "{}", letters[1].reason);
+        assert!(letters[2].reason.contains("bad plan"), "{}", letters[2].reason);
+        assert_eq!(letters[2].payload, b"\xff\xfe not utf-8", "the original payload is kept");
+
+        // A forged dead letter, produced straight into the dead-letter topic, is not replayed.
+        let forged = OwnedHeaders::new()
+            .insert(Header {
+                key: names::DLQ_COMPONENT,
+                value: Some(&b"worker"[..]),
+            })
+            .insert(Header {
+                key: names::DLQ_TOPIC,
+                value: Some(input.as_bytes()),
+            });
+        producer
+            .send(
+                FutureRecord::to(&dead[0]).key("k").payload(&inc_bytes).headers(forged),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let all = loop {
+            let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+            if letters.len() == 4 {
+                break letters;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let err = admin::replay(&base, &routing, db.signer(), &all[3..]).await.unwrap_err();
+        assert!(matches!(err, admin::ReplayError::Unsigned { .. }), "{err}");
+    })
+    .await;
+    assert_eq!(counter(&db, "worker", "count").await, 15, "every good event ran once");
+}
+
+async fn an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, HOSTILE);
+    let brokers = brokers_for(real, &routing).await.unwrap();
+    let db = test_db(backend).await.unwrap();
+    let db = db.db.clone();
+    let out = format!("{p}.out");
+    let message = |payload: Vec<u8>| OutboundMessage {
+        topic: out.clone(),
+        key: Some(b"k".to_vec()),
+        payload,
+        headers: vec![],
+    };
+    let inc = serde_json::to_vec(&json!({"steps": [{"op": "increment", "key": "count", "delta": 1}]})).unwrap();
+    with_service(&routing, &db, &brokers, async {
+        // Written by hand: components cannot publish messages this large. One too large
+        // for any broker, one to a topic that does not exist, then ordinary rows.
+        let mut tx = db.begin().await.unwrap();
+        tx.insert_outbox("too-big", "worker", &message(vec![b'x'; 5 << 20])).await.unwrap();
+        for i in 0..5 {
+            tx.insert_outbox(&format!("fine-{i}"), "worker", &message(inc.clone())).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        wait_for(&db, "sink", "count", 5, Duration::from_secs(60)).await;
+        let start = Instant::now();
+        while db.count(Table::ParkedOutbox).await.unwrap() < 1 {
+            assert!(start.elapsed() < Duration::from_secs(30), "the refused row was not parked");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let parked = db.parked_outbox(10).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].event_id, "too-big");
+    assert!(parked[0].reason.to_lowercase().contains("size") || parked[0].reason.contains("large"), "{parked:?}");
+    assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 0);
+    assert_eq!(counter(&db, "sink", "count").await, 5);
+}
+
+async fn a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstream(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, HOSTILE);
+    let brokers = brokers_for(real, &routing).await.unwrap();
+    let db = test_db(backend).await.unwrap();
+    let db = db.db.clone();
+    let inc = serde_json::to_vec(&json!({"steps": [{"op": "increment", "key": "count", "delta": 1}]})).unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..20 {
+        let message = OutboundMessage {
+            topic: format!("{p}.out"),
+            key: Some(format!("k{i}").into_bytes()),
+            payload: inc.clone(),
+            headers: vec![(names::EVENT_ID.to_string(), format!("row-{i}"))],
+        };
+        tx.insert_outbox(&format!("row-{i}"), "worker", &message).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // The relay sends the rows, then "crashes" before marking them: the marks are undone.
+    let producer: rdkafka::producer::FutureProducer =
+        relay::relay_producer_config(&brokers.client_config()).create().unwrap();
+    assert_eq!(relay::relay_once(&db, &producer).await.unwrap(), 20);
+    let unmark = "UPDATE outbox SET sent_at_ms = NULL";
+    match (db.sqlite_pool(), db.postgres_pool()) {
+        (Some(pool), _) => drop(sqlx::query(unmark).execute(pool).await.unwrap()),
+        (_, Some(pool)) => drop(sqlx::query(unmark).execute(pool).await.unwrap()),
+        _ => unreachable!(),
+    }
+    assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 20);
+    with_service(&routing, &db, &brokers, async {
+        // The restarted host sends all 20 again; the sink sees 40 messages, runs 20.
+        wait_for(&db, "sink", "count", 20, Duration::from_secs(60)).await;
+        let start = Instant::now();
+        while db.count(Table::UnsentOutbox).await.unwrap() > 0 {
+            assert!(start.elapsed() < Duration::from_secs(30), "not resent");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await; // room for a duplicate
+    })
+    .await;
+    assert_eq!(counter(&db, "sink", "count").await, 20, "each resent row ran once");
+}
+
+macro_rules! on_both_stacks {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(false, super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(true, super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stacks!(
+    forged_and_broken_metadata_never_stops_a_route,
+    an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing,
+    a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstream,
+);
