@@ -6,6 +6,9 @@ mod common;
 
 mod cli;
 mod config;
+mod contract;
 mod kafka;
+mod query;
 mod runtime;
 mod saga;
+mod scaffold;
