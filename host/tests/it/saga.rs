@@ -189,7 +189,9 @@ async fn saga(real: bool, backend: Backend) {
         };
         send(&producer, "orders.requests", &user, &order(&paid, 2)).await;
         let status = eventually("the paid order", || async {
-            order_status(&db, &user, &paid).await.filter(|s| s != "PENDING_VALIDATION")
+            order_status(&db, &user, &paid)
+                .await
+                .filter(|s| s != "PENDING_VALIDATION")
         })
         .await;
         assert_eq!(status, "PAID");
@@ -199,7 +201,9 @@ async fn saga(real: bool, backend: Backend) {
 
         send(&producer, "orders.requests", &user, &order(&broke, 1)).await;
         let status = eventually("the unpaid order", || async {
-            order_status(&db, &user, &broke).await.filter(|s| s != "PENDING_VALIDATION")
+            order_status(&db, &user, &broke)
+                .await
+                .filter(|s| s != "PENDING_VALIDATION")
         })
         .await;
         assert_eq!(status, "INSUFFICIENT_FUNDS");
