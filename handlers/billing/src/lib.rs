@@ -7,7 +7,7 @@ pub mod logic;
 
 use switchyard_sdk::events::{DepositRequested, OrderCreated, RefundRequested, UserRegistered, topics};
 use switchyard_sdk::json::{self, Versioned};
-use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, late, log, query};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, late, query};
 
 use logic::{Account, DepositDecision, DepositRecord, PaymentRecord, RefundDecision, Refusal};
 
@@ -16,14 +16,14 @@ struct BillingHandler;
 impl Handler for BillingHandler {
     fn handle(event: Event) -> Result<(), HandleError> {
         // The event's own timestamp, not the wall clock, so a replay decides the same.
-        let now = event.timestamp_ms;
-        match event.topic.as_str() {
-            topics::USERS_REGISTERED => on_registered(json::payload(&event)?, now),
-            topics::BILLING_DEPOSITS => on_deposit(json::payload(&event)?, now),
-            topics::ORDERS_CREATED => on_order(json::payload(&event)?, now, may_wait(&event)?),
-            topics::BILLING_REFUNDS => on_refund(json::payload(&event)?, now),
-            other => Err(HandleError::fatal(format!("billing does not handle topic {other:?}"))),
-        }
+        Router::new("billing", &event)
+            .on(topics::USERS_REGISTERED, |reg, e| on_registered(reg, e.timestamp_ms))
+            .on(topics::BILLING_DEPOSITS, |dep, e| on_deposit(dep, e.timestamp_ms))
+            .on(topics::ORDERS_CREATED, |order, e| {
+                on_order(order, e.timestamp_ms, may_wait(e)?)
+            })
+            .on(topics::BILLING_REFUNDS, |req, e| on_refund(req, e.timestamp_ms))
+            .finish()
     }
 
     fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
@@ -46,20 +46,13 @@ fn on_registered(reg: UserRegistered, now: i64) -> Result<(), HandleError> {
     match logic::open_account(value(&existing), &reg, initial, now) {
         Some(account) => {
             json::put_if_unchanged(&key, None, &account)?;
-            switchyard_sdk::log(
-                log::Level::Info,
+            switchyard_sdk::info!(
                 "account opened",
-                &[
-                    ("username", &reg.username),
-                    ("balanceMinor", &account.balance_minor.to_string()),
-                ],
+                username = reg.username,
+                balanceMinor = account.balance_minor
             );
         }
-        None => switchyard_sdk::log(
-            log::Level::Info,
-            "account exists already",
-            &[("username", &reg.username)],
-        ),
+        None => switchyard_sdk::info!("account exists already", username = reg.username),
     }
     Ok(())
 }
@@ -76,20 +69,13 @@ fn on_deposit(dep: DepositRequested, now: i64) -> Result<(), HandleError> {
         } => {
             json::put_if_unchanged(&account_key, raw(&account), &updated)?;
             json::put_if_unchanged(&deposit_key, None, &record)?;
-            switchyard_sdk::log(
-                log::Level::Info,
+            switchyard_sdk::info!(
                 "deposit credited",
-                &[
-                    ("username", &dep.username),
-                    ("amountMinor", &record.amount_minor.to_string()),
-                ],
+                username = dep.username,
+                amountMinor = record.amount_minor
             );
         }
-        DepositDecision::Duplicate => switchyard_sdk::log(
-            log::Level::Info,
-            "deposit applied before",
-            &[("requestId", &dep.request_id)],
-        ),
+        DepositDecision::Duplicate => switchyard_sdk::info!("deposit applied before", requestId = dep.request_id),
     }
     Ok(())
 }
@@ -108,15 +94,11 @@ fn on_order(order: OrderCreated, now: i64, may_wait: bool) -> Result<(), HandleE
     }
     json::publish(topics::BILLING_PAYMENTS, &order.username, &charge.event)?;
     let outcome = charge.event.failure_reason.as_deref().unwrap_or("PAID");
-    let repeated = if charge.record.is_none() { "true" } else { "false" };
-    switchyard_sdk::log(
-        log::Level::Info,
+    switchyard_sdk::info!(
         "order charged",
-        &[
-            ("orderId", &order.order_id.to_string()),
-            ("outcome", outcome),
-            ("repeated", repeated),
-        ],
+        orderId = order.order_id,
+        outcome = outcome,
+        repeated = charge.record.is_none()
     );
     Ok(())
 }
@@ -133,13 +115,9 @@ fn on_refund(req: RefundRequested, now: i64) -> Result<(), HandleError> {
         } => {
             json::put_if_unchanged(&account_key, raw(&account), &updated)?;
             json::put_if_unchanged(&payment_key, raw(&payment), &record)?;
-            switchyard_sdk::log(
-                log::Level::Info,
-                "payment refunded",
-                &[("orderId", &req.order_id.to_string()), ("reason", &req.reason)],
-            );
+            switchyard_sdk::info!("payment refunded", orderId = req.order_id, reason = req.reason);
         }
-        RefundDecision::Ignore(why) => switchyard_sdk::log(log::Level::Info, "refund ignored", &[("reason", &why)]),
+        RefundDecision::Ignore(why) => switchyard_sdk::info!("refund ignored", reason = why),
     }
     Ok(())
 }
@@ -166,3 +144,6 @@ fn refusal(r: Refusal) -> HandleError {
 }
 
 switchyard_sdk::export_handler!(BillingHandler);
+
+#[cfg(test)]
+mod glue_tests;

@@ -8,7 +8,7 @@ pub mod logic;
 
 use switchyard_sdk::events::{OrderCreationRequested, PaymentProcessed, PaymentTimedOut, topics};
 use switchyard_sdk::json::{self, Versioned};
-use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, log, query, storage, timers};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, query, storage, timers};
 
 use logic::{Order, PaymentDecision, RequestDecision, Transition};
 
@@ -17,13 +17,15 @@ struct OrderHandler;
 impl Handler for OrderHandler {
     fn handle(event: Event) -> Result<(), HandleError> {
         // The event's own timestamp, not the wall clock, so a replay decides the same.
-        let now = event.timestamp_ms;
-        match event.topic.as_str() {
-            topics::ORDERS_REQUESTS => on_request(json::payload(&event)?, now),
-            topics::BILLING_PAYMENTS => on_payment(json::payload(&event)?, now),
-            topics::ORDERS_TIMEOUTS => on_timeout(json::payload(&event)?, now),
-            other => Err(HandleError::fatal(format!("order does not handle topic {other:?}"))),
-        }
+        Router::new("order", &event)
+            .on(topics::ORDERS_REQUESTS, |req, e| on_request(req, e.timestamp_ms))
+            .on(topics::BILLING_PAYMENTS, |payment, e| {
+                on_payment(payment, e.timestamp_ms)
+            })
+            .on(topics::ORDERS_TIMEOUTS, |timeout, e| {
+                on_timeout(timeout, e.timestamp_ms)
+            })
+            .finish()
     }
 
     fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
@@ -64,10 +66,10 @@ fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> 
     let valid = match logic::decide_request(existing.as_ref(), &req, now) {
         RequestDecision::Create(valid) => valid,
         RequestDecision::Repeat { order_id, update } => {
-            switchyard_sdk::log(
-                log::Level::Info,
+            switchyard_sdk::info!(
                 "repeated order request, no new order",
-                &[("requestId", &req.request_id), ("orderId", &order_id.to_string())],
+                requestId = req.request_id,
+                orderId = order_id
             );
             if let Some(update) = update {
                 json::publish(topics::ORDERS_STATUS, &update.username, &update)?;
@@ -77,11 +79,7 @@ fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> 
         RequestDecision::Reject(update) => {
             // A bad order is an answer for the client, not a failure of the handler.
             let reason = update.metadata.get("reason").map(|r| r.to_string()).unwrap_or_default();
-            switchyard_sdk::log(
-                log::Level::Info,
-                "order request rejected",
-                &[("requestId", &req.request_id), ("reason", &reason)],
-            );
+            switchyard_sdk::info!("order request rejected", requestId = req.request_id, reason = reason);
             return json::publish(
                 topics::ORDERS_STATUS,
                 status_key(&update.username, &update.request_id),
@@ -106,13 +104,10 @@ fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> 
     // and the retry then finds the index.
     json::put_if_unchanged(&index_key, None, &order_id)?;
     json::publish(topics::ORDERS_CREATED, &username, &created.event)?;
-    switchyard_sdk::log(
-        log::Level::Info,
+    switchyard_sdk::info!(
         "order created",
-        &[
-            ("orderId", &order_id.to_string()),
-            ("requestId", &created.order.request_id),
-        ],
+        orderId = order_id,
+        requestId = created.order.request_id
     );
     Ok(())
 }
@@ -122,15 +117,15 @@ fn on_payment(payment: PaymentProcessed, now: i64) -> Result<(), HandleError> {
     match logic::on_payment(&stored.value, &payment, now).map_err(HandleError::fatal)? {
         PaymentDecision::Settle(transition) => apply(&stored, *transition),
         PaymentDecision::Refund(refund) => {
-            switchyard_sdk::log(
-                log::Level::Warn,
+            switchyard_sdk::warn!(
                 "payment arrived after the order closed; requesting a refund",
-                &[("orderId", &refund.order_id.to_string()), ("reason", &refund.reason)],
+                orderId = refund.order_id,
+                reason = refund.reason
             );
             json::publish(topics::BILLING_REFUNDS, &refund.username, &refund)
         }
         PaymentDecision::Ignore(why) => {
-            switchyard_sdk::log(log::Level::Info, "payment ignored", &[("reason", &why)]);
+            switchyard_sdk::info!("payment ignored", reason = why);
             Ok(())
         }
     }
@@ -153,13 +148,10 @@ fn apply(stored: &Versioned<Order>, t: Transition) -> Result<(), HandleError> {
         timers::cancel(timer)?;
     }
     json::publish(topics::ORDERS_STATUS, &t.order.username, &t.update)?;
-    switchyard_sdk::log(
-        log::Level::Info,
+    switchyard_sdk::info!(
         "order status changed",
-        &[
-            ("orderId", &t.order.order_id.to_string()),
-            ("status", t.update.status.as_str()),
-        ],
+        orderId = t.order.order_id,
+        status = t.update.status.as_str()
     );
     Ok(())
 }

@@ -6,7 +6,7 @@
 pub mod logic;
 
 use switchyard_sdk::events::{UserProfileRequested, UserRegistered, topics};
-use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, json, late, log, query};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, json, late, query};
 
 use logic::{Profile, ProfileDecision};
 
@@ -15,12 +15,12 @@ struct UserHandler;
 impl Handler for UserHandler {
     fn handle(event: Event) -> Result<(), HandleError> {
         // The event's own timestamp, not the wall clock, so a replay answers the same.
-        let now = event.timestamp_ms;
-        match event.topic.as_str() {
-            topics::USERS_REGISTERED => on_registered(json::payload(&event)?),
-            topics::USERS_PROFILE => on_profile_request(json::payload(&event)?, now, may_wait(&event)?),
-            other => Err(HandleError::fatal(format!("user does not handle topic {other:?}"))),
-        }
+        Router::new("user", &event)
+            .on(topics::USERS_REGISTERED, |reg, _| on_registered(reg))
+            .on(topics::USERS_PROFILE, |req, e| {
+                on_profile_request(req, e.timestamp_ms, may_wait(e)?)
+            })
+            .finish()
     }
 
     fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
@@ -41,13 +41,9 @@ fn on_registered(reg: UserRegistered) -> Result<(), HandleError> {
     match logic::create_profile(existing.as_ref(), &reg) {
         Some(profile) => {
             json::put_if_unchanged(&key, None, &profile)?;
-            switchyard_sdk::log(log::Level::Info, "profile created", &[("username", &reg.username)]);
+            switchyard_sdk::info!("profile created", username = reg.username);
         }
-        None => switchyard_sdk::log(
-            log::Level::Info,
-            "profile exists already",
-            &[("username", &reg.username)],
-        ),
+        None => switchyard_sdk::info!("profile exists already", username = reg.username),
     }
     Ok(())
 }
@@ -59,14 +55,11 @@ fn on_profile_request(req: UserProfileRequested, now: i64, may_wait: bool) -> Re
         ProfileDecision::Wait(why) => return Err(HandleError::retryable(why)),
     };
     json::publish(topics::USERS_PROFILE_RESPONSE, &req.username, &response)?;
-    switchyard_sdk::log(
-        log::Level::Debug,
+    switchyard_sdk::debug!(
         "profile requested",
-        &[
-            ("username", &req.username),
-            ("replyTo", &req.reply_to),
-            ("found", if response.found { "true" } else { "false" }),
-        ],
+        username = req.username,
+        replyTo = req.reply_to,
+        found = response.found
     );
     Ok(())
 }
