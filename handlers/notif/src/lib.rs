@@ -83,3 +83,6 @@ fn on_notification(req: NotificationRequested, now: i64) -> Result<(), HandleErr
 }
 
 switchyard_sdk::export_handler!(NotifHandler);
+
+#[cfg(test)]
+mod glue_tests;

@@ -174,3 +174,6 @@ fn status_key<'a>(username: &'a str, request_id: &'a str) -> &'a str {
 }
 
 switchyard_sdk::export_handler!(OrderHandler);
+
+#[cfg(test)]
+mod glue_tests;

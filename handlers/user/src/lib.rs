@@ -71,3 +71,6 @@ fn may_wait(event: &Event) -> Result<bool, HandleError> {
 }
 
 switchyard_sdk::export_handler!(UserHandler);
+
+#[cfg(test)]
+mod glue_tests;
