@@ -35,7 +35,7 @@ fn main() -> Result<()> {
             let root = workspace_root();
             let stanza = new::run(&root, &scaffold)?;
             let name = &scaffold.name;
-            eprintln!("created handlers/{name} (lib.rs, logic.rs with a native test)");
+            eprintln!("created handlers/{name} (lib.rs, logic.rs, glue_tests.rs)");
             if scaffold.print_only {
                 eprintln!("add this to topics.toml:");
             } else {

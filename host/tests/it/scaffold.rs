@@ -96,6 +96,10 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
         "cargo test -p audit",
     );
     ok(
+        &cargo(&copy, &["fmt", "-p", "audit", "--check"], &target_dir, &wasm_dir),
+        "cargo fmt --check: the generated code is laid out as rustfmt would",
+    );
+    ok(
         &cargo(&copy, &["xtask", "handlers", "audit"], &target_dir, &wasm_dir),
         "cargo xtask handlers audit",
     );
