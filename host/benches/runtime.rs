@@ -17,7 +17,7 @@ use switchyard::runtime::{Outcome, Runtime};
 use switchyard::store::{Db, InboxEntry, OutboundMessage, Table};
 
 // The test suite's helpers: built components, specs, per-run PostgreSQL databases.
-#[path = "../tests/common.rs"]
+#[path = "../tests/it/common.rs"]
 mod common;
 
 fn spec(publishes: &[&str]) -> ComponentSpec {
@@ -28,9 +28,7 @@ fn event(i: usize, plan: &serde_json::Value, pad_to: usize) -> InboundEvent {
     let mut payload = serde_json::to_vec(plan).unwrap();
     payload.resize(pad_to.max(payload.len()), b' ');
     InboundEvent::from_message(
-        "bench.in",
-        0,
-        i as i64,
+        &common::at("bench.in"),
         None,
         payload,
         vec![(headers::EVENT_ID.into(), format!("{}-{i}", uuid::Uuid::new_v4()))],

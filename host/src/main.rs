@@ -145,7 +145,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => topics_sync(&cli).await,
         Command::Dlq { command } => dlq(&cli, command).await,
         Command::Lag => lag(&cli),
-        Command::Invoke { component, event, commit } => invoke(&cli, component, event, *commit).await,
+        Command::Invoke {
+            component,
+            event,
+            commit,
+        } => invoke(&cli, component, event, *commit).await,
     }
 }
 

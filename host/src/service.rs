@@ -36,7 +36,12 @@ const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Durat
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// Runs `routing` until `shutdown` turns true.
-pub async fn serve(routing: &Routing, db: Db, brokers: &Brokers, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    routing: &Routing,
+    db: Db,
+    brokers: &Brokers,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     serve_with(routing, db, brokers, Options::default(), shutdown).await
 }
 
@@ -133,7 +138,11 @@ async fn supervise(
         if *shutdown.borrow() {
             return;
         }
-        failures = if started.elapsed() > HEALTHY_RUN { 1 } else { failures + 1 };
+        failures = if started.elapsed() > HEALTHY_RUN {
+            1
+        } else {
+            failures + 1
+        };
         let delay = RESTART_BACKOFF
             .0
             .saturating_mul(1 << (failures - 1).min(10))

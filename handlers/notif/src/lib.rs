@@ -7,7 +7,7 @@
 pub mod logic;
 
 use switchyard_sdk::events::{NotificationRequested, OrderStatusUpdated, UserProfileResponse, topics};
-use switchyard_sdk::{Event, HandleError, Handler, json, log};
+use switchyard_sdk::{Event, HandleError, Handler, Router, json, log};
 
 use logic::{Delivery, Pending, ProfileOutcome, Sent};
 
@@ -16,13 +16,15 @@ struct NotifHandler;
 impl Handler for NotifHandler {
     fn handle(event: Event) -> Result<(), HandleError> {
         // The event's own timestamp, not the wall clock, so a replay decides the same.
-        let now = event.timestamp_ms;
-        match event.topic.as_str() {
-            topics::ORDERS_STATUS => on_status(json::payload(&event)?, now),
-            topics::USERS_PROFILE_RESPONSE => on_profile(json::payload(&event)?, now),
-            topics::NOTIFICATIONS_REQUESTED => on_notification(json::payload(&event)?, now),
-            other => Err(HandleError::fatal(format!("notif does not handle topic {other:?}"))),
-        }
+        Router::new("notif", &event)
+            .on(topics::ORDERS_STATUS, |update, e| on_status(update, e.timestamp_ms))
+            .on(topics::USERS_PROFILE_RESPONSE, |profile, e| {
+                on_profile(profile, e.timestamp_ms)
+            })
+            .on(topics::NOTIFICATIONS_REQUESTED, |req, e| {
+                on_notification(req, e.timestamp_ms)
+            })
+            .finish()
     }
 }
 
@@ -36,11 +38,7 @@ fn on_profile(profile: UserProfileResponse, now: i64) -> Result<(), HandleError>
     let waiting = json::list_prefix::<Pending>(&logic::pending_prefix(&profile.request_id))?;
     if waiting.is_empty() {
         // Someone else's request, or one we answered already.
-        switchyard_sdk::log(
-            log::Level::Debug,
-            "profile response with nothing pending",
-            &[("requestId", &profile.request_id)],
-        );
+        switchyard_sdk::debug!("profile response with nothing pending", requestId = profile.request_id);
     }
     for (key, pending) in waiting {
         match logic::on_profile(&pending, &profile, now) {
@@ -49,11 +47,7 @@ fn on_profile(profile: UserProfileResponse, now: i64) -> Result<(), HandleError>
                 json::delete(&key)?;
             }
             ProfileOutcome::Drop(why) => {
-                switchyard_sdk::log(
-                    log::Level::Warn,
-                    "notification dropped",
-                    &[("key", &key), ("reason", &why)],
-                );
+                switchyard_sdk::warn!("notification dropped", key = key, reason = why);
                 json::delete(&key)?;
             }
             ProfileOutcome::NotThisOne => {}
@@ -75,23 +69,20 @@ fn on_notification(req: NotificationRequested, now: i64) -> Result<(), HandleErr
             } else {
                 log::Level::Warn
             };
-            switchyard_sdk::log(
+            switchyard_sdk::log_at!(
                 level,
                 "notification delivered",
-                &[
-                    ("notificationId", &event.notification_id),
-                    ("channel", &event.channel),
-                    ("failureReason", event.failure_reason.as_deref().unwrap_or("")),
-                ],
+                notificationId = event.notification_id,
+                channel = event.channel,
+                failureReason = event.failure_reason.as_deref().unwrap_or("")
             );
         }
-        None => switchyard_sdk::log(
-            log::Level::Info,
-            "notification sent before",
-            &[("notificationId", &req.notification_id)],
-        ),
+        None => switchyard_sdk::info!("notification sent before", notificationId = req.notification_id),
     }
     Ok(())
 }
 
 switchyard_sdk::export_handler!(NotifHandler);
+
+#[cfg(test)]
+mod glue_tests;

@@ -2,41 +2,84 @@
 //!
 //! Consumes `orders.requests`, `billing.payments` and `orders.timeouts`; publishes
 //! `orders.created`, `orders.status`, `billing.refunds` and (by timer) `orders.timeouts`.
+//! Answers the queries `orders` and `order`.
 
 pub mod logic;
 
 use switchyard_sdk::events::{OrderCreationRequested, PaymentProcessed, PaymentTimedOut, topics};
 use switchyard_sdk::json::{self, Versioned};
-use switchyard_sdk::{Event, HandleError, Handler, config, log, storage, timers};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, query, storage, timers};
 
-use logic::{Order, PaymentDecision, Transition};
+use logic::{Order, PaymentDecision, RequestDecision, Transition};
 
 struct OrderHandler;
 
 impl Handler for OrderHandler {
     fn handle(event: Event) -> Result<(), HandleError> {
         // The event's own timestamp, not the wall clock, so a replay decides the same.
-        let now = event.timestamp_ms;
-        match event.topic.as_str() {
-            topics::ORDERS_REQUESTS => on_request(json::payload(&event)?, now),
-            topics::BILLING_PAYMENTS => on_payment(json::payload(&event)?, now),
-            topics::ORDERS_TIMEOUTS => on_timeout(json::payload(&event)?, now),
-            other => Err(HandleError::fatal(format!("order does not handle topic {other:?}"))),
+        Router::new("order", &event)
+            .on(topics::ORDERS_REQUESTS, |req, e| on_request(req, e.timestamp_ms))
+            .on(topics::BILLING_PAYMENTS, |payment, e| {
+                on_payment(payment, e.timestamp_ms)
+            })
+            .on(topics::ORDERS_TIMEOUTS, |timeout, e| {
+                on_timeout(timeout, e.timestamp_ms)
+            })
+            .finish()
+    }
+
+    fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
+        match name.as_str() {
+            logic::ORDERS_QUERY => {
+                let args: logic::OrdersArgs = query::args(&name, &args)?;
+                let limit = logic::orders_limit(&args)?;
+                let index = json::list_prefix::<i64>(&logic::user_requests_prefix(&args.username))?;
+                let ids = logic::newest(index.into_iter().map(|(_, id)| id).collect(), limit);
+                let mut orders = Vec::with_capacity(ids.len());
+                for id in ids {
+                    orders.push((&load(id)?.value).into());
+                }
+                query::answer(&logic::OrderList {
+                    username: args.username,
+                    orders,
+                })
+            }
+            logic::ORDER_QUERY => {
+                let args: logic::OrderArgs = query::args(&name, &args)?;
+                let order = match json::get::<i64>(&logic::request_key(&args.username, &args.request_id))? {
+                    Some(id) => Some(load(id)?.value),
+                    None => None,
+                };
+                query::answer(&logic::order_for(order.as_ref(), &args)?)
+            }
+            _ => Err(query::unknown("order", &name, logic::QUERIES)),
         }
     }
 }
 
 fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> {
-    let valid = match logic::validate(&req) {
-        Ok(valid) => valid,
-        Err(reason) => {
-            // A bad order is an answer for the client, not a failure of the handler.
-            switchyard_sdk::log(
-                log::Level::Info,
-                "order request rejected",
-                &[("requestId", &req.request_id), ("reason", &reason)],
+    let index_key = logic::request_key(&req.username, &req.request_id);
+    let existing = match json::get::<i64>(&index_key)? {
+        Some(order_id) => Some(load(order_id)?.value),
+        None => None,
+    };
+    let valid = match logic::decide_request(existing.as_ref(), &req, now) {
+        RequestDecision::Create(valid) => valid,
+        RequestDecision::Repeat { order_id, update } => {
+            switchyard_sdk::info!(
+                "repeated order request, no new order",
+                requestId = req.request_id,
+                orderId = order_id
             );
-            let update = logic::rejection(&req, &reason, now);
+            if let Some(update) = update {
+                json::publish(topics::ORDERS_STATUS, &update.username, &update)?;
+            }
+            return Ok(());
+        }
+        RequestDecision::Reject(update) => {
+            // A bad order is an answer for the client, not a failure of the handler.
+            let reason = update.metadata.get("reason").map(|r| r.to_string()).unwrap_or_default();
+            switchyard_sdk::info!("order request rejected", requestId = req.request_id, reason = reason);
             return json::publish(
                 topics::ORDERS_STATUS,
                 status_key(&update.username, &update.request_id),
@@ -44,20 +87,6 @@ fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> 
             );
         }
     };
-
-    let index_key = logic::request_key(&valid.request_id);
-    if let Some(order_id) = json::get::<i64>(&index_key)? {
-        let order = load(order_id)?.value;
-        switchyard_sdk::log(
-            log::Level::Info,
-            "repeated order request, no new order",
-            &[("requestId", &valid.request_id), ("orderId", &order_id.to_string())],
-        );
-        if let Some(update) = logic::reannounce(&order) {
-            json::publish(topics::ORDERS_STATUS, &order.username, &update)?;
-        }
-        return Ok(());
-    }
 
     let timeout_ms =
         logic::payment_timeout_ms(config::get(logic::PAYMENT_TIMEOUT_CONFIG).as_deref()).map_err(HandleError::fatal)?;
@@ -75,13 +104,10 @@ fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> 
     // and the retry then finds the index.
     json::put_if_unchanged(&index_key, None, &order_id)?;
     json::publish(topics::ORDERS_CREATED, &username, &created.event)?;
-    switchyard_sdk::log(
-        log::Level::Info,
+    switchyard_sdk::info!(
         "order created",
-        &[
-            ("orderId", &order_id.to_string()),
-            ("requestId", &created.order.request_id),
-        ],
+        orderId = order_id,
+        requestId = created.order.request_id
     );
     Ok(())
 }
@@ -91,15 +117,15 @@ fn on_payment(payment: PaymentProcessed, now: i64) -> Result<(), HandleError> {
     match logic::on_payment(&stored.value, &payment, now).map_err(HandleError::fatal)? {
         PaymentDecision::Settle(transition) => apply(&stored, *transition),
         PaymentDecision::Refund(refund) => {
-            switchyard_sdk::log(
-                log::Level::Warn,
+            switchyard_sdk::warn!(
                 "payment arrived after the order closed; requesting a refund",
-                &[("orderId", &refund.order_id.to_string()), ("reason", &refund.reason)],
+                orderId = refund.order_id,
+                reason = refund.reason
             );
             json::publish(topics::BILLING_REFUNDS, &refund.username, &refund)
         }
         PaymentDecision::Ignore(why) => {
-            switchyard_sdk::log(log::Level::Info, "payment ignored", &[("reason", &why)]);
+            switchyard_sdk::info!("payment ignored", reason = why);
             Ok(())
         }
     }
@@ -122,13 +148,10 @@ fn apply(stored: &Versioned<Order>, t: Transition) -> Result<(), HandleError> {
         timers::cancel(timer)?;
     }
     json::publish(topics::ORDERS_STATUS, &t.order.username, &t.update)?;
-    switchyard_sdk::log(
-        log::Level::Info,
+    switchyard_sdk::info!(
         "order status changed",
-        &[
-            ("orderId", &t.order.order_id.to_string()),
-            ("status", t.update.status.as_str()),
-        ],
+        orderId = t.order.order_id,
+        status = t.update.status.as_str()
     );
     Ok(())
 }
@@ -151,3 +174,6 @@ fn status_key<'a>(username: &'a str, request_id: &'a str) -> &'a str {
 }
 
 switchyard_sdk::export_handler!(OrderHandler);
+
+#[cfg(test)]
+mod glue_tests;

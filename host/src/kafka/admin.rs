@@ -275,8 +275,14 @@ pub enum ReplayError {
         at: String,
         source: crate::protocol::ProtocolError,
     },
-    #[error("{at} names component {component:?} on topic {topic:?}, which topics.toml does not route; fix the routing or drop the dead letter")]
-    NotRouted { at: String, component: String, topic: String },
+    #[error(
+        "{at} names component {component:?} on topic {topic:?}, which topics.toml does not route; fix the routing or drop the dead letter"
+    )]
+    NotRouted {
+        at: String,
+        component: String,
+        topic: String,
+    },
     #[error("replaying {at} to {topic}[{partition}]: {error}")]
     Send {
         at: String,
@@ -300,11 +306,16 @@ pub async fn replay(
     let mut plan = Vec::with_capacity(letters.len());
     for letter in letters {
         let at = format!("{}[{}]@{}", letter.dlq_topic, letter.partition, letter.offset);
-        if !signer.verify(&letter.dlq_topic, letter.key.as_deref(), &letter.payload, &letter.headers) {
+        if !signer.verify(
+            &letter.dlq_topic,
+            letter.key.as_deref(),
+            &letter.payload,
+            &letter.headers,
+        ) {
             return Err(ReplayError::Unsigned { at });
         }
-        let record =
-            DeadLetterRecord::from_headers(&letter.headers).map_err(|source| ReplayError::Malformed { at: at.clone(), source })?;
+        let record = DeadLetterRecord::from_headers(&letter.headers)
+            .map_err(|source| ReplayError::Malformed { at: at.clone(), source })?;
         if !routing
             .routes
             .iter()
@@ -320,7 +331,10 @@ pub async fn replay(
             .headers
             .iter()
             .filter(|(n, _)| {
-                !n.starts_with(names::DLQ_PREFIX) && n != names::EVENT_ID && n != names::REPLAY_FOR && n != names::SIGNATURE
+                !n.starts_with(names::DLQ_PREFIX)
+                    && n != names::EVENT_ID
+                    && n != names::REPLAY_FOR
+                    && n != names::SIGNATURE
             })
             .cloned()
             .collect();

@@ -312,10 +312,7 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
         timestamp_ms,
     } = message;
     // Only the host's own (signed) switchyard-* headers steer it; forged ones are dropped.
-    let dropped = ctx
-        .db
-        .signer()
-        .screen(&topic, key.as_deref(), &payload, &mut headers);
+    let dropped = ctx.db.signer().screen(&topic, key.as_deref(), &payload, &mut headers);
     if let Some((_, target)) = headers.iter().find(|(n, _)| n == names::REPLAY_FOR)
         && target != ctx.route.component.as_str()
     {
@@ -441,7 +438,9 @@ pub fn dead_letter_message(
     let mut headers: Vec<(String, String)> = event
         .headers
         .iter()
-        .filter(|(n, _)| !n.starts_with(names::DLQ_PREFIX) && n != names::ATTEMPT && n != names::REPLAY_FOR && n != names::SIGNATURE)
+        .filter(|(n, _)| {
+            !n.starts_with(names::DLQ_PREFIX) && n != names::ATTEMPT && n != names::REPLAY_FOR && n != names::SIGNATURE
+        })
         .cloned()
         .collect();
     // Keep the event id so a replay is recognisably the same event.

@@ -112,7 +112,8 @@ pub fn headers_of(message: &BorrowedMessage<'_>) -> Vec<(String, String)> {
     // NUL-terminated; values come with their size.
     unsafe {
         let mut headers: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
-        if rd::rd_kafka_message_headers(message.ptr(), &mut headers) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        if rd::rd_kafka_message_headers(message.ptr(), &mut headers)
+            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
         {
             return out;
         }

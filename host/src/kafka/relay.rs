@@ -144,8 +144,16 @@ fn verdict(error: KafkaError) -> Verdict {
     use RDKafkaErrorCode::*;
     match error.rdkafka_error_code() {
         Some(
-            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | MessageBatchTooLarge | InvalidRecord
-            | UnknownTopic | UnknownTopicOrPartition | UnknownPartition | InvalidTopic | TopicAuthorizationFailed
+            MessageSizeTooLarge
+            | InvalidMessageSize
+            | InvalidMessage
+            | MessageBatchTooLarge
+            | InvalidRecord
+            | UnknownTopic
+            | UnknownTopicOrPartition
+            | UnknownPartition
+            | InvalidTopic
+            | TopicAuthorizationFailed
             | InvalidArgument,
         ) => Verdict::Park(error.to_string()),
         _ => Verdict::Retry(error),

@@ -9,6 +9,7 @@
 mod bindings;
 mod host;
 mod output;
+mod query;
 mod state;
 
 use std::sync::Arc;
@@ -21,10 +22,11 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::ComponentSpec;
 use crate::event::InboundEvent;
-use crate::store::{Db, InboxEntry, StoreError};
+use crate::store::{Db, InboxEntry, StoreError, Tx};
 
 use bindings::{Handler, HandlerPre};
 use output::CappedOutput;
+pub use query::QueryError;
 pub use state::{DeadlineExceeded, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write, caps};
 use state::{InvocationState, MemoryCap};
 
@@ -140,6 +142,15 @@ impl FailureKind {
     }
 }
 
+/// Who a store is made for: the event (or query) its host calls act on behalf of.
+pub(crate) struct Caller {
+    pub event_id: String,
+    pub request_id: Option<String>,
+    pub trace: crate::event::TraceContext,
+    /// Host calls that would change anything fail (`query`).
+    pub read_only: bool,
+}
+
 /// Whether an invocation's effects are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvokeMode {
@@ -226,6 +237,55 @@ impl Runtime {
         })
     }
 
+    /// A fresh store for one call of `spec`'s component: WASI with no files, env or
+    /// sockets (clocks and randomness only), captured output, the memory cap, and the
+    /// epoch deadline that stops a guest which computes past its time.
+    pub(crate) fn new_store(&self, spec: &Arc<ComponentSpec>, tx: Tx, caller: Caller) -> Store<InvocationState> {
+        let stdout = CappedOutput::new(OUTPUT_CAPACITY);
+        let stderr = CappedOutput::new(OUTPUT_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = InvocationState {
+            wasi,
+            table: Default::default(),
+            stdout,
+            stderr,
+            component: spec.clone(),
+            tx,
+            event_id: caller.event_id,
+            request_id: caller.request_id,
+            trace: caller.trace,
+            effects: Effects::default(),
+            memory: MemoryCap {
+                max_bytes: spec.limits.memory_bytes as usize,
+                exceeded: false,
+            },
+            deadline: Instant::now() + spec.limits.deadline,
+            poisoned: None,
+            used: Default::default(),
+            over_limit: None,
+            read_only: caller.read_only,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.set_epoch_deadline(1);
+        let budget_ms = spec.limits.deadline.as_millis();
+        store.epoch_deadline_callback(move |ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(DeadlineExceeded(budget_ms).into())
+            } else {
+                // Yield to the executor on every tick so a busy guest never starves others.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
     /// Handles `event` with `component` exactly once in effect (see the module docs).
     pub async fn invoke(
         &self,
@@ -279,49 +339,17 @@ impl Runtime {
             return Ok(Outcome::Duplicate);
         }
 
-        let stdout = CappedOutput::new(OUTPUT_CAPACITY);
-        let stderr = CappedOutput::new(OUTPUT_CAPACITY);
-        // No preopened dirs, no env, no args, no sockets allowed: clocks and randomness only.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let started = Instant::now();
-        let state = InvocationState {
-            wasi,
-            table: Default::default(),
-            stdout,
-            stderr,
-            component: spec.clone(),
+        let mut store = self.new_store(
+            spec,
             tx,
-            event_id: event.id.clone(),
-            request_id: event.request_id.clone(),
-            trace: event.trace.clone(),
-            effects: Effects::default(),
-            memory: MemoryCap {
-                max_bytes: spec.limits.memory_bytes as usize,
-                exceeded: false,
+            Caller {
+                event_id: event.id.clone(),
+                request_id: event.request_id.clone(),
+                trace: event.trace.clone(),
+                read_only: false,
             },
-            deadline: started + spec.limits.deadline,
-            poisoned: None,
-            used: Default::default(),
-            over_limit: None,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.memory);
-        store.set_epoch_deadline(1);
-        let budget_ms = spec.limits.deadline.as_millis();
-        store.epoch_deadline_callback(move |ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(DeadlineExceeded(budget_ms).into())
-            } else {
-                // Yield to the executor on every tick so a busy guest never starves others.
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        );
 
         // The epoch deadline stops a guest that computes; this timer stops one blocked in
         // a host call (a WASI sleep, a lock wait), dropping the call where it waits, so

@@ -112,6 +112,8 @@ pub struct InvocationState {
     /// Set when the database failed under a host call: the transaction is no longer
     /// usable, so the invocation is retried whatever the guest returns.
     pub(crate) poisoned: Option<String>,
+    /// Set for `query`: host calls that would change anything fail with `read-only`.
+    pub(crate) read_only: bool,
     /// What the guest has asked of the host so far, against [`caps`].
     pub(crate) used: Usage,
     /// Set when the guest went past one of [`caps`]: the invocation fails whatever the
@@ -153,10 +155,16 @@ impl InvocationState {
         self.used.messages += 1;
         self.used.message_bytes += bytes;
         if self.used.messages > caps::MAX_MESSAGES {
-            return Err(self.exceed(format!("more than {} messages and timers in one invocation", caps::MAX_MESSAGES)));
+            return Err(self.exceed(format!(
+                "more than {} messages and timers in one invocation",
+                caps::MAX_MESSAGES
+            )));
         }
         if self.used.message_bytes > caps::MAX_MESSAGE_BYTES {
-            return Err(self.exceed(format!("more than {} bytes of messages in one invocation", caps::MAX_MESSAGE_BYTES)));
+            return Err(self.exceed(format!(
+                "more than {} bytes of messages in one invocation",
+                caps::MAX_MESSAGE_BYTES
+            )));
         }
         Ok(())
     }
@@ -166,10 +174,16 @@ impl InvocationState {
         self.used.writes += 1;
         self.used.written_bytes += bytes;
         if self.used.writes > caps::MAX_WRITES {
-            return Err(self.exceed(format!("more than {} storage writes in one invocation", caps::MAX_WRITES)));
+            return Err(self.exceed(format!(
+                "more than {} storage writes in one invocation",
+                caps::MAX_WRITES
+            )));
         }
         if self.used.written_bytes > caps::MAX_WRITTEN_BYTES {
-            return Err(self.exceed(format!("more than {} bytes written in one invocation", caps::MAX_WRITTEN_BYTES)));
+            return Err(self.exceed(format!(
+                "more than {} bytes written in one invocation",
+                caps::MAX_WRITTEN_BYTES
+            )));
         }
         Ok(())
     }
@@ -188,6 +202,15 @@ impl InvocationState {
         tracing::warn!(component = %self.component.name, operation, error = %why, "database failed under a host call");
         self.poisoned.get_or_insert(why);
         "database error; the event will be retried".into()
+    }
+}
+
+impl InvocationState {
+    /// The guest's error text for `operation` during a read-only query, or `None` when
+    /// writes are allowed.
+    pub(crate) fn refuse_write(&self, operation: &str) -> Option<String> {
+        self.read_only
+            .then(|| format!("read-only query: {operation} is not allowed; queries only read"))
     }
 }
 

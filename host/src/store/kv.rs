@@ -179,7 +179,11 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(page, vec!["user/2"]);
-        assert_eq!(tx.list_prefix("a", "user/", None, 10, 13).await.unwrap(), None, "over the byte cap");
+        assert_eq!(
+            tx.list_prefix("a", "user/", None, 10, 13).await.unwrap(),
+            None,
+            "over the byte cap"
+        );
         assert_eq!(tx.get("b", "user/1").await.unwrap(), None);
         tx.commit().await.unwrap();
     }

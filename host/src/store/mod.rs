@@ -240,7 +240,11 @@ impl Db {
             .iter()
             .flat_map(|u| *u.as_bytes())
             .collect();
-        on_pool!(self, |p| sqlx::query(INSERT).bind(&fresh).execute(p).await?.rows_affected());
+        on_pool!(self, |p| sqlx::query(INSERT)
+            .bind(&fresh)
+            .execute(p)
+            .await?
+            .rows_affected());
         let (secret,): (Vec<u8>,) = on_pool!(self, |p| sqlx::query_as(SELECT).fetch_one(p).await?);
         Ok(secret)
     }

@@ -134,7 +134,8 @@ impl Db {
     /// Puts parked rows back in the queue (after the topic was created or its size limit
     /// raised); all of them without `id`. Returns how many.
     pub async fn requeue_parked(&self, id: Option<i64>) -> Result<u64, StoreError> {
-        const ONE: &str = "UPDATE outbox SET parked_at_ms = NULL, park_reason = NULL WHERE parked_at_ms IS NOT NULL AND id = $1";
+        const ONE: &str =
+            "UPDATE outbox SET parked_at_ms = NULL, park_reason = NULL WHERE parked_at_ms IS NOT NULL AND id = $1";
         const ALL: &str = "UPDATE outbox SET parked_at_ms = NULL, park_reason = NULL WHERE parked_at_ms IS NOT NULL";
         let n = match id {
             Some(id) => on_pool!(self, |p| sqlx::query(ONE).bind(id).execute(p).await?.rows_affected()),

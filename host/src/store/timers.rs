@@ -81,8 +81,9 @@ impl Db {
 
     /// When the earliest pending timer is due, if there is one.
     pub async fn next_timer_due(&self) -> Result<Option<i64>, StoreError> {
-        let (due,): (Option<i64>,) =
-            on_pool!(self, |p| sqlx::query_as("SELECT MIN(fire_at_ms) FROM timers").fetch_one(p).await?);
+        let (due,): (Option<i64>,) = on_pool!(self, |p| sqlx::query_as("SELECT MIN(fire_at_ms) FROM timers")
+            .fetch_one(p)
+            .await?);
         Ok(due)
     }
 }

@@ -25,7 +25,11 @@ pub fn artifact(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: run `just handlers` first", path.display()));
-    let sources = [root.join("handlers").join(name), root.join("handlers/sdk"), root.join("wit")];
+    let sources = [
+        root.join("handlers").join(name),
+        root.join("handlers/sdk"),
+        root.join("wit"),
+    ];
     if let Some(newer) = sources.iter().find_map(|dir| newer_file(dir, built)) {
         panic!(
             "{} is older than {}: run `just handlers` (or `just test`, which rebuilds them)",
@@ -70,6 +74,16 @@ pub fn spec(name: &str, artifact_name: &str, publishes: &[&str]) -> ComponentSpe
             memory_bytes: 32 << 20,
             deadline: Duration::from_millis(2000),
         },
+    }
+}
+
+/// Partition 0, offset 0 of `topic` in a log of tests' own.
+pub fn at(topic: &str) -> switchyard::event::LogPosition<'_> {
+    switchyard::event::LogPosition {
+        origin: "test",
+        topic,
+        partition: 0,
+        offset: 0,
     }
 }
 

@@ -43,7 +43,10 @@ fn failure_of(outcome: Outcome) -> switchyard::runtime::Failure {
 }
 
 fn committed(outcome: &Outcome) {
-    assert!(matches!(outcome, Outcome::Committed(_)), "expected a commit, got {outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::Committed(_)),
+        "expected a commit, got {outcome:?}"
+    );
 }
 
 async fn nothing_committed(db: &Db) {
@@ -62,7 +65,11 @@ async fn a_guest_asleep_in_a_host_call_is_stopped_at_its_deadline(db: &Db) {
     let failure = failure_of(runtime.invoke(&probe, db, &event("sleeper", plan)).await.unwrap());
     assert_eq!(failure.kind, FailureKind::Deadline, "{failure:?}");
     assert!(failure.reason.contains("deadline of 300 ms"), "{failure:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     nothing_committed(db).await;
     // The write lock is free again: the next event commits.
     let ok = json!({"steps": [{"op": "put", "key": "after", "value": "1"}]});
@@ -77,7 +84,8 @@ async fn floods_of_publishes_and_writes_fail_the_invocation_with_the_cap_named(d
     let failure = failure_of(runtime.invoke(&probe, db, &event("flood-1", publishes)).await.unwrap());
     assert_eq!(failure.kind, FailureKind::Limit, "{failure:?}");
     assert!(failure.reason.contains("more than 1000 messages"), "{failure:?}");
-    let writes = json!({"steps": [{"op": "repeat", "times": 40, "step": {"op": "put-big", "key": "big", "kib": 1024}}]});
+    let writes =
+        json!({"steps": [{"op": "repeat", "times": 40, "step": {"op": "put-big", "key": "big", "kib": 1024}}]});
     let failure = failure_of(runtime.invoke(&probe, db, &event("flood-2", writes)).await.unwrap());
     assert_eq!(failure.kind, FailureKind::Limit, "{failure:?}");
     assert!(failure.reason.contains("bytes written"), "{failure:?}");
@@ -132,7 +140,10 @@ async fn the_sandbox_has_no_files_env_sockets_or_memory_of_earlier_events(db: &D
     let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
     for i in 0..2 {
         let plan = json!({"steps": [{"op": "sandbox-escape"}]});
-        let outcome = runtime.invoke(&probe, db, &event(&format!("escape{i}"), plan)).await.unwrap();
+        let outcome = runtime
+            .invoke(&probe, db, &event(&format!("escape{i}"), plan))
+            .await
+            .unwrap();
         committed(&outcome);
     }
 }
@@ -145,7 +156,10 @@ async fn event_ids_with_nul_bytes_or_over_the_index_limit_are_claimed_once(db: &
         let e = event(&id, plan);
         assert!(!e.id.contains('\0') && e.id.len() < 200, "{}", e.id);
         committed(&runtime.invoke(&probe, db, &e).await.unwrap());
-        assert!(matches!(runtime.invoke(&probe, db, &e).await.unwrap(), Outcome::Duplicate));
+        assert!(matches!(
+            runtime.invoke(&probe, db, &e).await.unwrap(),
+            Outcome::Duplicate
+        ));
     }
     assert_eq!(db.peek("probe", "n").await.unwrap().as_deref(), Some(&b"2"[..]));
 }
@@ -189,7 +203,18 @@ group = "{p}-sink"
 /// Rust client only takes UTF-8 names).
 fn kcat(bootstrap: &str, topic: &str, partition: i32, header: &[u8], payload: &[u8]) {
     let mut child = Command::new("kcat")
-        .args(["-b", bootstrap, "-P", "-t", topic, "-p", &partition.to_string(), "-k", "raw", "-H"])
+        .args([
+            "-b",
+            bootstrap,
+            "-P",
+            "-t",
+            topic,
+            "-p",
+            &partition.to_string(),
+            "-k",
+            "raw",
+            "-H",
+        ])
         .arg(std::ffi::OsStr::from_bytes(header))
         .stdin(std::process::Stdio::piped())
         .spawn()
@@ -230,7 +255,11 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
             });
             producer
                 .send(
-                    FutureRecord::to(&input).partition(0).key("k").payload(&inc_bytes).headers(headers),
+                    FutureRecord::to(&input)
+                        .partition(0)
+                        .key("k")
+                        .payload(&inc_bytes)
+                        .headers(headers),
                     Timeout::After(Duration::from_secs(10)),
                 )
                 .await
@@ -244,7 +273,11 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
         });
         producer
             .send(
-                FutureRecord::to(&input).partition(0).key(&b"k\0ey"[..]).payload(&inc_bytes).headers(headers),
+                FutureRecord::to(&input)
+                    .partition(0)
+                    .key(&b"k\0ey"[..])
+                    .payload(&inc_bytes)
+                    .headers(headers),
                 Timeout::After(Duration::from_secs(10)),
             )
             .await
@@ -264,16 +297,30 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
         let fail = serde_json::to_vec(&json!({"steps": [{"op": "fail", "retryable": false, "reason": "no"}]})).unwrap();
         producer
             .send(
-                FutureRecord::to(&input).partition(0).key("k").payload(&fail).headers(forged_dlq),
+                FutureRecord::to(&input)
+                    .partition(0)
+                    .key("k")
+                    .payload(&fail)
+                    .headers(forged_dlq),
                 Timeout::After(Duration::from_secs(10)),
             )
             .await
             .map_err(|(e, _)| e)
             .unwrap();
-        send(&producer, &input, "k", Some(0), &json!({"steps": [{"op": "fail-long", "kib": 100}]})).await;
+        send(
+            &producer,
+            &input,
+            "k",
+            Some(0),
+            &json!({"steps": [{"op": "fail-long", "kib": 100}]}),
+        )
+        .await;
         producer
             .send(
-                FutureRecord::to(&input).partition(0).key("k").payload(&b"\xff\xfe not utf-8"[..]),
+                FutureRecord::to(&input)
+                    .partition(0)
+                    .key("k")
+                    .payload(&b"\xff\xfe not utf-8"[..]),
                 Timeout::After(Duration::from_secs(10)),
             )
             .await
@@ -296,14 +343,24 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
         assert_eq!(letters.len(), 3, "{letters:?}");
         for letter in &letters {
             assert!(letter.signed, "{letter:?}");
-            assert_eq!(letter.component, "worker", "forged dlq headers are not kept: {letter:?}");
+            assert_eq!(
+                letter.component, "worker",
+                "forged dlq headers are not kept: {letter:?}"
+            );
             assert_eq!(letter.source_topic, input);
             assert_eq!(letter.source_partition, "0");
         }
         assert_eq!(letters[0].reason, "no");
-        assert!(letters[1].reason.len() <= 2048 && letters[1].reason.ends_with("[cut at 102400 B]"), "{}", letters[1].reason);
+        assert!(
+            letters[1].reason.len() <= 2048 && letters[1].reason.ends_with("[cut at 102400 B]"),
+            "{}",
+            letters[1].reason
+        );
         assert!(letters[2].reason.contains("bad plan"), "{}", letters[2].reason);
-        assert_eq!(letters[2].payload, b"\xff\xfe not utf-8", "the original payload is kept");
+        assert_eq!(
+            letters[2].payload, b"\xff\xfe not utf-8",
+            "the original payload is kept"
+        );
 
         // A forged dead letter, produced straight into the dead-letter topic, is not replayed.
         let forged = OwnedHeaders::new()
@@ -330,7 +387,9 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let err = admin::replay(&base, &routing, db.signer(), &all[3..]).await.unwrap_err();
+        let err = admin::replay(&base, &routing, db.signer(), &all[3..])
+            .await
+            .unwrap_err();
         assert!(matches!(err, admin::ReplayError::Unsigned { .. }), "{err}");
     })
     .await;
@@ -356,15 +415,22 @@ async fn an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing(real: boo
         // Written by hand: components cannot publish messages this large. One too large
         // for any broker, one to a topic that does not exist, then ordinary rows.
         let mut tx = db.begin().await.unwrap();
-        tx.insert_outbox("too-big", "worker", &message(vec![b'x'; 5 << 20])).await.unwrap();
+        tx.insert_outbox("too-big", "worker", &message(vec![b'x'; 5 << 20]))
+            .await
+            .unwrap();
         for i in 0..5 {
-            tx.insert_outbox(&format!("fine-{i}"), "worker", &message(inc.clone())).await.unwrap();
+            tx.insert_outbox(&format!("fine-{i}"), "worker", &message(inc.clone()))
+                .await
+                .unwrap();
         }
         tx.commit().await.unwrap();
         wait_for(&db, "sink", "count", 5, Duration::from_secs(60)).await;
         let start = Instant::now();
         while db.count(Table::ParkedOutbox).await.unwrap() < 1 {
-            assert!(start.elapsed() < Duration::from_secs(30), "the refused row was not parked");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the refused row was not parked"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
@@ -372,7 +438,10 @@ async fn an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing(real: boo
     let parked = db.parked_outbox(10).await.unwrap();
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].event_id, "too-big");
-    assert!(parked[0].reason.to_lowercase().contains("size") || parked[0].reason.contains("large"), "{parked:?}");
+    assert!(
+        parked[0].reason.to_lowercase().contains("size") || parked[0].reason.contains("large"),
+        "{parked:?}"
+    );
     assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 0);
     assert_eq!(counter(&db, "sink", "count").await, 5);
 }

@@ -2,8 +2,6 @@
 //! real Kafka broker (`SWITCHYARD_TEST_KAFKA_BROKERS`) or the embedded one. The crash
 //! and rebalance scenarios run `switchyard run` as separate processes.
 
-
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,7 +51,13 @@ pub(crate) fn producer(base: &ClientConfig) -> FutureProducer {
     switchyard::kafka::producer_config(base).create().unwrap()
 }
 
-pub(crate) async fn send(producer: &FutureProducer, topic: &str, key: &str, partition: Option<i32>, payload: &serde_json::Value) {
+pub(crate) async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    partition: Option<i32>,
+    payload: &serde_json::Value,
+) {
     let body = serde_json::to_vec(payload).unwrap();
     let mut record = FutureRecord::to(topic).key(key).payload(&body);
     if let Some(p) = partition {
@@ -116,7 +120,12 @@ group = "{p}-second"
 "#;
 
 /// Runs the service beside `scenario`, then stops it gracefully.
-pub(crate) async fn with_service<F: std::future::Future<Output = ()>>(routing: &Routing, db: &Db, brokers: &Brokers, scenario: F) {
+pub(crate) async fn with_service<F: std::future::Future<Output = ()>>(
+    routing: &Routing,
+    db: &Db,
+    brokers: &Brokers,
+    scenario: F,
+) {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let service = serve(routing, db.clone(), brokers, shutdown);
     let test = async {

@@ -197,7 +197,7 @@ async fn bad_guests_are_stopped_and_the_host_keeps_serving(db: &Db) {
         (
             json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "loop"}]}),
             FailureKind::Deadline,
-            "deadline of 500 ms exceeded",
+            "deadline of 2000 ms exceeded",
         ),
         (
             json!({"steps": [{"op": "put", "key": "a", "value": "1"}, {"op": "alloc", "mib": 256}]}),

@@ -2,8 +2,6 @@
 //! topics.toml: a user registers and tops up, one order is paid and notified, one runs
 //! out of money. On the embedded broker with SQLite, and on Kafka with PostgreSQL.
 
-
-
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -27,11 +25,15 @@ fn saga_routing(dir: &std::path::Path, run: &str) -> Routing {
         "artifact = \"target/components/",
         &format!("artifact = \"{}/", components.display()),
     );
+    // One group per route, as the host requires.
     for component in ["order", "billing", "user", "notif"] {
-        text = text.replace(
-            &format!("component = \"{component}\"\n"),
-            &format!("component = \"{component}\"\ngroup = \"{run}-{component}\"\n"),
-        );
+        let needle = format!("component = \"{component}\"\n");
+        let mut n = 0;
+        while let Some(at) = text.find(&needle) {
+            n += 1;
+            let group = format!("component  = \"{component}\"\ngroup = \"{run}-{component}-{n}\"\n");
+            text.replace_range(at..at + needle.len(), &group);
+        }
     }
     let path = dir.join("topics.toml");
     std::fs::write(&path, text).unwrap();
@@ -114,8 +116,8 @@ where
     }
 }
 
-async fn order_status(db: &Db, request_id: &str) -> Option<String> {
-    let id = stored(db, "order", &format!("request/{request_id}")).await?;
+async fn order_status(db: &Db, user: &str, request_id: &str) -> Option<String> {
+    let id = stored(db, "order", &format!("request/{user}/{request_id}")).await?;
     let order = stored(db, "order", &format!("order/{id}")).await?;
     Some(order["status"].as_str()?.to_string())
 }
@@ -189,7 +191,9 @@ async fn saga(real: bool, backend: Backend) {
         };
         send(&producer, "orders.requests", &user, &order(&paid, 2)).await;
         let status = eventually("the paid order", || async {
-            order_status(&db, &paid).await.filter(|s| s != "PENDING_VALIDATION")
+            order_status(&db, &user, &paid)
+                .await
+                .filter(|s| s != "PENDING_VALIDATION")
         })
         .await;
         assert_eq!(status, "PAID");
@@ -199,7 +203,9 @@ async fn saga(real: bool, backend: Backend) {
 
         send(&producer, "orders.requests", &user, &order(&broke, 1)).await;
         let status = eventually("the unpaid order", || async {
-            order_status(&db, &broke).await.filter(|s| s != "PENDING_VALIDATION")
+            order_status(&db, &user, &broke)
+                .await
+                .filter(|s| s != "PENDING_VALIDATION")
         })
         .await;
         assert_eq!(status, "INSUFFICIENT_FUNDS");

@@ -46,6 +46,9 @@ impl Host for InvocationState {
     }
 
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
+        if let Some(why) = self.refuse_write("storage put") {
+            return Err(Error::ReadOnly(why));
+        }
         check_key(&key)?;
         check_value(&value)?;
         self.count_write(value.len()).map_err(Error::Unavailable)?;
@@ -58,6 +61,9 @@ impl Host for InvocationState {
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, Error> {
+        if let Some(why) = self.refuse_write("storage delete") {
+            return Err(Error::ReadOnly(why));
+        }
         check_key(&key)?;
         self.count_write(0).map_err(Error::Unavailable)?;
         let ns = self.namespace();
@@ -95,6 +101,9 @@ impl Host for InvocationState {
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, Error> {
+        if let Some(why) = self.refuse_write("storage increment") {
+            return Err(Error::ReadOnly(why));
+        }
         check_key(&key)?;
         self.count_write(20).map_err(Error::Unavailable)?;
         let ns = self.namespace();
@@ -113,11 +122,15 @@ impl Host for InvocationState {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Result<bool, Error> {
+        if let Some(why) = self.refuse_write("storage compare-and-swap") {
+            return Err(Error::ReadOnly(why));
+        }
         check_key(&key)?;
         if let Some(value) = &new {
             check_value(value)?;
         }
-        self.count_write(new.as_ref().map_or(0, Vec::len)).map_err(Error::Unavailable)?;
+        self.count_write(new.as_ref().map_or(0, Vec::len))
+            .map_err(Error::Unavailable)?;
         let ns = self.namespace();
         let result = self
             .tx
