@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Outbox rows the broker refused for good (too large, no such topic).
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Validates the routing file and every component it names.
     Check,
     /// Feeds one event from a JSON file to a component and prints its effects.
@@ -77,6 +82,22 @@ enum Command {
 enum TopicsCommand {
     /// Creates missing topics and dead-letter topics, adds declared partitions.
     Sync,
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Lists parked rows with the broker's reason.
+    Parked {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queues parked rows again (after creating the topic or raising its size limit).
+    Requeue {
+        /// Only this row; all parked rows without it.
+        #[arg(long)]
+        id: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +165,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             command: TopicsCommand::Sync,
         } => topics_sync(&cli).await,
         Command::Dlq { command } => dlq(&cli, command).await,
+        Command::Outbox { command } => outbox(&cli, command).await,
         Command::Lag => lag(&cli),
         Command::Invoke {
             component,
@@ -375,6 +397,32 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
             println!("replayed {n} dead letter(s) from {topic}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn outbox(cli: &Cli, command: &OutboxCommand) -> Result<ExitCode> {
+    let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
+    match command {
+        OutboxCommand::Parked { json } => {
+            let rows = db.parked_outbox(10_000).await?;
+            if *json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else {
+                println!("{:>8}  {:<12} {:<28} {:<38} reason", "id", "component", "topic", "event id");
+                for r in &rows {
+                    println!("{:>8}  {:<12} {:<28} {:<38} {}", r.id, r.component, r.topic, r.event_id, r.reason);
+                }
+                println!("{} parked row(s)", rows.len());
+            }
+        }
+        OutboxCommand::Requeue { id } => {
+            let n = db.requeue_parked(*id).await?;
+            println!("requeued {n} row(s); a running host relays them now");
+        }
+    }
+    db.close().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -135,3 +135,31 @@ fn count_rows(db: &Path, table: &str) -> i64 {
     assert!(out.status.success(), "{}", text(&out.stderr));
     text(&out.stdout).trim().parse().unwrap()
 }
+
+#[tokio::test]
+async fn parked_outbox_rows_are_listed_and_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = switchyard::store::Db::open(None, &dir.path().join("data")).await.unwrap();
+    let message = switchyard::store::OutboundMessage {
+        topic: "gone".into(),
+        key: None,
+        payload: b"p".to_vec(),
+        headers: vec![],
+    };
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_outbox("e1", "order", &message).await.unwrap();
+    tx.commit().await.unwrap();
+    let row = db.unsent_outbox(1).await.unwrap().remove(0);
+    db.park(row.id, "Broker: Unknown topic or partition").await.unwrap();
+    db.close().await;
+
+    let out = switchyard(&["--data-dir", "data", "outbox", "parked", "--json"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let parked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(parked["topic"], "gone");
+    assert_eq!(parked["reason"], "Broker: Unknown topic or partition");
+    let out = switchyard(&["--data-dir", "data", "outbox", "requeue"], dir.path());
+    assert!(text(&out.stdout).contains("requeued 1 row"), "{}", text(&out.stdout));
+    let out = switchyard(&["--data-dir", "data", "outbox", "parked", "--json"], dir.path());
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+}
