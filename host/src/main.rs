@@ -410,9 +410,15 @@ async fn outbox(cli: &Cli, command: &OutboxCommand) -> Result<ExitCode> {
                     println!("{}", serde_json::to_string(row)?);
                 }
             } else {
-                println!("{:>8}  {:<12} {:<28} {:<38} reason", "id", "component", "topic", "event id");
+                println!(
+                    "{:>8}  {:<12} {:<28} {:<38} reason",
+                    "id", "component", "topic", "event id"
+                );
                 for r in &rows {
-                    println!("{:>8}  {:<12} {:<28} {:<38} {}", r.id, r.component, r.topic, r.event_id, r.reason);
+                    println!(
+                        "{:>8}  {:<12} {:<28} {:<38} {}",
+                        r.id, r.component, r.topic, r.event_id, r.reason
+                    );
                 }
                 println!("{} parked row(s)", rows.len());
             }

@@ -139,7 +139,9 @@ fn count_rows(db: &Path, table: &str) -> i64 {
 #[tokio::test]
 async fn parked_outbox_rows_are_listed_and_requeued() {
     let dir = tempfile::tempdir().unwrap();
-    let db = switchyard::store::Db::open(None, &dir.path().join("data")).await.unwrap();
+    let db = switchyard::store::Db::open(None, &dir.path().join("data"))
+        .await
+        .unwrap();
     let message = switchyard::store::OutboundMessage {
         topic: "gone".into(),
         key: None,

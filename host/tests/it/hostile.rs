@@ -516,3 +516,160 @@ on_both_stacks!(
     an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing,
     a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstream,
 );
+
+const FAILURES: &str = r#"
+[topics."{p}.in"]
+partitions = 1
+[components.worker]
+artifact = "{probe}"
+limits = { deadline-ms = 500, memory-mib = 32 }
+config = { {config} }
+[[routes]]
+topic = "{p}.in"
+component = "worker"
+group = "{p}-worker"
+dead-letter = "{p}.in.dead"
+retry = { attempts = 2, initial-backoff-ms = 20, max-backoff-ms = 50 }
+"#;
+
+/// Every way an event can fail ends in a dead letter with the full record and the
+/// original payload and headers; `switchyard dlq replay` (the CLI) brings one back.
+async fn every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the_cli(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let broken = routing(dir.path(), &p, &FAILURES.replace("{config}", ""));
+    let brokers = brokers_for(real, &broken).await.unwrap();
+    // A database the CLI can open too (it holds the key that signs dead letters).
+    let (db, db_args): (Db, Vec<String>) = match backend {
+        Backend::Sqlite => (
+            Db::open(None, &dir.path().join("data")).await.unwrap(),
+            vec!["--data-dir".into(), dir.path().join("data").display().to_string()],
+        ),
+        Backend::Postgres => {
+            let (db, url) = crate::common::postgres_database().await.unwrap();
+            (db, vec!["--database-url".into(), url])
+        }
+    };
+    let base = brokers.client_config();
+    let input = format!("{p}.in");
+    let dead = vec![format!("{p}.in.dead")];
+    let cases = [
+        (
+            json!({"steps": [{"op": "fail", "retryable": true, "reason": "still down"}]}),
+            "retryable",
+            "2",
+        ),
+        (json!({"steps": [{"op": "panic"}]}), "trap", "1"),
+        (json!({"steps": [{"op": "loop"}]}), "deadline", "2"),
+        (json!({"steps": [{"op": "alloc", "mib": 256}]}), "memory", "1"),
+        (
+            json!({"steps": [{"op": "require-config", "name": "fixed"}, {"op": "increment", "key": "fixed", "delta": 1}]}),
+            "fatal",
+            "1",
+        ),
+    ];
+    with_service(&broken, &db, &brokers, async {
+        let producer = producer(&base);
+        for (i, (plan, _, _)) in cases.iter().enumerate() {
+            let body = serde_json::to_vec(plan).unwrap();
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "x-case",
+                value: Some(i.to_string().as_bytes()),
+            });
+            producer
+                .send(
+                    FutureRecord::to(&input).key("k").payload(&body).headers(headers),
+                    Timeout::After(Duration::from_secs(10)),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        let start = Instant::now();
+        let letters = loop {
+            let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+            if letters.len() == cases.len() {
+                break letters;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "dead letters so far: {letters:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        for (i, (letter, (plan, kind, attempts))) in letters.iter().zip(&cases).enumerate() {
+            assert_eq!(letter.kind, *kind, "{letter:?}");
+            assert_eq!(letter.attempts, *attempts, "{letter:?}");
+            assert_eq!(letter.component, "worker");
+            assert_eq!(
+                (letter.source_topic.as_str(), letter.source_partition.as_str()),
+                (input.as_str(), "0")
+            );
+            assert_eq!(letter.source_offset, i.to_string());
+            assert!(letter.failed_at_ms.parse::<i64>().unwrap() > 0);
+            assert!(!letter.reason.is_empty() && !letter.event_id.is_empty());
+            assert!(letter.signed);
+            assert_eq!(
+                letter.payload,
+                serde_json::to_vec(plan).unwrap(),
+                "original payload kept"
+            );
+            assert_eq!(letter.key.as_deref(), Some(&b"k"[..]));
+            assert!(
+                letter.headers.iter().any(|(n, v)| n == "x-case" && *v == i.to_string()),
+                "original headers kept: {:?}",
+                letter.headers
+            );
+        }
+    })
+    .await;
+    // Fixed: the component now has its setting. The operator replays the fatal one.
+    let fixed = routing(dir.path(), &p, &FAILURES.replace("{config}", "fixed = \"yes\""));
+    with_service(&fixed, &db, &brokers, async {
+        let mut args: Vec<String> = vec!["--config".into(), dir.path().join("topics.toml").display().to_string()];
+        args.extend(db_args.clone());
+        args.extend(["--brokers".into(), brokers.bootstrap_servers()]);
+        args.extend(
+            [
+                "dlq",
+                "replay",
+                "--topic",
+                &dead[0],
+                "--partition",
+                "0",
+                "--offset",
+                "4",
+            ]
+            .map(String::from),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(&args)
+            .env_remove("SWITCHYARD_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        wait_for(&db, "worker", "fixed", 1, Duration::from_secs(60)).await;
+    })
+    .await;
+    assert_eq!(counter(&db, "worker", "fixed").await, 1);
+}
+
+mod failures {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        super::every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the_cli(
+            false,
+            super::Backend::Sqlite,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real() {
+        super::every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the_cli(
+            true,
+            super::Backend::Postgres,
+        )
+        .await;
+    }
+}

@@ -637,7 +637,10 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     .fetch_one(db.postgres_pool().unwrap())
     .await
     .unwrap();
-    assert!(in_first > 0 && in_second > 0, "shares: first {in_first}, second {in_second}");
+    assert!(
+        in_first > 0 && in_second > 0,
+        "shares: first {in_first}, second {in_second}"
+    );
     first.terminate(); // leaves the group; the other host takes its partitions over
     wait_for(&db, "worker", "count", N, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
