@@ -673,3 +673,90 @@ mod failures {
         .await;
     }
 }
+
+/// The PostgreSQL relay lock dies with its session; the holder notices before its next
+/// batch, so two hosts never relay at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_lost_its_postgres_session_stops_relaying() {
+    let (db, _url) = crate::common::postgres_database().await.unwrap();
+    let other_host = db.clone();
+    let mut lock = db
+        .try_relay_lock()
+        .await
+        .unwrap()
+        .expect("the first host gets the lock");
+    assert!(other_host.try_relay_lock().await.unwrap().is_none());
+    assert!(lock.still_held().await);
+    // The lock's session is killed (a restarted server, an operator's pg_terminate_backend).
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 7243001 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .execute(db.postgres_pool().unwrap())
+    .await
+    .unwrap();
+    assert!(!lock.still_held().await, "the holder must notice");
+    assert!(
+        other_host.try_relay_lock().await.unwrap().is_some(),
+        "another host takes over"
+    );
+}
+
+const DEEP: &str = r#"
+[topics."{p}.in"]
+partitions = 1
+[components.worker]
+artifact = "{probe}"
+[[routes]]
+topic = "{p}.in"
+component = "worker"
+group = "{p}-worker"
+retry = { attempts = 3, initial-backoff-ms = 500, max-backoff-ms = 1000 }
+"#;
+
+/// More events than the pause window wait behind a retrying head of one partition: the
+/// partition is paused and resumed, and every event runs once, in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_the_pause_window_behind_a_retrying_event_keeps_order_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, DEEP);
+    let brokers = brokers_for(false, &routing).await.unwrap();
+    let db = test_db(Backend::Sqlite).await.unwrap();
+    let db = db.db.clone();
+    const N: usize = 5000; // the pause window is 4096 queued events
+    let producer = producer(&brokers.client_config());
+    let head =
+        json!({"steps": [{"op": "fail-until-attempt", "attempt": 3}, {"op": "put", "key": "seq", "value": "0"}]});
+    send(&producer, &format!("{p}.in"), "k", Some(0), &head).await;
+    // Each event checks that the one before it ran, then records itself.
+    let bodies: Vec<Vec<u8>> = (1..=N)
+        .map(|i| {
+            serde_json::to_vec(&json!({"steps": [
+                {"op": "expect", "key": "seq", "value": (i - 1).to_string()},
+                {"op": "put", "key": "seq", "value": i.to_string()},
+                {"op": "increment", "key": "count", "delta": 1}
+            ]}))
+            .unwrap()
+        })
+        .collect();
+    let topic = format!("{p}.in");
+    let mut sends = Vec::new();
+    for body in &bodies {
+        let record = FutureRecord::to(&topic).partition(0).key("k").payload(body);
+        sends.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for s in sends {
+        s.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    with_service(&routing, &db, &brokers, async {
+        wait_for(&db, "worker", "count", N as i64, Duration::from_secs(240)).await;
+    })
+    .await;
+    assert_eq!(counter(&db, "worker", "count").await, N as i64);
+    assert_eq!(
+        db.peek("worker", "seq").await.unwrap(),
+        Some(N.to_string().into_bytes())
+    );
+    assert_eq!(db.count(Table::Inbox).await.unwrap(), N as i64 + 1);
+}
