@@ -122,6 +122,11 @@ impl Spread {
         self.sorted().last().copied().unwrap_or(f64::NAN)
     }
 
+    /// The same runs through `f` (e.g. seconds per event → events per second).
+    pub fn map(&self, f: impl Fn(f64) -> f64) -> Spread {
+        Spread(self.0.iter().map(|v| f(*v)).collect())
+    }
+
     pub fn runs(&self) -> usize {
         self.0.len()
     }
@@ -201,12 +206,13 @@ impl Table {
         };
         println!("\n{}\n", self.title);
         line(&self.header);
+        // The first column reads left-aligned, figures right-aligned.
         let rule: Vec<String> = widths
             .iter()
             .enumerate()
-            .map(|(i, w)| if i == 0 { "-".repeat(*w) } else { format!("{}:", "-".repeat(w - 1)) })
+            .map(|(i, w)| if i == 0 { "-".repeat(w + 2) } else { format!("{}:", "-".repeat(w + 1)) })
             .collect();
-        println!("|-{}-|", rule.join("-|-"));
+        println!("|{}|", rule.join("|"));
         for row in &self.rows {
             line(row);
         }
