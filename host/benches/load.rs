@@ -180,7 +180,10 @@ fn read_statuses(
 async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &Value) -> anyhow::Result<()> {
     producer
         .send(
-            FutureRecord::to(topic).key(key).payload(&value.to_string()).headers(event_id()),
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(&value.to_string())
+                .headers(event_id()),
             Timeout::After(Duration::from_secs(30)),
         )
         .await
@@ -232,7 +235,8 @@ fn order(request_id: &str, username: &str) -> Value {
 /// Registers and funds every user, and waits until the saga's state shows it.
 async fn set_up_users(producer: &FutureProducer, db: &Db, users: &[String]) -> anyhow::Result<()> {
     for user in users {
-        let registered = json!({"username": user, "email": format!("{user}@example.com"), "registeredAt": 1, "source": "load"});
+        let registered =
+            json!({"username": user, "email": format!("{user}@example.com"), "registeredAt": 1, "source": "load"});
         send(producer, "users.registered", user, &registered).await?;
     }
     for user in users {
@@ -243,7 +247,8 @@ async fn set_up_users(producer: &FutureProducer, db: &Db, users: &[String]) -> a
         .await?;
     }
     for user in users {
-        let deposit = json!({"requestId": format!("{user}-deposit"), "username": user, "amount": DEPOSIT, "requestedAt": 2});
+        let deposit =
+            json!({"requestId": format!("{user}-deposit"), "username": user, "amount": DEPOSIT, "requestedAt": 2});
         send(producer, "billing.deposits", user, &deposit).await?;
     }
     for user in users {
@@ -386,7 +391,11 @@ async fn scenario(
             break;
         };
         let status = status.context("the orders.status reader stopped")?;
-        let Some(i) = status.request_id.strip_prefix(&prefix).and_then(|i| i.parse::<usize>().ok()) else {
+        let Some(i) = status
+            .request_id
+            .strip_prefix(&prefix)
+            .and_then(|i| i.parse::<usize>().ok())
+        else {
             continue;
         };
         if !FINAL.contains(&status.status.as_str()) {
@@ -394,7 +403,10 @@ async fn scenario(
         }
         let scheduled = start + Duration::from_secs_f64(i as f64 / args.rate);
         if finals
-            .insert(i, (status.status, status.at.saturating_duration_since(scheduled), status.at))
+            .insert(
+                i,
+                (status.status, status.at.saturating_duration_since(scheduled), status.at),
+            )
             .is_some()
         {
             repeated += 1;
@@ -416,10 +428,16 @@ async fn scenario(
 
 async fn drive(args: Args) -> anyhow::Result<bool> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
-        bail!("RATE {} is not a positive number of orders per second, e.g. 100", args.rate);
+        bail!(
+            "RATE {} is not a positive number of orders per second, e.g. 100",
+            args.rate
+        );
     }
     if !(args.duration.is_finite() && args.duration > 0.0) {
-        bail!("DURATION {} is not a positive number of seconds, e.g. 10", args.duration);
+        bail!(
+            "DURATION {} is not a positive number of seconds, e.g. 10",
+            args.duration
+        );
     }
     if (args.rate * args.duration).round() < 1.0 || args.users == 0 {
         bail!("RATE × DURATION must make at least one order and --users must be at least 1");
@@ -451,9 +469,15 @@ async fn drive(args: Args) -> anyhow::Result<bool> {
     );
     println!(
         "- database: {durability}{}",
-        if args.database_url.is_some() { "" } else { " (temporary directory)" }
+        if args.database_url.is_some() {
+            ""
+        } else {
+            " (temporary directory)"
+        }
     );
-    println!("- host: switchyard::service::serve in this process, shipped topics.toml, components from target/components");
+    println!(
+        "- host: switchyard::service::serve in this process, shipped topics.toml, components from target/components"
+    );
 
     let status_partitions = routing
         .topics
@@ -470,7 +494,10 @@ async fn drive(args: Args) -> anyhow::Result<bool> {
         let _ = stop.send(true);
         outcome
     };
-    let (served, outcome) = tokio::join!(switchyard::service::serve(&routing, db.clone(), &brokers, shutdown), scenario);
+    let (served, outcome) = tokio::join!(
+        switchyard::service::serve(&routing, db.clone(), &brokers, shutdown),
+        scenario
+    );
     served?;
     let Outcome {
         total,
@@ -498,16 +525,28 @@ async fn drive(args: Args) -> anyhow::Result<bool> {
     let mut table = Table::new(
         format!(
             "Open-loop load: {} orders/s for {} s ({total} orders over {} users), orders.requests → final orders.status",
-            args.rate,
-            args.duration,
-            users
+            args.rate, args.duration, users
         ),
-        &["stack", "offered/s", "achieved/s", "final", "missing", "p50", "p95", "p99", "max"],
+        &[
+            "stack",
+            "offered/s",
+            "achieved/s",
+            "final",
+            "missing",
+            "p50",
+            "p95",
+            "p99",
+            "max",
+        ],
     );
     table.row(vec![
         format!(
             "{} + {}",
-            if args.brokers.is_some() { "Kafka" } else { "embedded broker" },
+            if args.brokers.is_some() {
+                "Kafka"
+            } else {
+                "embedded broker"
+            },
             db.kind()
         ),
         format!("{}", args.rate),
@@ -537,7 +576,11 @@ async fn drive(args: Args) -> anyhow::Result<bool> {
     if let Some((_, peak)) = support::rss_kib(std::process::id()) {
         table.note(format!(
             "Peak RSS of this process (host, driver{}): {}.",
-            if args.brokers.is_none() { ", embedded broker" } else { "" },
+            if args.brokers.is_none() {
+                ", embedded broker"
+            } else {
+                ""
+            },
             mib(peak)
         ));
     }

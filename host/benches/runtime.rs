@@ -100,16 +100,15 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
-        let number = |var: &str, default: usize| -> anyhow::Result<usize> {
-            match std::env::var(var) {
-                Ok(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{var}={v:?} is not a positive whole number; unset it or give e.g. 3")),
-                Err(_) => Ok(default),
-            }
-        };
+        let number =
+            |var: &str, default: usize| -> anyhow::Result<usize> {
+                match std::env::var(var) {
+                    Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).with_context(|| {
+                        format!("{var}={v:?} is not a positive whole number; unset it or give e.g. 3")
+                    }),
+                    Err(_) => Ok(default),
+                }
+            };
         let known = ["runtime", "throughput", "hop", "rss"];
         let tables: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
         if let Some(unknown) = tables.iter().find(|t| !known.contains(&t.as_str())) {
@@ -137,6 +136,14 @@ struct Stack {
 
 impl Stack {
     async fn from_env() -> anyhow::Result<Stack> {
+        // Every row runs on the service it names or the run stops here, with the fix.
+        for var in ["SWITCHYARD_TEST_DATABASE_URL", "SWITCHYARD_TEST_KAFKA_BROKERS"] {
+            if std::env::var_os(var).is_none() {
+                bail!(
+                    "{var} is not set: run `just bench`, which starts PostgreSQL and Kafka (scripts/services.sh) and exports it"
+                );
+            }
+        }
         let servers = common::kafka_brokers();
         let base = Brokers::External(servers.clone()).client_config();
         let sqlite = BenchDb::new(Backend::Sqlite).await?;
@@ -261,7 +268,9 @@ fn invocation_event(i: usize, plan: &serde_json::Value) -> InboundEvent {
 enum Work {
     /// The database work of an invocation without wasm: the inbox claim, and with
     /// `effects` a write and an outbox row. The baseline of the invocations after it.
-    BareTransaction { effects: bool },
+    BareTransaction {
+        effects: bool,
+    },
     Invoke(LoadedComponent, serde_json::Value),
 }
 
@@ -323,7 +332,10 @@ async fn runtime_table(settings: &Settings) -> anyhow::Result<()> {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let db = BenchDb::new(backend).await?;
         let rows = [
-            ("bare tx: inbox claim, no wasm (baseline)", Work::BareTransaction { effects: false }),
+            (
+                "bare tx: inbox claim, no wasm (baseline)",
+                Work::BareTransaction { effects: false },
+            ),
             (
                 "fresh instance + handle, no effects",
                 Work::Invoke(runtime.load(&probe(&[]))?, noop.clone()),
@@ -579,7 +591,14 @@ impl Pipeline {
                 let forward = matches!(kind, Kind::RawPipe).then(|| (producer.clone(), format!("{prefix}.out")));
                 // Consume → produce is done when the observer reads the output back.
                 let consumed = if forward.is_some() {
-                    spawn_observer(&mut tasks, &base, format!("{prefix}.out"), progress_tx, duplicates.clone(), stopped.clone())?;
+                    spawn_observer(
+                        &mut tasks,
+                        &base,
+                        format!("{prefix}.out"),
+                        progress_tx,
+                        duplicates.clone(),
+                        stopped.clone(),
+                    )?;
                     None
                 } else {
                     Some(progress_tx)
@@ -610,14 +629,23 @@ impl Pipeline {
             Kind::Routed { backend, effects } => {
                 let bench_db = BenchDb::new(backend).await?;
                 if effects {
-                    spawn_observer(&mut tasks, &base, format!("{prefix}.out"), progress_tx, duplicates.clone(), stopped.clone())?;
+                    spawn_observer(
+                        &mut tasks,
+                        &base,
+                        format!("{prefix}.out"),
+                        progress_tx,
+                        duplicates.clone(),
+                        stopped.clone(),
+                    )?;
                 } else {
                     watcher = Watcher::Inbox(bench_db.observer().await?);
                 }
                 let brokers = Brokers::External(stack.servers.clone());
                 let host_db = bench_db.db.clone();
                 let shutdown = stopped.clone();
-                tasks.spawn_local(async move { switchyard::service::serve(&routing, host_db, &brokers, shutdown).await });
+                tasks.spawn_local(
+                    async move { switchyard::service::serve(&routing, host_db, &brokers, shutdown).await },
+                );
                 db = Some(bench_db);
             }
         }
@@ -654,7 +682,14 @@ impl Pipeline {
         let start = Instant::now();
         for i in self.next..self.next + n {
             let payload = kafka_payload(&self.prefix, i, self.effects());
-            enqueue(&self.producer, &mut pending, &topic, &format!("k{i}"), payload.as_bytes()).await?;
+            enqueue(
+                &self.producer,
+                &mut pending,
+                &topic,
+                &format!("k{i}"),
+                payload.as_bytes(),
+            )
+            .await?;
         }
         self.next += n;
         let done_at = match tokio::time::timeout(RUN_TIMEOUT, self.watcher.reach(target, start)).await {
@@ -764,7 +799,9 @@ async fn throughput_table(stack: &Stack, settings: &Settings) -> anyhow::Result<
     }
     table.note("Each run starts its clock before the first send, with every consumer already in its group and warm, and stops when the last event is done: consumed (raw), its inbox row committed (no-op; counted through a separate connection, polled every 0.5 % of the elapsed time), or its relayed output read back from the output topic.");
     table.note("No-op rows are compared with raw consume, write + publish rows with raw consume → produce; × baseline time is routed µs/event ÷ baseline µs/event (medians).");
-    table.note(format!("Duplicated outputs seen: {duplicates} (exactly-once expects 0)."));
+    table.note(format!(
+        "Duplicated outputs seen: {duplicates} (exactly-once expects 0)."
+    ));
     table.print();
     Ok(())
 }
@@ -791,7 +828,8 @@ async fn hop_table(stack: &Stack, settings: &Settings) -> anyhow::Result<()> {
         for _ in 0..HOP_WARMUP {
             pipeline.run(1).await?;
         }
-        let (mut p50, mut p90, mut p99, mut max) = (Spread::default(), Spread::default(), Spread::default(), Duration::ZERO);
+        let (mut p50, mut p90, mut p99, mut max) =
+            (Spread::default(), Spread::default(), Spread::default(), Duration::ZERO);
         for _ in 0..settings.runs {
             let mut samples = Vec::with_capacity(HOPS_PER_RUN);
             for _ in 0..HOPS_PER_RUN {
@@ -809,13 +847,7 @@ async fn hop_table(stack: &Stack, settings: &Settings) -> anyhow::Result<()> {
         }
         pipeline.finish().await?;
         let show = |s: &Spread| s.show(|v| format!("{:.2}", v * 1e3));
-        table.row(vec![
-            kind.name(),
-            show(&p50),
-            show(&p90),
-            show(&p99),
-            ms(max),
-        ]);
+        table.row(vec![kind.name(), show(&p50), show(&p90), show(&p99), ms(max)]);
     }
     table.note("A hop: the bench produces an event; the route consumes it, invokes, commits and relays its output (the baseline consumes and produces it back at once); the bench reads the output.");
     table.note("Latencies in ms, each a median (min–max) over the runs' percentiles, from just before the send to the moment the output was read: both ends' client latency is in every row, the baseline's too.");
@@ -838,10 +870,7 @@ async fn watch_host(
     log: &Path,
 ) -> anyhow::Result<(i64, u64, u64)> {
     let mut command = std::process::Command::new(host_binary());
-    command
-        .arg("--config")
-        .arg(config)
-        .args(["--brokers", &stack.servers]);
+    command.arg("--config").arg(config).args(["--brokers", &stack.servers]);
     match db.data_dir() {
         Some(dir) => command.arg("--data-dir").arg(dir),
         None => command.args(["--database-url", &db.url]),
@@ -867,7 +896,9 @@ async fn watch_host(
     }
     let handled = db.observer().await?.count(DbTable::Inbox).await?;
     // SIGTERM: the host drains and stops; it is killed if it takes too long.
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let stopping = Instant::now();
     while child.try_wait()?.is_none() {
         if stopping.elapsed() > Duration::from_secs(15) {

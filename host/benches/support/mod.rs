@@ -210,7 +210,13 @@ impl Table {
         let rule: Vec<String> = widths
             .iter()
             .enumerate()
-            .map(|(i, w)| if i == 0 { "-".repeat(w + 2) } else { format!("{}:", "-".repeat(w + 1)) })
+            .map(|(i, w)| {
+                if i == 0 {
+                    "-".repeat(w + 2)
+                } else {
+                    format!("{}:", "-".repeat(w + 1))
+                }
+            })
             .collect();
         println!("|{}|", rule.join("|"));
         for row in &self.rows {
