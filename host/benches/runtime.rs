@@ -64,10 +64,20 @@ const IDLE_WINDOW: Duration = Duration::from_secs(3);
 /// A run that has not finished by then has lost events: fail instead of waiting forever.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     if !support::run_by_cargo_bench("bench") {
-        return Ok(());
+        return std::process::ExitCode::SUCCESS;
     }
+    match bench() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // `serve` borrows the brokers, which may be the embedded (non-Send) cluster, so the
