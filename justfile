@@ -34,13 +34,12 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks on the real services, printed as tables with the commit and durability
-# settings: `just bench` for all, or some of: runtime throughput hop rss.
+# Benchmarks on the real services as tables, with commit and durability settings (TABLES: runtime throughput hop rss).
 bench *TABLES: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench runtime -- {{TABLES}}
 
-# Open-loop load through the order saga: RATE orders/s for DURATION s, latency to the
-# final status. Embedded broker + SQLite unless --brokers / --database-url are given
-# (or SWITCHYARD_BROKERS / SWITCHYARD_DATABASE_URL), e.g. `just load 100 10 --brokers 127.0.0.1:59092`.
+# Embedded broker + SQLite unless --brokers / --database-url (or SWITCHYARD_BROKERS /
+# SWITCHYARD_DATABASE_URL) are given; docs/benchmarks.md explains the figures.
+# Open-loop load through the order saga: RATE orders/s for DURATION s, latency to the final status.
 load RATE="100" DURATION="10" *ARGS: handlers
     cargo bench -p switchyard --bench load -- {{RATE}} {{DURATION}} {{ARGS}}

@@ -870,15 +870,24 @@ fn host_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
 }
 
+/// What [`watch_host`] saw.
+struct HostMemory {
+    handled: i64,
+    /// KiB resident halfway through the window and at its end (a plateau or a climb).
+    rss_half: u64,
+    rss_end: u64,
+    /// KiB, the most the process ever held (VmHWM).
+    peak: u64,
+}
+
 /// Runs `switchyard run` on one route for `window`, sampling its memory every 100 ms.
-/// Returns (events handled, RSS at the end, peak RSS) in KiB.
 async fn watch_host(
     stack: &Stack,
     db: &BenchDb,
     config: &Path,
     window: Duration,
     log: &Path,
-) -> anyhow::Result<(i64, u64, u64)> {
+) -> anyhow::Result<HostMemory> {
     let mut command = std::process::Command::new(host_binary());
     command.arg("--config").arg(config).args(["--brokers", &stack.servers]);
     match db.data_dir() {
@@ -895,7 +904,7 @@ async fn watch_host(
         .with_context(|| format!("starting {}", host_binary().display()))?;
     let pid = child.id();
     let start = Instant::now();
-    let mut last = (0, 0);
+    let (mut last, mut half) = ((0, 0), None);
     while start.elapsed() < window {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(status) = child.try_wait()? {
@@ -903,6 +912,9 @@ async fn watch_host(
             bail!("the host exited early ({status}); its log:\n{output}");
         }
         last = support::rss_kib(pid).context("reading the host's /proc status")?;
+        if start.elapsed() >= window / 2 {
+            half.get_or_insert(last.0);
+        }
     }
     let handled = db.observer().await?.count(DbTable::Inbox).await?;
     // SIGTERM: the host drains and stops; it is killed if it takes too long.
@@ -918,7 +930,12 @@ async fn watch_host(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((handled, last.0, last.1))
+    Ok(HostMemory {
+        handled,
+        rss_half: half.unwrap_or(last.0),
+        rss_end: last.0,
+        peak: last.1,
+    })
 }
 
 async fn rss_table(stack: &Stack, settings: &Settings) -> anyhow::Result<()> {
@@ -952,7 +969,15 @@ async fn rss_table(stack: &Stack, settings: &Settings) -> anyhow::Result<()> {
             "Host memory: `switchyard run` (this build) on one no-op route, real broker; backlog of {} events × {BACKLOG_PAYLOAD} B written beforehand",
             settings.backlog
         ),
-        &["case", "backend", "watched", "events handled", "RSS at end", "peak RSS"],
+        &[
+            "case",
+            "backend",
+            "watched",
+            "events handled",
+            "RSS at half",
+            "RSS at end",
+            "peak RSS",
+        ],
     );
     for backend in [Backend::Sqlite, Backend::Postgres] {
         for (case, read, window) in [
@@ -963,15 +988,16 @@ async fn rss_table(stack: &Stack, settings: &Settings) -> anyhow::Result<()> {
             let group = format!("{prefix}-{}-{read}", backend_name(backend));
             let (config, _) = bench_routing(dir.path(), &prefix, &group, read)?;
             let log = dir.path().join(format!("{group}.log"));
-            let (handled, rss, peak) = watch_host(stack, &db, &config, window, &log).await?;
+            let memory = watch_host(stack, &db, &config, window, &log).await?;
             db.dispose().await?;
             table.row(vec![
                 case.into(),
                 backend_name(backend).into(),
                 format!("{} s", window.as_secs()),
-                handled.to_string(),
-                mib(rss),
-                mib(peak),
+                memory.handled.to_string(),
+                mib(memory.rss_half),
+                mib(memory.rss_end),
+                mib(memory.peak),
             ]);
         }
     }
@@ -984,7 +1010,7 @@ async fn rss_table(stack: &Stack, settings: &Settings) -> anyhow::Result<()> {
         settings.backlog,
         produced_in.as_secs_f64()
     ));
-    table.note("RSS is VmRSS of the host process at the end of the window, peak RSS its VmHWM.");
+    table.note("RSS is VmRSS of the host process halfway through and at the end of the window, peak RSS its VmHWM.");
     table.print();
     Ok(())
 }
