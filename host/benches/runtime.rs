@@ -176,7 +176,10 @@ impl Stack {
             support::machine()
         );
         println!("- sqlite: {} (a fresh file per case)", self.sqlite);
-        println!("- postgres: {} (a fresh database per case)", self.postgres);
+        println!(
+            "- postgres: {} (a fresh database per case, created with synchronous_commit=on)",
+            self.postgres
+        );
         println!("- kafka: {} (real broker; fresh topics per case)", self.servers);
         println!(
             "- {} runs per row (BENCH_RUNS), shown as median (min–max); a shared machine makes the spread wide",
@@ -221,9 +224,23 @@ impl BenchDb {
                 })
             }
             Backend::Postgres => {
-                let (db, url) = common::postgres_database()
+                // Its own database on the test server, where commits are durable whatever
+                // the server's default (the test scripts turn synchronous_commit off).
+                let server = common::postgres_url().context("the PostgreSQL rows need SWITCHYARD_TEST_DATABASE_URL")?;
+                let name = format!("sy_bench_{}", uuid::Uuid::new_v4().simple());
+                let admin = sqlx::PgPool::connect(&server)
                     .await
-                    .context("SWITCHYARD_TEST_DATABASE_URL is required for the PostgreSQL rows")?;
+                    .context("connecting to the test PostgreSQL")?;
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
+                sqlx::query(&format!("ALTER DATABASE {name} SET synchronous_commit = on"))
+                    .execute(&admin)
+                    .await?;
+                admin.close().await;
+                let (base, _) = server
+                    .rsplit_once('/')
+                    .context("SWITCHYARD_TEST_DATABASE_URL has no database name")?;
+                let url = format!("{base}/{name}");
+                let db = Db::open(Some(&url), Path::new(".")).await?;
                 Ok(BenchDb { db, url, dir: None })
             }
         }
