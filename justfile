@@ -34,6 +34,12 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks, printed as tables.
-bench: handlers services
-    eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench runtime
+# Benchmarks on the real services as tables, with commit and durability settings (TABLES: runtime throughput hop rss).
+bench *TABLES: handlers services
+    eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench runtime -- {{TABLES}}
+
+# Embedded broker + SQLite unless --brokers / --database-url (or SWITCHYARD_BROKERS /
+# SWITCHYARD_DATABASE_URL) are given; docs/benchmarks.md explains the figures.
+# Open-loop load through the order saga: RATE orders/s for DURATION s, latency to the final status.
+load RATE="100" DURATION="10" *ARGS: handlers
+    cargo bench -p switchyard --bench load -- {{RATE}} {{DURATION}} {{ARGS}}
