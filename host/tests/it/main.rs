@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod config;
+mod gateway;
 mod kafka;
 mod runtime;
 mod saga;
