@@ -1,6 +1,10 @@
-//! `cargo xtask handlers`: builds every component crate under `handlers/` (a crate whose
-//! lib has `crate-type = ["cdylib", ...]`) for `wasm32-wasip1` and turns each core module
-//! into a component at `target/components/<crate>.wasm`.
+//! Project tasks:
+//!
+//! - `cargo xtask handlers [CRATE...]`: builds every component crate under `handlers/` (a
+//!   crate whose lib has `crate-type = ["cdylib", ...]`) for `wasm32-wasip1` and turns each
+//!   core module into a component at `target/components/<crate>.wasm`.
+//! - `cargo xtask new NAME --topics a,b`: scaffolds a handler crate and its topics.toml
+//!   stanza (see [`new`]).
 //!
 //! Two toolchains are supported: rustup with the `wasm32-wasip1` target installed (a
 //! developer laptop), or, where rustup cannot add targets, Debian's `rustc-web` /
@@ -13,15 +17,37 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER;
 
+mod new;
+
 const TARGET: &str = "wasm32-wasip1";
 /// Cargo profile used for handlers (size-optimised release, see the workspace manifest).
 const PROFILE: &str = "wasm";
+/// Overrides where the wasm build keeps its artifacts (default `target/wasm`), so a
+/// scratch copy of the workspace can reuse an already built `std`.
+const WASM_TARGET_DIR_ENV: &str = "SWITCHYARD_WASM_TARGET_DIR";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("handlers") => build_handlers(&args[1..]),
-        _ => bail!("usage: cargo xtask handlers [CRATE...]"),
+        Some("new") => {
+            let scaffold = new::Scaffold::parse(&args[1..])?;
+            let root = workspace_root();
+            let stanza = new::run(&root, &scaffold)?;
+            let name = &scaffold.name;
+            eprintln!("created handlers/{name} (lib.rs, logic.rs with a native test)");
+            if scaffold.print_only {
+                eprintln!("add this to topics.toml:");
+            } else {
+                eprintln!("appended to topics.toml:");
+            }
+            println!("{stanza}");
+            eprintln!("next: cargo test -p {name} && cargo xtask handlers {name} && cargo run -p switchyard -- check");
+            Ok(())
+        }
+        _ => bail!(
+            "usage: cargo xtask handlers [CRATE...]\n       cargo xtask new NAME --topics TOPIC[,TOPIC...] [--publishes TOPIC,...] [--print]"
+        ),
     }
 }
 
@@ -66,7 +92,9 @@ fn build_handlers(only: &[String]) -> Result<()> {
     if crates.is_empty() {
         bail!("no component crates under handlers/ (a crate needs `crate-type = [\"cdylib\"]`)");
     }
-    let target_dir = root.join("target").join("wasm");
+    let target_dir = std::env::var_os(WASM_TARGET_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target").join("wasm"));
     let mut cmd = cargo_for_wasm()?;
     cmd.current_dir(&root)
         .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])

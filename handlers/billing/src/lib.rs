@@ -1,13 +1,13 @@
 //! The billing component (ADR-0003 `mini_billing`): wasm glue around [`logic`].
 //!
 //! Consumes `users.registered`, `billing.deposits`, `orders.created` and
-//! `billing.refunds`; publishes `billing.payments`.
+//! `billing.refunds`; publishes `billing.payments`. Answers the query `balance`.
 
 pub mod logic;
 
 use switchyard_sdk::events::{DepositRequested, OrderCreated, RefundRequested, UserRegistered, topics};
 use switchyard_sdk::json::{self, Versioned};
-use switchyard_sdk::{Event, HandleError, Handler, config, log};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, late, log, query};
 
 use logic::{Account, DepositDecision, DepositRecord, PaymentRecord, RefundDecision, Refusal};
 
@@ -20,9 +20,20 @@ impl Handler for BillingHandler {
         match event.topic.as_str() {
             topics::USERS_REGISTERED => on_registered(json::payload(&event)?, now),
             topics::BILLING_DEPOSITS => on_deposit(json::payload(&event)?, now),
-            topics::ORDERS_CREATED => on_order(json::payload(&event)?, now),
+            topics::ORDERS_CREATED => on_order(json::payload(&event)?, now, may_wait(&event)?),
             topics::BILLING_REFUNDS => on_refund(json::payload(&event)?, now),
             other => Err(HandleError::fatal(format!("billing does not handle topic {other:?}"))),
+        }
+    }
+
+    fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
+        match name.as_str() {
+            logic::BALANCE_QUERY => {
+                let by: logic::ByUser = query::args(&name, &args)?;
+                let account = json::get::<Account>(&logic::account_key(&by.username))?;
+                query::answer(&logic::balance(account.as_ref(), &by.username)?)
+            }
+            _ => Err(query::unknown("billing", &name, logic::QUERIES)),
         }
     }
 }
@@ -55,7 +66,7 @@ fn on_registered(reg: UserRegistered, now: i64) -> Result<(), HandleError> {
 
 fn on_deposit(dep: DepositRequested, now: i64) -> Result<(), HandleError> {
     let account_key = logic::account_key(&dep.username);
-    let deposit_key = logic::deposit_key(&dep.request_id);
+    let deposit_key = logic::deposit_key(&dep.username, &dep.request_id);
     let account = json::get_versioned::<Account>(&account_key)?;
     let previous = json::get::<DepositRecord>(&deposit_key)?;
     match logic::deposit(value(&account), previous.as_ref(), &dep, now).map_err(refusal)? {
@@ -83,12 +94,12 @@ fn on_deposit(dep: DepositRequested, now: i64) -> Result<(), HandleError> {
     Ok(())
 }
 
-fn on_order(order: OrderCreated, now: i64) -> Result<(), HandleError> {
+fn on_order(order: OrderCreated, now: i64, may_wait: bool) -> Result<(), HandleError> {
     let account_key = logic::account_key(&order.username);
     let payment_key = logic::payment_key(order.order_id);
     let account = json::get_versioned::<Account>(&account_key)?;
     let previous = json::get::<PaymentRecord>(&payment_key)?;
-    let charge = logic::charge(value(&account), previous.as_ref(), &order, now).map_err(HandleError::fatal)?;
+    let charge = logic::charge(value(&account), previous.as_ref(), &order, now, may_wait).map_err(refusal)?;
     if let Some(updated) = &charge.account {
         json::put_if_unchanged(&account_key, raw(&account), updated)?;
     }
@@ -131,6 +142,12 @@ fn on_refund(req: RefundRequested, now: i64) -> Result<(), HandleError> {
         RefundDecision::Ignore(why) => switchyard_sdk::log(log::Level::Info, "refund ignored", &[("reason", &why)]),
     }
     Ok(())
+}
+
+/// Whether this delivery may still wait for a late registration (see [`late`]).
+fn may_wait(event: &Event) -> Result<bool, HandleError> {
+    let wait = late::wait_attempts(config::get(late::WAIT_ATTEMPTS_CONFIG).as_deref()).map_err(HandleError::fatal)?;
+    Ok(late::may_wait(switchyard_sdk::attempt(event), wait))
 }
 
 fn value<T>(stored: &Option<Versioned<T>>) -> Option<&T> {

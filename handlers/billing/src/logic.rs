@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use switchyard_sdk::events::{DepositRequested, OrderCreated, PaymentProcessed, RefundRequested, UserRegistered};
-use switchyard_sdk::{keys, money};
+use switchyard_sdk::{QueryError, keys, money};
 
 /// Config key: the balance a new account starts with, decimal major units ("100.00").
 pub const INITIAL_BALANCE_CONFIG: &str = "initial-balance";
@@ -22,9 +22,10 @@ pub fn payment_key(order_id: i64) -> String {
     format!("payment/{order_id}")
 }
 
-/// Storage key of an applied deposit, by its requestId.
-pub fn deposit_key(request_id: &str) -> String {
-    format!("deposit/{}", keys::segment(request_id))
+/// Storage key of an applied deposit, by user and requestId: scoped per user, so one
+/// user's requestId never makes another user's deposit look like a repeat.
+pub fn deposit_key(username: &str, request_id: &str) -> String {
+    format!("deposit/{}/{}", keys::segment(username), keys::segment(request_id))
 }
 
 /// The starting balance from the component's config (`None`: not set, 0).
@@ -33,6 +34,38 @@ pub fn initial_balance(configured: Option<&str>) -> Result<i64, String> {
         None => Ok(0),
         Some(text) => money::parse_major(text).map_err(|e| format!("config {INITIAL_BALANCE_CONFIG}: {e}")),
     }
+}
+
+/// Query `balance`: a user's balance.
+pub const BALANCE_QUERY: &str = "balance";
+/// Every query billing answers.
+pub const QUERIES: &[&str] = &[BALANCE_QUERY];
+
+/// Arguments of queries about one user.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ByUser {
+    pub username: String,
+}
+
+/// The answer to [`BALANCE_QUERY`]: the balance as a decimal number of major units and
+/// as exact minor units.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Balance {
+    pub username: String,
+    pub balance: f64,
+    pub balance_cents: i64,
+}
+
+/// Answers [`BALANCE_QUERY`] from the user's account, if there is one.
+pub fn balance(account: Option<&Account>, username: &str) -> Result<Balance, QueryError> {
+    let account = account.ok_or_else(|| QueryError::NotFound(format!("user {username:?} has no account")))?;
+    Ok(Balance {
+        username: account.username.clone(),
+        balance: money::to_major(account.balance_minor),
+        balance_cents: account.balance_minor,
+    })
 }
 
 /// Why an event cannot be applied, and whether trying again later may help.
@@ -165,13 +198,16 @@ pub struct Charge {
     pub event: PaymentProcessed,
 }
 
-/// Charges `order` to the user's account, once per order id.
+/// Charges `order` to the user's account, once per order id. With no account yet and
+/// `may_wait` (see [`switchyard_sdk::late`]), the order waits for the registration that
+/// may still be on its way; once waiting is over, it is refused with `NO_ACCOUNT`.
 pub fn charge(
     account: Option<&Account>,
     previous: Option<&PaymentRecord>,
     order: &OrderCreated,
     now: i64,
-) -> Result<Charge, String> {
+    may_wait: bool,
+) -> Result<Charge, Refusal> {
     if let Some(previous) = previous {
         return Ok(Charge {
             account: None,
@@ -179,7 +215,14 @@ pub fn charge(
             event: previous.event(),
         });
     }
-    let amount_minor = money::to_minor(order.total_cost).map_err(|e| format!("order totalCost: {e}"))?;
+    let amount_minor =
+        money::to_minor(order.total_cost).map_err(|e| Refusal::Fatal(format!("order totalCost: {e}")))?;
+    if account.is_none() && may_wait {
+        return Err(Refusal::Retry(format!(
+            "no account for user {:?} yet: waiting for users.registered",
+            order.username
+        )));
+    }
     let record = |success: bool, failure: Option<&str>| PaymentRecord {
         order_id: order.order_id,
         request_id: order.request_id.clone(),
@@ -228,6 +271,13 @@ pub fn refund(
     now: i64,
 ) -> Result<RefundDecision, String> {
     let payment = payment.ok_or_else(|| format!("refund for order {}: no payment was recorded", req.order_id))?;
+    // The credit goes to the requester's account, so only the payer may ask for it.
+    if req.username != payment.username {
+        return Err(format!(
+            "refund for order {} names user {:?}, but the payment was made by {:?}",
+            req.order_id, req.username, payment.username
+        ));
+    }
     if !payment.success {
         return Ok(RefundDecision::Ignore(format!(
             "order {} was never charged",
@@ -384,7 +434,7 @@ mod tests {
 
     #[test]
     fn charge_debits_when_covered() {
-        let c = charge(Some(&account(2029)), None, &order(20.29), NOW + 5).unwrap();
+        let c = charge(Some(&account(2029)), None, &order(20.29), NOW + 5, true).unwrap();
         assert_eq!(c.account.unwrap().balance_minor, 0);
         let record = c.record.unwrap();
         assert!(record.success);
@@ -405,12 +455,12 @@ mod tests {
 
     #[test]
     fn charge_refuses_without_account_or_funds() {
-        let c = charge(None, None, &order(1.0), NOW).unwrap();
+        let c = charge(None, None, &order(1.0), NOW, false).unwrap();
         assert_eq!(
             (c.account, c.event.success, c.event.failure_reason.as_deref()),
             (None, false, Some(NO_ACCOUNT))
         );
-        let c = charge(Some(&account(2028)), None, &order(20.29), NOW).unwrap();
+        let c = charge(Some(&account(2028)), None, &order(20.29), NOW, true).unwrap();
         assert_eq!(c.account, None);
         assert_eq!(c.event.failure_reason.as_deref(), Some(INSUFFICIENT_FUNDS));
         assert_eq!(c.event.amount, 20.29);
@@ -422,9 +472,9 @@ mod tests {
 
     #[test]
     fn second_charge_for_an_order_repeats_the_first_answer() {
-        let first = charge(Some(&account(5000)), None, &order(20.29), NOW).unwrap();
+        let first = charge(Some(&account(5000)), None, &order(20.29), NOW, true).unwrap();
         let record = first.record.clone().unwrap();
-        let again = charge(first.account.as_ref(), Some(&record), &order(20.29), NOW + 99).unwrap();
+        let again = charge(first.account.as_ref(), Some(&record), &order(20.29), NOW + 99, true).unwrap();
         assert_eq!(again.account, None, "no second debit");
         assert_eq!(again.record, None);
         assert_eq!(again.event, first.event);
@@ -432,13 +482,19 @@ mod tests {
 
     #[test]
     fn charge_refuses_bad_totals() {
-        assert!(charge(Some(&account(0)), None, &order(-1.0), NOW).is_err());
-        assert!(charge(Some(&account(0)), None, &order(1.234), NOW).is_err());
+        assert!(matches!(
+            charge(Some(&account(0)), None, &order(-1.0), NOW, true),
+            Err(Refusal::Fatal(_))
+        ));
+        assert!(matches!(
+            charge(Some(&account(0)), None, &order(1.234), NOW, true),
+            Err(Refusal::Fatal(_))
+        ));
     }
 
     #[test]
     fn refund_gives_a_payment_back_once() {
-        let c = charge(Some(&account(5000)), None, &order(20.29), NOW).unwrap();
+        let c = charge(Some(&account(5000)), None, &order(20.29), NOW, true).unwrap();
         let (acc, payment) = (c.account.unwrap(), c.record.unwrap());
         let req = RefundRequested {
             request_id: "req-1".into(),
@@ -470,7 +526,7 @@ mod tests {
                 .unwrap_err()
                 .contains("does not match")
         );
-        let refused = charge(None, None, &order(20.29), NOW).unwrap().record.unwrap();
+        let refused = charge(None, None, &order(20.29), NOW, false).unwrap().record.unwrap();
         assert!(matches!(
             refund(None, Some(&refused), &req, NOW),
             Ok(RefundDecision::Ignore(_))
@@ -478,9 +534,61 @@ mod tests {
     }
 
     #[test]
+    fn balance_answers_in_decimal_and_cents_or_not_found() {
+        let answer = balance(Some(&account(2029)), "alice").unwrap();
+        assert_eq!(
+            serde_json::to_value(&answer).unwrap(),
+            serde_json::json!({"username": "alice", "balance": 20.29, "balanceCents": 2029})
+        );
+        assert!(matches!(balance(None, "bob"), Err(QueryError::NotFound(why)) if why.contains("bob")));
+    }
+
+    #[test]
     fn keys_escape_user_text() {
         assert_eq!(account_key("a/b"), "account/a%2Fb");
         assert_eq!(payment_key(7), "payment/7");
-        assert_eq!(deposit_key("d-1"), "deposit/d-1");
+        assert_eq!(deposit_key("alice", "d-1"), "deposit/alice/d-1");
+        assert_eq!(deposit_key("a/b", "c"), "deposit/a%2Fb/c");
+    }
+
+    #[test]
+    fn an_order_that_overtakes_the_registration_waits_for_it() {
+        // While waiting is allowed, a missing account is "not yet", never NO_ACCOUNT.
+        assert!(matches!(
+            charge(None, None, &order(1.0), NOW, true),
+            Err(Refusal::Retry(why)) if why.contains("alice")
+        ));
+        // Once the account is there, the retried order is charged.
+        let c = charge(Some(&account(100)), None, &order(1.0), NOW, true).unwrap();
+        assert!(c.event.success);
+        // Waiting over: the answer is final.
+        let c = charge(None, None, &order(1.0), NOW, false).unwrap();
+        assert_eq!(c.event.failure_reason.as_deref(), Some(NO_ACCOUNT));
+    }
+
+    #[test]
+    fn a_refund_for_someone_elses_payment_is_refused() {
+        let c = charge(Some(&account(5000)), None, &order(20.29), NOW, true).unwrap();
+        let payment = c.record.unwrap();
+        let mallory = Account {
+            username: "mallory".into(),
+            ..account(0)
+        };
+        let req = RefundRequested {
+            request_id: "req-1".into(),
+            order_id: 7,
+            username: "mallory".into(),
+            amount: 20.29,
+            reason: "LATE_PAYMENT: order is PAYMENT_TIMEOUT".into(),
+            requested_at: NOW,
+        };
+        let why = refund(Some(&mallory), Some(&payment), &req, NOW).unwrap_err();
+        assert!(why.contains("mallory") && why.contains("alice"), "{why}");
+    }
+
+    #[test]
+    fn deposit_ids_are_scoped_per_user() {
+        // bob's deposit "dep-1" is not a repeat of alice's "dep-1".
+        assert_ne!(deposit_key("alice", "dep-1"), deposit_key("bob", "dep-1"));
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! Consumes `orders.requests`, `billing.payments` and `orders.timeouts`; publishes
 //! `orders.created`, `orders.status`, `billing.refunds` and (by timer) `orders.timeouts`.
+//! Answers the queries `orders` and `order`.
 
 pub mod logic;
 
 use switchyard_sdk::events::{OrderCreationRequested, PaymentProcessed, PaymentTimedOut, topics};
 use switchyard_sdk::json::{self, Versioned};
-use switchyard_sdk::{Event, HandleError, Handler, config, log, storage, timers};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, log, query, storage, timers};
 
-use logic::{Order, PaymentDecision, Transition};
+use logic::{Order, PaymentDecision, RequestDecision, Transition};
 
 struct OrderHandler;
 
@@ -24,19 +25,63 @@ impl Handler for OrderHandler {
             other => Err(HandleError::fatal(format!("order does not handle topic {other:?}"))),
         }
     }
+
+    fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
+        match name.as_str() {
+            logic::ORDERS_QUERY => {
+                let args: logic::OrdersArgs = query::args(&name, &args)?;
+                let limit = logic::orders_limit(&args)?;
+                let index = json::list_prefix::<i64>(&logic::user_requests_prefix(&args.username))?;
+                let ids = logic::newest(index.into_iter().map(|(_, id)| id).collect(), limit);
+                let mut orders = Vec::with_capacity(ids.len());
+                for id in ids {
+                    orders.push((&load(id)?.value).into());
+                }
+                query::answer(&logic::OrderList {
+                    username: args.username,
+                    orders,
+                })
+            }
+            logic::ORDER_QUERY => {
+                let args: logic::OrderArgs = query::args(&name, &args)?;
+                let order = match json::get::<i64>(&logic::request_key(&args.username, &args.request_id))? {
+                    Some(id) => Some(load(id)?.value),
+                    None => None,
+                };
+                query::answer(&logic::order_for(order.as_ref(), &args)?)
+            }
+            _ => Err(query::unknown("order", &name, logic::QUERIES)),
+        }
+    }
 }
 
 fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> {
-    let valid = match logic::validate(&req) {
-        Ok(valid) => valid,
-        Err(reason) => {
+    let index_key = logic::request_key(&req.username, &req.request_id);
+    let existing = match json::get::<i64>(&index_key)? {
+        Some(order_id) => Some(load(order_id)?.value),
+        None => None,
+    };
+    let valid = match logic::decide_request(existing.as_ref(), &req, now) {
+        RequestDecision::Create(valid) => valid,
+        RequestDecision::Repeat { order_id, update } => {
+            switchyard_sdk::log(
+                log::Level::Info,
+                "repeated order request, no new order",
+                &[("requestId", &req.request_id), ("orderId", &order_id.to_string())],
+            );
+            if let Some(update) = update {
+                json::publish(topics::ORDERS_STATUS, &update.username, &update)?;
+            }
+            return Ok(());
+        }
+        RequestDecision::Reject(update) => {
             // A bad order is an answer for the client, not a failure of the handler.
+            let reason = update.metadata.get("reason").map(|r| r.to_string()).unwrap_or_default();
             switchyard_sdk::log(
                 log::Level::Info,
                 "order request rejected",
                 &[("requestId", &req.request_id), ("reason", &reason)],
             );
-            let update = logic::rejection(&req, &reason, now);
             return json::publish(
                 topics::ORDERS_STATUS,
                 status_key(&update.username, &update.request_id),
@@ -44,20 +89,6 @@ fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> 
             );
         }
     };
-
-    let index_key = logic::request_key(&valid.request_id);
-    if let Some(order_id) = json::get::<i64>(&index_key)? {
-        let order = load(order_id)?.value;
-        switchyard_sdk::log(
-            log::Level::Info,
-            "repeated order request, no new order",
-            &[("requestId", &valid.request_id), ("orderId", &order_id.to_string())],
-        );
-        if let Some(update) = logic::reannounce(&order) {
-            json::publish(topics::ORDERS_STATUS, &order.username, &update)?;
-        }
-        return Ok(());
-    }
 
     let timeout_ms =
         logic::payment_timeout_ms(config::get(logic::PAYMENT_TIMEOUT_CONFIG).as_deref()).map_err(HandleError::fatal)?;

@@ -10,7 +10,7 @@ use switchyard_sdk::events::{
     OrderCreated, OrderCreationRequested, OrderItem, OrderStatus, OrderStatusUpdated, PaymentProcessed,
     PaymentTimedOut, RefundRequested,
 };
-use switchyard_sdk::{keys, money};
+use switchyard_sdk::{QueryError, keys, money};
 
 /// Counter that allocates order ids (1, 2, ...); 0 therefore never names an order and
 /// marks a `REJECTED` request on the wire.
@@ -29,9 +29,16 @@ pub fn order_key(order_id: i64) -> String {
     format!("order/{order_id}")
 }
 
-/// Storage key of the requestId → orderId index that makes creation idempotent.
-pub fn request_key(request_id: &str) -> String {
-    format!("request/{}", keys::segment(request_id))
+/// Storage key of the (username, requestId) → orderId index that makes creation
+/// idempotent. Scoped per user: another user's request with the same id is a request
+/// of its own, never an answer about someone else's order.
+pub fn request_key(username: &str, request_id: &str) -> String {
+    format!("{}{}", user_requests_prefix(username), keys::segment(request_id))
+}
+
+/// Prefix of one user's entries in the request index: the user's orders.
+pub fn user_requests_prefix(username: &str) -> String {
+    format!("request/{}/", keys::segment(username))
 }
 
 /// The payment timeout from the component's config (`None`: not set).
@@ -195,6 +202,38 @@ pub fn rejection(req: &OrderCreationRequested, reason: &str, now: i64) -> OrderS
     }
 }
 
+/// What an `OrderCreationRequested` does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestDecision {
+    /// The user sent this requestId before and it made an order: no new order, whatever
+    /// the body says now; the order's settled status is announced again (`None` while it
+    /// is pending: its answer is still to come).
+    Repeat {
+        order_id: i64,
+        update: Option<OrderStatusUpdated>,
+    },
+    /// The request is invalid: answer `REJECTED`.
+    Reject(OrderStatusUpdated),
+    /// A new valid request: create the order.
+    Create(ValidOrder),
+}
+
+/// Decides a request given the order its (username, requestId) already made, if any.
+/// The repeat check comes first, so a retry with a changed or broken body still gets the
+/// original order rather than a rejection.
+pub fn decide_request(existing: Option<&Order>, req: &OrderCreationRequested, now: i64) -> RequestDecision {
+    if let Some(order) = existing {
+        return RequestDecision::Repeat {
+            order_id: order.order_id,
+            update: reannounce(order),
+        };
+    }
+    match validate(req) {
+        Ok(valid) => RequestDecision::Create(valid),
+        Err(reason) => RequestDecision::Reject(rejection(req, &reason, now)),
+    }
+}
+
 /// What creating an order amounts to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Created {
@@ -351,6 +390,119 @@ pub fn on_timeout(order: &Order, timeout: &PaymentTimedOut, now: i64) -> Option<
             now,
         )
     })
+}
+
+/// Query `orders`: the user's orders, newest first.
+pub const ORDERS_QUERY: &str = "orders";
+/// Query `order`: one order of the user, by its requestId.
+pub const ORDER_QUERY: &str = "order";
+/// Every query the order component answers.
+pub const QUERIES: &[&str] = &[ORDERS_QUERY, ORDER_QUERY];
+/// Orders listed by [`ORDERS_QUERY`] when `limit` is not given, and the most it allows.
+pub const DEFAULT_ORDERS_LIMIT: usize = 100;
+pub const MAX_ORDERS_LIMIT: usize = 1000;
+
+/// Arguments of [`ORDERS_QUERY`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrdersArgs {
+    pub username: String,
+    /// At most this many orders (default [`DEFAULT_ORDERS_LIMIT`]).
+    pub limit: Option<usize>,
+}
+
+/// Arguments of [`ORDER_QUERY`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrderArgs {
+    pub username: String,
+    pub request_id: String,
+}
+
+/// An order as queries show it: money in major units like the events.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub order_id: i64,
+    pub request_id: String,
+    pub username: String,
+    pub status: String,
+    pub previous_status: Option<String>,
+    pub items: Vec<OrderItem>,
+    pub total_cost: f64,
+    pub delivery_address: String,
+    pub payment_method: String,
+    pub metadata: BTreeMap<String, Value>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> Self {
+        OrderView {
+            order_id: o.order_id,
+            request_id: o.request_id.clone(),
+            username: o.username.clone(),
+            status: o.status.as_str().to_string(),
+            previous_status: o.previous_status.map(|s| s.as_str().to_string()),
+            items: o
+                .items
+                .iter()
+                .map(|i| OrderItem {
+                    product_id: i.product_id.clone(),
+                    quantity: i.quantity,
+                    price: money::to_major(i.price_minor),
+                })
+                .collect(),
+            total_cost: money::to_major(o.total_minor),
+            delivery_address: o.delivery_address.clone(),
+            payment_method: o.payment_method.clone(),
+            metadata: o.metadata.clone(),
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+        }
+    }
+}
+
+/// The answer to [`ORDERS_QUERY`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderList {
+    pub username: String,
+    pub orders: Vec<OrderView>,
+}
+
+/// The limit an [`ORDERS_QUERY`] asks for, checked.
+pub fn orders_limit(args: &OrdersArgs) -> Result<usize, QueryError> {
+    match args.limit {
+        None => Ok(DEFAULT_ORDERS_LIMIT),
+        Some(n) if (1..=MAX_ORDERS_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(QueryError::Invalid(format!(
+            "limit must be 1 to {MAX_ORDERS_LIMIT}, got {n}"
+        ))),
+    }
+}
+
+/// Which of a user's order ids (from the request index) to load: the newest `limit`,
+/// newest first. Ids grow with creation, so the highest is the newest.
+pub fn newest(mut order_ids: Vec<i64>, limit: usize) -> Vec<i64> {
+    order_ids.sort_unstable_by(|a, b| b.cmp(a));
+    order_ids.dedup();
+    order_ids.truncate(limit);
+    order_ids
+}
+
+/// Answers [`ORDER_QUERY`]: the order, only if it belongs to `username`. Someone
+/// else's order and no order at all are the same answer, so nobody can probe for
+/// another user's requestIds.
+pub fn order_for(order: Option<&Order>, args: &OrderArgs) -> Result<OrderView, QueryError> {
+    match order {
+        Some(o) if o.username == args.username && o.request_id == args.request_id => Ok(o.into()),
+        _ => Err(QueryError::NotFound(format!(
+            "user {:?} has no order with requestId {:?}",
+            args.username, args.request_id
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -578,7 +730,80 @@ mod tests {
 
     #[test]
     fn request_keys_cannot_escape_their_prefix() {
-        assert_eq!(request_key("a/b"), "request/a%2Fb");
+        assert_eq!(request_key("alice", "a/b"), "request/alice/a%2Fb");
+        assert_eq!(request_key("a/b", "c"), "request/a%2Fb/c");
         assert_eq!(order_key(7), "order/7");
+    }
+
+    #[test]
+    fn request_ids_are_scoped_per_user() {
+        // Two users may pick the same requestId; neither may see the other's order.
+        assert_ne!(request_key("alice", "r-1"), request_key("bob", "r-1"));
+        assert!(request_key("alice", "r-1").starts_with(&user_requests_prefix("alice")));
+        assert!(!request_key("alice/x", "r").starts_with(&user_requests_prefix("alice")));
+    }
+
+    #[test]
+    fn a_repeated_request_with_a_broken_body_gets_the_original_order() {
+        let mut broken = request();
+        broken.items.clear();
+        // A settled order is announced again; a pending one answers later.
+        let PaymentDecision::Settle(paid) = on_payment(&pending(), &payment(true, 20.29, None), NOW).unwrap() else {
+            panic!("expected a settlement");
+        };
+        assert_eq!(
+            decide_request(Some(&paid.order), &broken, NOW + 1),
+            RequestDecision::Repeat {
+                order_id: 7,
+                update: Some(paid.update.clone())
+            }
+        );
+        assert_eq!(
+            decide_request(Some(&pending()), &broken, NOW + 1),
+            RequestDecision::Repeat {
+                order_id: 7,
+                update: None
+            }
+        );
+        assert!(matches!(decide_request(None, &broken, NOW), RequestDecision::Reject(u) if u.status == "REJECTED"));
+        assert!(matches!(
+            decide_request(None, &request(), NOW),
+            RequestDecision::Create(_)
+        ));
+    }
+
+    #[test]
+    fn order_query_shows_only_the_users_own_order() {
+        let order = pending();
+        let mine = OrderArgs {
+            username: "alice".into(),
+            request_id: "req-1".into(),
+        };
+        let view = order_for(Some(&order), &mine).unwrap();
+        assert_eq!(view.total_cost, 20.29);
+        assert_eq!(view.items[0].price, 0.1);
+        assert_eq!(view.status, "PENDING_VALIDATION");
+        let theirs = OrderArgs {
+            username: "mallory".into(),
+            ..mine.clone()
+        };
+        assert!(matches!(order_for(Some(&order), &theirs), Err(QueryError::NotFound(_))));
+        assert!(matches!(order_for(None, &mine), Err(QueryError::NotFound(_))));
+    }
+
+    #[test]
+    fn orders_query_lists_newest_first_within_the_limit() {
+        assert_eq!(newest(vec![3, 10, 7, 3], 2), vec![10, 7]);
+        let args = |limit| OrdersArgs {
+            username: "alice".into(),
+            limit,
+        };
+        assert_eq!(orders_limit(&args(None)).unwrap(), DEFAULT_ORDERS_LIMIT);
+        assert_eq!(orders_limit(&args(Some(5))).unwrap(), 5);
+        assert!(matches!(orders_limit(&args(Some(0))), Err(QueryError::Invalid(_))));
+        assert!(matches!(
+            orders_limit(&args(Some(MAX_ORDERS_LIMIT + 1))),
+            Err(QueryError::Invalid(_))
+        ));
     }
 }

@@ -8,7 +8,7 @@
 //! [`Step`] lists the operations. The plan itself is plain data, tested natively.
 
 use serde::Deserialize;
-use switchyard_sdk::{Event, HandleError, Handler, config, log, publish, storage, timers};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, log, publish, storage, timers};
 
 /// What the event asks the probe to do, in order.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -100,10 +100,32 @@ struct Probe;
 impl Handler for Probe {
     fn handle(event: Event) -> Result<(), HandleError> {
         let plan = Plan::parse(&event.payload)?;
+        let attempt = event
+            .headers
+            .iter()
+            .find(|h| h.name == "switchyard-attempt")
+            .and_then(|h| h.value.parse::<u32>().ok())
+            .unwrap_or(1);
         for step in plan.steps {
-            run(step, &event)?;
+            run(step, attempt)?;
         }
         Ok(())
+    }
+
+    fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
+        if name != "run" {
+            return Err(switchyard_sdk::query::unknown("probe", &name, &["run"]));
+        }
+        let plan: Plan = switchyard_sdk::query::args(&name, &args)?;
+        let outcomes: Vec<String> = plan
+            .steps
+            .into_iter()
+            .map(|step| match run(step, 1) {
+                Ok(()) => "ok".to_string(),
+                Err(err) => format!("{err:?}"),
+            })
+            .collect();
+        switchyard_sdk::query::answer(&serde_json::json!({ "outcomes": outcomes }))
     }
 }
 
@@ -116,7 +138,8 @@ fn message(topic: String, key: Option<String>, payload: String) -> publish::Mess
     }
 }
 
-fn run(step: Step, event: &Event) -> Result<(), HandleError> {
+/// Carries out one step; `attempt` is the host's delivery attempt of the event.
+fn run(step: Step, attempt: u32) -> Result<(), HandleError> {
     match step {
         Step::Put { key, value } => storage::put(&key, value.as_bytes())?,
         Step::Delete { key } => {
@@ -184,15 +207,9 @@ fn run(step: Step, event: &Event) -> Result<(), HandleError> {
                 return Err(HandleError::fatal(format!("config {name} is not set")));
             }
         }
-        Step::FailUntilAttempt { attempt } => {
-            let current = event
-                .headers
-                .iter()
-                .find(|h| h.name == "switchyard-attempt")
-                .and_then(|h| h.value.parse::<u32>().ok())
-                .unwrap_or(1);
-            if current < attempt {
-                return Err(HandleError::retryable(format!("attempt {current} of {attempt}")));
+        Step::FailUntilAttempt { attempt: needed } => {
+            if attempt < needed {
+                return Err(HandleError::retryable(format!("attempt {attempt} of {needed}")));
             }
         }
         Step::Panic => panic!("probe asked to panic"),

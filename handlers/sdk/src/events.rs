@@ -229,7 +229,8 @@ pub struct RefundRequested {
     pub order_id: i64,
     pub username: String,
     pub amount: f64,
-    /// Why the payment is given back, e.g. `ORDER_PAYMENT_TIMEOUT`.
+    /// Why the payment is given back: a code, a colon, and the detail; today always
+    /// `LATE_PAYMENT: order is <STATUS>` (the payment arrived after the order closed).
     pub reason: String,
     pub requested_at: i64,
 }

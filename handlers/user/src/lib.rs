@@ -1,13 +1,14 @@
 //! The user profile component (ADR-0003 `mini_user`): wasm glue around [`logic`].
 //!
 //! Consumes `users.registered` and `users.profile`; publishes `users.profile.response`.
+//! Answers the query `profile`.
 
 pub mod logic;
 
 use switchyard_sdk::events::{UserProfileRequested, UserRegistered, topics};
-use switchyard_sdk::{Event, HandleError, Handler, json, log};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, json, late, log, query};
 
-use logic::Profile;
+use logic::{Profile, ProfileDecision};
 
 struct UserHandler;
 
@@ -17,8 +18,19 @@ impl Handler for UserHandler {
         let now = event.timestamp_ms;
         match event.topic.as_str() {
             topics::USERS_REGISTERED => on_registered(json::payload(&event)?),
-            topics::USERS_PROFILE => on_profile_request(json::payload(&event)?, now),
+            topics::USERS_PROFILE => on_profile_request(json::payload(&event)?, now, may_wait(&event)?),
             other => Err(HandleError::fatal(format!("user does not handle topic {other:?}"))),
+        }
+    }
+
+    fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
+        match name.as_str() {
+            logic::PROFILE_QUERY => {
+                let by: logic::ByUser = query::args(&name, &args)?;
+                let stored = json::get::<Profile>(&logic::profile_key(&by.username))?;
+                query::answer(&logic::profile(stored, &by.username)?)
+            }
+            _ => Err(query::unknown("user", &name, logic::QUERIES)),
         }
     }
 }
@@ -40,9 +52,12 @@ fn on_registered(reg: UserRegistered) -> Result<(), HandleError> {
     Ok(())
 }
 
-fn on_profile_request(req: UserProfileRequested, now: i64) -> Result<(), HandleError> {
+fn on_profile_request(req: UserProfileRequested, now: i64, may_wait: bool) -> Result<(), HandleError> {
     let profile = json::get::<Profile>(&logic::profile_key(&req.username))?;
-    let response = logic::respond(profile.as_ref(), &req, now);
+    let response = match logic::decide(profile.as_ref(), &req, now, may_wait) {
+        ProfileDecision::Answer(response) => response,
+        ProfileDecision::Wait(why) => return Err(HandleError::retryable(why)),
+    };
     json::publish(topics::USERS_PROFILE_RESPONSE, &req.username, &response)?;
     switchyard_sdk::log(
         log::Level::Debug,
@@ -54,6 +69,12 @@ fn on_profile_request(req: UserProfileRequested, now: i64) -> Result<(), HandleE
         ],
     );
     Ok(())
+}
+
+/// Whether this delivery may still wait for a late registration (see [`late`]).
+fn may_wait(event: &Event) -> Result<bool, HandleError> {
+    let wait = late::wait_attempts(config::get(late::WAIT_ATTEMPTS_CONFIG).as_deref()).map_err(HandleError::fatal)?;
+    Ok(late::may_wait(switchyard_sdk::attempt(event), wait))
 }
 
 switchyard_sdk::export_handler!(UserHandler);

@@ -3,7 +3,24 @@
 
 use serde::{Deserialize, Serialize};
 use switchyard_sdk::events::{UserProfileRequested, UserProfileResponse, UserRegistered};
-use switchyard_sdk::keys;
+use switchyard_sdk::{QueryError, keys};
+
+/// Query `profile`: a user's profile.
+pub const PROFILE_QUERY: &str = "profile";
+/// Every query the user component answers.
+pub const QUERIES: &[&str] = &[PROFILE_QUERY];
+
+/// Arguments of queries about one user.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ByUser {
+    pub username: String,
+}
+
+/// Answers [`PROFILE_QUERY`]: the stored profile, if the user registered.
+pub fn profile(stored: Option<Profile>, username: &str) -> Result<Profile, QueryError> {
+    stored.ok_or_else(|| QueryError::NotFound(format!("user {username:?} has no profile")))
+}
 
 /// Storage key of a user's profile.
 pub fn profile_key(username: &str) -> String {
@@ -34,6 +51,28 @@ pub fn create_profile(existing: Option<&Profile>, reg: &UserRegistered) -> Optio
         registered_at: reg.registered_at,
         source: reg.source.clone(),
     })
+}
+
+/// What a profile request does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProfileDecision {
+    /// Publish this answer.
+    Answer(UserProfileResponse),
+    /// No profile yet, but the registration may still be on its way (it travels on
+    /// another topic): retry rather than answer "not found" and lose the notification.
+    Wait(String),
+}
+
+/// Decides a profile request: the profile when there is one; with none, wait while
+/// `may_wait` (see [`switchyard_sdk::late`]), then answer `found: false`.
+pub fn decide(profile: Option<&Profile>, req: &UserProfileRequested, now: i64, may_wait: bool) -> ProfileDecision {
+    if profile.is_none() && may_wait {
+        return ProfileDecision::Wait(format!(
+            "no profile for user {:?} yet: waiting for users.registered",
+            req.username
+        ));
+    }
+    ProfileDecision::Answer(respond(profile, req, now))
 }
 
 /// Answers a profile request, correlated by the same requestId.
@@ -107,6 +146,34 @@ mod tests {
         assert!(!resp.found);
         assert_eq!((resp.email, resp.display_name), (None, None));
         assert_eq!(resp.request_id, "req-1");
+    }
+
+    #[test]
+    fn profile_query_answers_the_profile_or_not_found() {
+        let stored = create_profile(None, &registered()).unwrap();
+        assert_eq!(
+            serde_json::to_value(profile(Some(stored), "alice").unwrap()).unwrap(),
+            serde_json::json!({"username": "alice", "email": "alice@example.org", "displayName": "alice",
+                               "registeredAt": NOW, "source": "auth"})
+        );
+        assert!(matches!(profile(None, "bob"), Err(QueryError::NotFound(why)) if why.contains("bob")));
+    }
+
+    #[test]
+    fn a_request_that_overtakes_the_registration_waits_for_it() {
+        assert!(matches!(
+            decide(None, &request("bob"), NOW, true),
+            ProfileDecision::Wait(why) if why.contains("bob")
+        ));
+        let profile = create_profile(None, &registered()).unwrap();
+        assert!(matches!(
+            decide(Some(&profile), &request("alice"), NOW, true),
+            ProfileDecision::Answer(r) if r.found
+        ));
+        assert!(matches!(
+            decide(None, &request("bob"), NOW, false),
+            ProfileDecision::Answer(r) if !r.found
+        ));
     }
 
     #[test]

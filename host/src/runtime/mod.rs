@@ -8,6 +8,7 @@
 
 mod bindings;
 mod host;
+mod query;
 mod state;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::event::InboundEvent;
 use crate::store::{Db, InboxEntry, StoreError};
 
 use bindings::{Handler, HandlerPre};
+pub use query::QueryError;
 pub use state::{DeadlineExceeded, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write};
 use state::{InvocationState, MemoryCap};
 
@@ -272,6 +274,7 @@ impl Runtime {
             },
             deadline: started + spec.limits.deadline,
             poisoned: None,
+            read_only: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);

@@ -111,6 +111,8 @@ pub struct InvocationState {
     /// Set when the database failed under a host call: the transaction is no longer
     /// usable, so the invocation is retried whatever the guest returns.
     pub(crate) poisoned: Option<String>,
+    /// Set for `query`: host calls that would change anything fail with `read-only`.
+    pub(crate) read_only: bool,
 }
 
 impl InvocationState {
@@ -122,6 +124,15 @@ impl InvocationState {
         tracing::warn!(component = %self.component.name, operation, error = %why, "database failed under a host call");
         self.poisoned.get_or_insert(why);
         "database error; the event will be retried".into()
+    }
+}
+
+impl InvocationState {
+    /// The guest's error text for `operation` during a read-only query, or `None` when
+    /// writes are allowed.
+    pub(crate) fn refuse_write(&self, operation: &str) -> Option<String> {
+        self.read_only
+            .then(|| format!("read-only query: {operation} is not allowed; queries only read"))
     }
 }
 

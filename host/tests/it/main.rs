@@ -6,7 +6,10 @@ mod common;
 
 mod cli;
 mod config;
+mod contract;
 mod gateway;
 mod kafka;
+mod query;
 mod runtime;
 mod saga;
+mod scaffold;

@@ -114,8 +114,8 @@ where
     }
 }
 
-async fn order_status(db: &Db, request_id: &str) -> Option<String> {
-    let id = stored(db, "order", &format!("request/{request_id}")).await?;
+async fn order_status(db: &Db, user: &str, request_id: &str) -> Option<String> {
+    let id = stored(db, "order", &format!("request/{user}/{request_id}")).await?;
     let order = stored(db, "order", &format!("order/{id}")).await?;
     Some(order["status"].as_str()?.to_string())
 }
@@ -189,7 +189,7 @@ async fn saga(real: bool, backend: Backend) {
         };
         send(&producer, "orders.requests", &user, &order(&paid, 2)).await;
         let status = eventually("the paid order", || async {
-            order_status(&db, &paid).await.filter(|s| s != "PENDING_VALIDATION")
+            order_status(&db, &user, &paid).await.filter(|s| s != "PENDING_VALIDATION")
         })
         .await;
         assert_eq!(status, "PAID");
@@ -199,7 +199,7 @@ async fn saga(real: bool, backend: Backend) {
 
         send(&producer, "orders.requests", &user, &order(&broke, 1)).await;
         let status = eventually("the unpaid order", || async {
-            order_status(&db, &broke).await.filter(|s| s != "PENDING_VALIDATION")
+            order_status(&db, &user, &broke).await.filter(|s| s != "PENDING_VALIDATION")
         })
         .await;
         assert_eq!(status, "INSUFFICIENT_FUNDS");

@@ -73,6 +73,9 @@ impl InvocationState {
 
 impl Host for InvocationState {
     async fn send(&mut self, msg: Message) -> Result<(), Error> {
+        if let Some(why) = self.refuse_write("publish") {
+            return Err(Error::ReadOnly(why));
+        }
         let event_id = uuid::Uuid::now_v7().to_string();
         let message = self.outbound(msg, &event_id)?;
         let component = self.component.name.to_string();

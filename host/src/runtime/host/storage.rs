@@ -46,6 +46,9 @@ impl Host for InvocationState {
     }
 
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
+        if let Some(why) = self.refuse_write("storage put") {
+            return Err(Error::ReadOnly(why));
+        }
         check_key(&key)?;
         check_value(&value)?;
         let ns = self.namespace();
@@ -57,6 +60,9 @@ impl Host for InvocationState {
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, Error> {
+        if let Some(why) = self.refuse_write("storage delete") {
+            return Err(Error::ReadOnly(why));
+        }
         check_key(&key)?;
         let ns = self.namespace();
         let result = self.tx.delete(&ns, &key).await;
@@ -84,6 +90,9 @@ impl Host for InvocationState {
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, Error> {
+        if let Some(why) = self.refuse_write("storage increment") {
+            return Err(Error::ReadOnly(why));
+        }
         check_key(&key)?;
         let ns = self.namespace();
         let result = self.tx.increment(&ns, &key, delta).await;
@@ -101,6 +110,9 @@ impl Host for InvocationState {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Result<bool, Error> {
+        if let Some(why) = self.refuse_write("storage compare-and-swap") {
+            return Err(Error::ReadOnly(why));
+        }
         check_key(&key)?;
         if let Some(value) = &new {
             check_value(value)?;

@@ -8,6 +8,9 @@ const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 
 impl Host for InvocationState {
     async fn schedule(&mut self, delay_ms: u64, msg: Message) -> Result<String, Error> {
+        if let Some(why) = self.refuse_write("timer schedule") {
+            return Err(Error::ReadOnly(why));
+        }
         // The timer id becomes the fired event's id, so redelivery stays deduplicated.
         let id = uuid::Uuid::now_v7().to_string();
         let message = self.outbound(msg, &id)?;
@@ -26,6 +29,9 @@ impl Host for InvocationState {
     }
 
     async fn cancel(&mut self, id: String) -> Result<bool, Error> {
+        if let Some(why) = self.refuse_write("timer cancel") {
+            return Err(Error::ReadOnly(why));
+        }
         let component = self.component.name.to_string();
         match self.tx.cancel_timer(&component, &id).await {
             Ok(cancelled) => {

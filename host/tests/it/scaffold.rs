@@ -1,0 +1,148 @@
+//! `cargo xtask new` as a new user runs it, in a scratch copy of the workspace: the crate
+//! it creates passes its native test, builds into a component, passes `switchyard check`
+//! with the appended topics.toml stanza untouched, and handles an event.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::json;
+use switchyard::config::{ComponentName, ComponentSpec, Limits, Location};
+use switchyard::event::{InboundEvent, headers};
+use switchyard::runtime::{Outcome, Runtime};
+use switchyard::store::Db;
+
+use crate::common::workspace;
+
+/// Copies the workspace's sources (no `target/`, no `.git`) to `to`.
+fn copy_sources(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let name = entry.file_name();
+        if name == "target" || name == ".git" {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        if entry.file_type().unwrap().is_dir() {
+            copy_sources(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+fn cargo(dir: &Path, args: &[&str], target_dir: &Path, wasm_target_dir: &Path) -> Output {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(dir)
+        // Its own build dir: the `cargo test` running this test may hold the shared one.
+        .env("CARGO_TARGET_DIR", target_dir)
+        // Reuse the wasm `std` already built for this workspace (minutes to rebuild).
+        .env("SWITCHYARD_WASM_TARGET_DIR", wasm_target_dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
+    let root = workspace();
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("ws");
+    copy_sources(&root, &copy);
+    // `check` loads every component topics.toml names, the shipped ones included.
+    std::fs::create_dir_all(copy.join("target/components")).unwrap();
+    for name in ["order", "billing", "notif", "user"] {
+        let built = crate::common::artifact(name);
+        std::fs::copy(&built, copy.join(format!("target/components/{name}.wasm"))).unwrap();
+    }
+    let (target_dir, wasm_dir) = (root.join("target/scaffold-test"), root.join("target/wasm"));
+
+    let out = cargo(
+        &copy,
+        &["xtask", "new", "audit", "--topics", "audit.in,orders.status"],
+        &target_dir,
+        &wasm_dir,
+    );
+    let stanza = ok(&out, "cargo xtask new");
+    assert!(stanza.contains("[components.audit]"), "{stanza}");
+    let config = std::fs::read_to_string(copy.join("topics.toml")).unwrap();
+    assert!(
+        config.ends_with(&stanza) || config.contains(stanza.trim()),
+        "stanza appended:\n{config}"
+    );
+    // orders.status is declared already and must not be declared twice.
+    assert_eq!(config.matches("[topics.\"orders.status\"]").count(), 1);
+
+    // A second run refuses rather than overwrite.
+    let again = cargo(
+        &copy,
+        &["xtask", "new", "audit", "--topics", "x"],
+        &target_dir,
+        &wasm_dir,
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    ok(
+        &cargo(&copy, &["test", "-p", "audit"], &target_dir, &wasm_dir),
+        "cargo test -p audit",
+    );
+    ok(
+        &cargo(&copy, &["xtask", "handlers", "audit"], &target_dir, &wasm_dir),
+        "cargo xtask handlers audit",
+    );
+    let artifact = copy.join("target/components/audit.wasm");
+    assert!(artifact.exists(), "{} was not built", artifact.display());
+
+    let check = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check"])
+        .current_dir(&copy)
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = ok(&check, "switchyard check");
+    assert!(stdout.contains("audit"), "{stdout}");
+
+    // The generated glue really runs: an event is counted in the component's storage.
+    let data = tempfile::tempdir().unwrap();
+    let db = Db::open(None, data.path()).await.unwrap();
+    let runtime = Runtime::new().unwrap();
+    let spec = ComponentSpec {
+        name: ComponentName::try_from("audit".to_string()).unwrap(),
+        artifact,
+        artifact_at: Location {
+            path: "topics.toml".into(),
+            line: 1,
+            column: 1,
+        },
+        publishes: Default::default(),
+        config: Default::default(),
+        limits: Limits::default(),
+    };
+    let audit = runtime.load(&spec).unwrap();
+    let event = InboundEvent::from_message(
+        "audit.in",
+        0,
+        0,
+        None,
+        serde_json::to_vec(&json!({"id": 1})).unwrap(),
+        vec![(headers::EVENT_ID.into(), "e1".into())],
+        1,
+    );
+    assert!(matches!(
+        runtime.invoke(&audit, &db, &event).await.unwrap(),
+        Outcome::Committed(_)
+    ));
+    assert_eq!(
+        db.peek("audit", "seen/audit.in").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+}
