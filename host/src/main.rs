@@ -284,7 +284,7 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
         let _ = stop.send(true);
     });
     // The gateway shares the routes' database and relay; both stop on the same signal.
-    let queries = switchyard::gateway_components::load(&routing)?;
+    let queries = switchyard::gateway_components::load(&routing, &db)?;
     let (routes, http) = tokio::join!(
         switchyard::service::serve(&routing, db.clone(), &brokers, shutdown.clone()),
         switchyard::gateway::serve(gateway, db.clone(), brokers.client_config(), queries, false, shutdown),
@@ -303,7 +303,7 @@ async fn run_gateway(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
         switchyard::kafka::admin::sync_topics(&brokers.client_config(), &routing).await?;
     }
     let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
-    let queries = switchyard::gateway_components::load(&routing)?;
+    let queries = switchyard::gateway_components::load(&routing, &db)?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

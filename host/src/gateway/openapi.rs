@@ -19,8 +19,8 @@ use super::{auth, orders, problem, reads, status};
     components(schemas(
         problem::Problem, problem::FieldError,
         auth::RegisterRequest, auth::Registered, auth::LoginRequest, auth::TokenResponse,
-        orders::OrderRequest, orders::OrderItem, orders::Accepted, orders::OrderView, status::OrderStatus,
-        reads::DepositRequest, reads::DepositAccepted, reads::Me,
+        orders::OrderRequest, orders::OrderItem, orders::Accepted, orders::OrderView, orders::OrdersPage, status::OrderStatus,
+        reads::DepositRequest, reads::DepositAccepted, reads::Me, reads::Profile, reads::Balance,
     )),
     modifiers(&BearerAuth),
 )]

@@ -55,6 +55,15 @@ pub struct Accepted {
     pub location: String,
 }
 
+/// `GET /orders`: the order component's `orders` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrdersPage {
+    pub username: String,
+    /// Orders as the order component keeps them (docs/events.md, "Queries").
+    #[schema(value_type = Vec<Object>)]
+    pub orders: Vec<Value>,
+}
+
 /// `GET /orders/{requestId}`: the latest status the gateway saw and the order as the
 /// order component keeps it (either may be null, not both).
 #[derive(Debug, Serialize, ToSchema)]
@@ -305,14 +314,21 @@ pub async fn get_order(
 #[utoipa::path(get, path = "/orders", tag = "orders",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the caller's orders, as the order component keeps them", body = Object),
+        (status = 200, description = "the caller's orders, newest first, from the order component", body = OrdersPage),
         (status = 401, description = "missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the `user` role", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "the order component cannot be asked on this gateway", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_orders(State(gw): State<Arc<Gateway>>, Extension(user): Extension<AuthUser>) -> Result<Response, Problem> {
     user.require(ROLE_USER)?;
-    let orders = gw.query("order", "orders", json!({"username": user.username})).await?;
-    let orders = if orders.is_null() { json!({"orders": []}) } else { orders };
-    Ok(axum::Json(orders).into_response())
+    let answer = gw.query("order", "orders", json!({"username": user.username})).await?;
+    let page: OrdersPage = if answer.is_null() {
+        OrdersPage {
+            username: user.username,
+            orders: Vec::new(),
+        }
+    } else {
+        super::reads::decode("order", answer)?
+    };
+    Ok(axum::Json(page).into_response())
 }

@@ -39,9 +39,37 @@ pub struct DepositAccepted {
 pub struct Me {
     pub username: String,
     pub roles: Vec<String>,
-    /// The user component's profile of the caller.
-    #[schema(value_type = Object)]
-    pub profile: Value,
+    pub profile: Profile,
+}
+
+/// The user component's `profile` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    pub username: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub registered_at: i64,
+    pub source: Option<String>,
+}
+
+/// The billing component's `balance` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Balance {
+    pub username: String,
+    /// Major units.
+    #[schema(example = 20.29)]
+    pub balance: f64,
+    /// The same in cents, exact.
+    #[schema(example = 2029)]
+    pub balance_cents: i64,
+}
+
+/// Decodes a component's answer into the type the API documents; a mismatch is the
+/// component's bug, logged and answered 500.
+pub fn decode<T: serde::de::DeserializeOwned>(component: &str, answer: Value) -> Result<T, Problem> {
+    serde_json::from_value(answer).map_err(|e| Problem::internal(&format!("decoding {component}'s answer"), &e))
 }
 
 /// A deposit amount in cents, or why not.
@@ -63,7 +91,7 @@ pub fn amount_minor(amount: f64) -> Result<i64, String> {
 #[utoipa::path(get, path = "/billing/balance", tag = "billing",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the caller's account, from the billing component", body = Object),
+        (status = 200, description = "the caller's account, from the billing component", body = Balance),
         (status = 401, description = "missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the `user` role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no account (yet: registration may be on its way)", body = Problem, content_type = "application/problem+json"),
@@ -76,7 +104,7 @@ pub async fn balance(State(gw): State<Arc<Gateway>>, Extension(user): Extension<
             "{:?} has no account yet; it is opened shortly after registration",
             user.username
         ))),
-        account => Ok(axum::Json(account).into_response()),
+        account => Ok(axum::Json(decode::<Balance>("billing", account)?).into_response()),
     }
 }
 
@@ -181,7 +209,7 @@ pub async fn me(State(gw): State<Arc<Gateway>>, Extension(user): Extension<AuthU
         profile => Ok(axum::Json(Me {
             username: user.username,
             roles: user.roles,
-            profile,
+            profile: decode("user", profile)?,
         })
         .into_response()),
     }

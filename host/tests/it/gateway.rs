@@ -35,10 +35,10 @@ fn args(reply_timeout_ms: u64) -> GatewayArgs {
 
 /// A [`switchyard::gateway::ComponentQueries`] over the real components of the shipped
 /// routing.
-fn queries() -> Arc<dyn gateway::ComponentQueries> {
+fn queries(db: &Db) -> Arc<dyn gateway::ComponentQueries> {
     let dir = tempfile::tempdir().unwrap();
     let routing = crate::saga::saga_routing(dir.path(), "routes");
-    switchyard::gateway_components::load(&routing).unwrap()
+    switchyard::gateway_components::load(&routing, db).unwrap()
 }
 
 /// The gateway's router over a fresh database with the in-process cache.
@@ -58,7 +58,7 @@ impl Routes {
     async fn on(config: GatewayConfig, db: Db, guard: Option<TestDb>) -> Routes {
         let brokers = Brokers::start(None, &crate::saga::saga_routing(tempfile::tempdir().unwrap().path(), "r")).unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let gw = Gateway::new(config, db, StatusCache::memory(), queries(), brokers.client_config(), shutdown)
+        let gw = Gateway::new(config, db.clone(), StatusCache::memory(), queries(&db), brokers.client_config(), shutdown)
             .await
             .unwrap();
         Routes {
@@ -506,6 +506,73 @@ mod routes {
     }
 }
 
+/// `switchyard gateway`'s serve loop: it relays what it wrote, and a shutdown answers
+/// the requests still waiting (202) before the server stops.
+mod lifecycle {
+    use super::*;
+    use switchyard::store::Table;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_answers_waiting_requests_and_the_relay_sends_the_outbox() {
+        let db = test_db(Backend::Sqlite).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let brokers = Brokers::start(None, &crate::saga::saga_routing(dir.path(), "life")).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, shutdown) = watch::channel(false);
+        let server = tokio::spawn(gateway::serve_on(
+            listener,
+            GatewayConfig::from_args(&args(60_000)).unwrap(),
+            db.db.clone(),
+            brokers.client_config(),
+            queries(&db.db),
+            true,
+            shutdown,
+        ));
+        let http = reqwest::Client::new();
+        let post = |path: &str, token: Option<&str>, body: Value| {
+            let mut req = http.post(format!("{url}{path}")).json(&body);
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            req.send()
+        };
+        let registered = post(
+            "/auth/register",
+            None,
+            json!({"username": "alice", "email": "a@example.org", "password": "password-1"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(registered.status(), 201);
+        let login: Value = post("/auth/login", None, json!({"username": "alice", "password": "password-1"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["accessToken"].as_str().unwrap().to_string();
+        // No saga behind this gateway: the order waits until the shutdown.
+        let order = json!({"items": [{"productId": "p", "quantity": 1, "price": 1.0}], "deliveryAddress": "x", "paymentMethod": "card"});
+        let waiting = tokio::spawn(post("/orders", Some(&token), order));
+        crate::saga::eventually("both events relayed", || async {
+            let (all, unsent) = (
+                db.db.count(Table::Outbox).await.unwrap(),
+                db.db.count(Table::UnsentOutbox).await.unwrap(),
+            );
+            (all == 2 && unsent == 0).then_some(())
+        })
+        .await;
+        let started = Instant::now();
+        stop.send(true).unwrap();
+        let answer = waiting.await.unwrap().unwrap();
+        assert_eq!(answer.status(), 202);
+        assert!(answer.headers()["location"].to_str().unwrap().starts_with("/orders/"));
+        assert!(started.elapsed() < Duration::from_secs(10), "answered only after {:?}", started.elapsed());
+        server.await.unwrap().unwrap();
+    }
+}
+
 /// Tokens from PyJWT (`scripts/bootstrap.sh` installs it), and every bad token.
 mod tokens {
     use super::*;
@@ -699,7 +766,6 @@ pub mod e2e {
     /// Gateways of a running [`Env`], with an HTTP client.
     pub struct Stack {
         pub urls: Vec<String>,
-        pub db: Db,
         pub http: reqwest::Client,
         tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     }
@@ -725,7 +791,7 @@ pub mod e2e {
                 let config = GatewayConfig::from_args(&a).unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 urls.push(format!("http://{}", listener.local_addr().unwrap()));
-                let queries = switchyard::gateway_components::load(&env.routing).unwrap();
+                let queries = switchyard::gateway_components::load(&env.routing, &env.db).unwrap();
                 let (db, kafka, shutdown) = (env.db.clone(), env.brokers.client_config(), shutdown.clone());
                 // The routes relay the outbox already; these gateways share their database.
                 tasks.push(tokio::spawn(async move {
@@ -738,7 +804,6 @@ pub mod e2e {
                 .unwrap();
             let stack = Stack {
                 urls,
-                db: env.db.clone(),
                 http,
                 tasks,
             };
@@ -794,16 +859,19 @@ pub mod e2e {
             body["accessToken"].as_str().unwrap().to_string()
         }
 
-        /// The user's balance in cents, from the billing component.
-        pub async fn balance_minor(&self, user: &str) -> Option<i64> {
-            crate::saga::stored(&self.db, "billing", &format!("account/{user}"))
-                .await
-                .and_then(|a| a["balanceMinor"].as_i64())
+        /// The caller's balance in cents, through `GET /billing/balance` (None: no account).
+        pub async fn balance_minor(&self, token: &str) -> Option<i64> {
+            let (status, _, body) = self.call(0, "GET", "/billing/balance", Some(token), None, None).await;
+            match status {
+                200 => Some(body["balanceCents"].as_i64().unwrap()),
+                404 => None,
+                _ => panic!("balance: {status} {body}"),
+            }
         }
 
-        pub async fn await_balance(&self, user: &str, cents: i64) {
-            eventually(&format!("{user}'s balance to be {cents}"), || async {
-                (self.balance_minor(user).await == Some(cents)).then_some(())
+        pub async fn await_balance(&self, token: &str, cents: i64) {
+            eventually(&format!("the balance to be {cents}"), || async {
+                (self.balance_minor(token).await == Some(cents)).then_some(())
             })
             .await;
         }
@@ -841,21 +909,21 @@ pub mod e2e {
 
         let (status, _, body) = stack.call(0, "POST", "/billing/deposits", t, Some(json!({"amount": 25.0})), None).await;
         assert_eq!(status, 202, "{body}");
-        stack.await_balance(&user, 2500).await;
+        stack.await_balance(&token, 2500).await;
 
         // Paid: 201 with the order's status; 25.00 - 2 x 9.99 = 5.02.
         let (status, headers, paid) = stack.call(0, "POST", "/orders", t, Some(order(2, 9.99)), None).await;
         assert_eq!(status, 201, "{paid}");
         assert_eq!(paid["status"], "PAID");
         assert_eq!(headers["location"], format!("/orders/{}", paid["requestId"].as_str().unwrap()).as_str());
-        assert_eq!(stack.balance_minor(&user).await, Some(502));
+        assert_eq!(stack.balance_minor(&token).await, Some(502));
 
         // An idempotent retry returns the same order and charges once.
         let (status, _, first) = stack.call(0, "POST", "/orders", t, Some(order(1, 1.0)), Some("retry-1")).await;
         assert_eq!(status, 201, "{first}");
         let (status, _, again) = stack.call(0, "POST", "/orders", t, Some(order(1, 1.0)), Some("retry-1")).await;
         assert_eq!((status, &again), (201, &first));
-        assert_eq!(stack.balance_minor(&user).await, Some(402));
+        assert_eq!(stack.balance_minor(&token).await, Some(402));
 
         // Refused for funds: 402 with the order.
         let (status, _, refused) = stack.call(0, "POST", "/orders", t, Some(order(1, 100.0)), None).await;
@@ -878,7 +946,29 @@ pub mod e2e {
         })
         .await;
         assert_eq!(view["requestId"], accepted["requestId"]);
-        assert_eq!(stack.balance_minor(&user).await, Some(400));
+        assert_eq!(stack.balance_minor(&token).await, Some(400));
+
+        // Reads come from the components: balance above, the profile and the orders here.
+        let (status, _, me) = stack.call(0, "GET", "/users/me", t, None, None).await;
+        assert_eq!(status, 200, "{me}");
+        assert_eq!(me["profile"]["email"], format!("{user}@example.org").as_str());
+        assert_eq!(me["roles"], json!(["user"]));
+        let (status, _, page) = stack.call(0, "GET", "/orders", t, None, None).await;
+        assert_eq!(status, 200, "{page}");
+        let statuses: Vec<&str> = page["orders"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+        // Newest first; the rejected request made no order.
+        assert_eq!(statuses, ["PAID", "INSUFFICIENT_FUNDS", "PAID", "PAID"]);
+        let paid_id = paid["requestId"].as_str().unwrap();
+        let (status, _, view) = stack.call(0, "GET", &format!("/orders/{paid_id}"), t, None, None).await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["order"]["totalCost"], 19.98);
+        assert_eq!(view["status"]["status"], "PAID");
+        // Someone else's order does not exist for this user.
+        let other = stack.user(0, &format!("{user}b")).await;
+        let (status, _, body) = stack.call(0, "GET", &format!("/orders/{paid_id}"), Some(&other), None, None).await;
+        assert_eq!(status, 404, "{body}");
+        let (status, _, body) = stack.call(0, "GET", "/billing/balance", Some(&other), None, None).await;
+        assert!(status == 404 || (status == 200 && body["balanceCents"] == 0), "{status} {body}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -916,8 +1006,8 @@ pub mod e2e {
             assert_eq!(status, 202, "{body}");
             tokens.push(token);
         }
-        for user in &users {
-            stack.await_balance(user, 5000).await;
+        for token in &tokens {
+            stack.await_balance(token, 5000).await;
         }
         let started = Instant::now();
         let mut calls = tokio::task::JoinSet::new();
@@ -955,7 +1045,7 @@ pub mod e2e {
             assert!(paid[u] <= 6, "{user} paid {} orders", paid[u]);
             let expected = 5000 - paid[u] * 777;
             eventually(&format!("{user}'s balance to settle at {expected}"), || async {
-                (stack.balance_minor(user).await == Some(expected)).then_some(())
+                (stack.balance_minor(&tokens[u]).await == Some(expected)).then_some(())
             })
             .await;
         }
