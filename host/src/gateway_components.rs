@@ -47,7 +47,9 @@ impl ComponentQueries for RuntimeQueries {
                 reason,
             };
             match self.runtime.query(loaded, &self.db, name, &args).await {
-                Ok(answer) => serde_json::from_slice(&answer).map_err(|e| failed(format!("the answer is not JSON: {e}"))),
+                Ok(answer) => {
+                    serde_json::from_slice(&answer).map_err(|e| failed(format!("the answer is not JSON: {e}")))
+                }
                 // Nothing there, or not the asker's: the same to the gateway.
                 Err(QueryError::NotFound { .. }) => Ok(Value::Null),
                 Err(QueryError::Unknown { .. }) => Err(QueryFailure::UnknownQuery {

@@ -112,18 +112,34 @@ pub fn validate_registration(req: &RegisterRequest) -> Result<(), Vec<FieldError
     };
     let name = &req.username;
     if !(3..=32).contains(&name.chars().count()) {
-        bad("username", format!("must be 3 to 32 characters, got {}", name.chars().count()));
-    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        bad("username", format!("{name:?} may contain only letters, digits, '.', '_' and '-'"));
+        bad(
+            "username",
+            format!("must be 3 to 32 characters, got {}", name.chars().count()),
+        );
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        bad(
+            "username",
+            format!("{name:?} may contain only letters, digits, '.', '_' and '-'"),
+        );
     }
     let email = req.email.trim();
     let valid_email = email.len() <= 254
         && !email.chars().any(char::is_whitespace)
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@') && !domain.starts_with('.') && !domain.ends_with('.'));
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.contains('@')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
     if !valid_email {
-        bad("email", format!("{:?} is not an e-mail address like name@example.org", req.email));
+        bad(
+            "email",
+            format!("{:?} is not an e-mail address like name@example.org", req.email),
+        );
     }
     let len = req.password.chars().count();
     if !(8..=128).contains(&len) {
@@ -265,7 +281,10 @@ pub async fn register(
         (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "missing fields", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn login(State(gw): State<Arc<Gateway>>, ProblemJson(req): ProblemJson<LoginRequest>) -> Result<axum::Json<TokenResponse>, Problem> {
+pub async fn login(
+    State(gw): State<Arc<Gateway>>,
+    ProblemJson(req): ProblemJson<LoginRequest>,
+) -> Result<axum::Json<TokenResponse>, Problem> {
     let user = find_user(&gw.db, &req.username)
         .await
         .map_err(|e| Problem::internal("logging in", &e))?;
@@ -308,7 +327,11 @@ impl Gateway {
             exp: iat + self.config.jwt.ttl.as_secs() as i64,
             nbf: None,
         };
-        jsonwebtoken::encode(&Header::new(self.config.jwt.algorithm), &claims, &self.config.jwt.encoding)
+        jsonwebtoken::encode(
+            &Header::new(self.config.jwt.algorithm),
+            &claims,
+            &self.config.jwt.encoding,
+        )
     }
 
     /// Verifies a bearer token: the configured algorithm only, signature, `exp`, `nbf`.
@@ -350,7 +373,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Problem> {
         .map_err(|_| Problem::unauthorized("the Authorization header is not text"))?;
     match text.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
-        _ => Err(Problem::unauthorized("the Authorization header must be `Bearer <token>`")),
+        _ => Err(Problem::unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        )),
     }
 }
 
@@ -365,7 +390,10 @@ pub async fn authenticate(State(gw): State<Arc<Gateway>>, mut request: Request, 
         Err(problem) => return problem.into_response(),
     };
     tracing::Span::current().record("username", user.username.as_str());
-    if let (Ok(name), Ok(roles)) = (HeaderValue::from_str(&user.username), HeaderValue::from_str(&user.roles_header())) {
+    if let (Ok(name), Ok(roles)) = (
+        HeaderValue::from_str(&user.username),
+        HeaderValue::from_str(&user.roles_header()),
+    ) {
         headers.insert(X_USERNAME, name);
         headers.insert(X_ROLES, roles);
     }
@@ -390,7 +418,11 @@ mod tests {
             email: "nope".into(),
             password: "short".into(),
         };
-        let fields: Vec<String> = validate_registration(&bad).unwrap_err().into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = validate_registration(&bad)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(fields, ["username", "email", "password"]);
     }
 

@@ -14,7 +14,9 @@ pub const HEADER: &str = "idempotency-key";
 /// The key of a request, if it sent one: 1 to 255 visible ASCII characters, optionally
 /// as a quoted structured-field string (`"abc"`), as the draft writes it.
 pub fn key_of(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get(HEADER) else { return Ok(None) };
+    let Some(value) = headers.get(HEADER) else {
+        return Ok(None);
+    };
     let bad = || {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -24,10 +26,7 @@ pub fn key_of(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         )
     };
     let text = value.to_str().map_err(|_| bad())?.trim();
-    let key = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
+    let key = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad());
     }
@@ -79,12 +78,14 @@ pub async fn find(db: &Db, username: &str, key: &str) -> Result<Option<Record>, 
         Db::Sqlite(p) => sqlx::query_as(SQL).bind(username).bind(key).fetch_optional(p).await?,
         Db::Postgres(p) => sqlx::query_as(SQL).bind(username).bind(key).fetch_optional(p).await?,
     };
-    Ok(row.map(|(fingerprint, request_id, locked_until_ms, status, body)| Record {
-        fingerprint,
-        request_id,
-        locked_until_ms,
-        response: status.zip(body).map(|(s, b)| (s as u16, b)),
-    }))
+    Ok(
+        row.map(|(fingerprint, request_id, locked_until_ms, status, body)| Record {
+            fingerprint,
+            request_id,
+            locked_until_ms,
+            response: status.zip(body).map(|(s, b)| (s as u16, b)),
+        }),
+    )
 }
 
 /// Records the final answer (or, with `None`, just releases the lock after a 202).
@@ -95,8 +96,22 @@ pub async fn finish(db: &Db, username: &str, key: &str, response: Option<(u16, &
     let status = response.map(|(s, _)| i32::from(s));
     let body = response.map(|(_, b)| b);
     match db {
-        Db::Sqlite(p) => sqlx::query(SQL).bind(username).bind(key).bind(status).bind(body).execute(p).await?.rows_affected(),
-        Db::Postgres(p) => sqlx::query(SQL).bind(username).bind(key).bind(status).bind(body).execute(p).await?.rows_affected(),
+        Db::Sqlite(p) => sqlx::query(SQL)
+            .bind(username)
+            .bind(key)
+            .bind(status)
+            .bind(body)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        Db::Postgres(p) => sqlx::query(SQL)
+            .bind(username)
+            .bind(key)
+            .bind(status)
+            .bind(body)
+            .execute(p)
+            .await?
+            .rows_affected(),
     };
     Ok(())
 }
@@ -109,8 +124,22 @@ pub async fn relock(db: &Db, username: &str, key: &str, lock_ms: i64) -> Result<
                        AND (locked_until_ms IS NULL OR locked_until_ms < $4)";
     let now = now_ms();
     let n = match db {
-        Db::Sqlite(p) => sqlx::query(SQL).bind(username).bind(key).bind(now + lock_ms).bind(now).execute(p).await?.rows_affected(),
-        Db::Postgres(p) => sqlx::query(SQL).bind(username).bind(key).bind(now + lock_ms).bind(now).execute(p).await?.rows_affected(),
+        Db::Sqlite(p) => sqlx::query(SQL)
+            .bind(username)
+            .bind(key)
+            .bind(now + lock_ms)
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        Db::Postgres(p) => sqlx::query(SQL)
+            .bind(username)
+            .bind(key)
+            .bind(now + lock_ms)
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected(),
     };
     Ok(n == 1)
 }

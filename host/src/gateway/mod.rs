@@ -249,7 +249,8 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
         failures.push(format!("kafka: {err}"));
     }
     if failures.is_empty() {
-        axum::Json(serde_json::json!({"status": "ready", "database": gw.db.kind(), "cache": gw.cache.kind()})).into_response()
+        axum::Json(serde_json::json!({"status": "ready", "database": gw.db.kind(), "cache": gw.cache.kind()}))
+            .into_response()
     } else {
         tracing::warn!(failures = ?failures, "not ready");
         Problem::unavailable(failures.join("; ")).into_response()
@@ -268,9 +269,12 @@ pub async fn serve(
     with_relay: bool,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("listening on {} (is another process using it? pass --http-addr)", config.addr))?;
+    let listener = tokio::net::TcpListener::bind(config.addr).await.with_context(|| {
+        format!(
+            "listening on {} (is another process using it? pass --http-addr)",
+            config.addr
+        )
+    })?;
     serve_on(listener, config, db, kafka, queries, with_relay, shutdown).await
 }
 

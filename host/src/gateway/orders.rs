@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -98,7 +98,11 @@ pub fn answer_of(request_id: &str, status: Option<&OrderStatus>) -> (u16, String
         Some(s) => match s.status.as_str() {
             "PAID" => (201, serde_json::to_string(s).expect("serializes")),
             "INSUFFICIENT_FUNDS" => {
-                let why = s.metadata.get("failureReason").and_then(Value::as_str).unwrap_or("INSUFFICIENT_FUNDS");
+                let why = s
+                    .metadata
+                    .get("failureReason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("INSUFFICIENT_FUNDS");
                 problem(
                     StatusCode::PAYMENT_REQUIRED,
                     "insufficient-funds",
@@ -227,7 +231,13 @@ pub async fn create_order(
 }
 
 /// A request whose Idempotency-Key was claimed before.
-async fn retry(gw: &Gateway, user: &AuthUser, key: &str, fingerprint: &str, sub: Subscription) -> Result<Response, Problem> {
+async fn retry(
+    gw: &Gateway,
+    user: &AuthUser,
+    key: &str,
+    fingerprint: &str,
+    sub: Subscription,
+) -> Result<Response, Problem> {
     let record = idempotency::find(&gw.db, &user.username, key)
         .await
         .map_err(store_failure("reading the Idempotency-Key"))?
@@ -300,7 +310,9 @@ pub async fn get_order(
         .filter(|s| s.username == user.username);
     let order = order_record(&gw, &user, &request_id).await?;
     if status.is_none() && order.is_none() {
-        return Err(Problem::not_found(format!("you have no order with requestId {request_id:?}")));
+        return Err(Problem::not_found(format!(
+            "you have no order with requestId {request_id:?}"
+        )));
     }
     Ok(axum::Json(OrderView {
         request_id,
@@ -319,7 +331,10 @@ pub async fn get_order(
         (status = 403, description = "the token lacks the `user` role", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "the order component cannot be asked on this gateway", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_orders(State(gw): State<Arc<Gateway>>, Extension(user): Extension<AuthUser>) -> Result<Response, Problem> {
+pub async fn list_orders(
+    State(gw): State<Arc<Gateway>>,
+    Extension(user): Extension<AuthUser>,
+) -> Result<Response, Problem> {
     user.require(ROLE_USER)?;
     let answer = gw.query("order", "orders", json!({"username": user.username})).await?;
     let page: OrdersPage = if answer.is_null() {

@@ -97,9 +97,15 @@ pub fn amount_minor(amount: f64) -> Result<i64, String> {
         (status = 404, description = "no account (yet: registration may be on its way)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "billing cannot be asked on this gateway", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn balance(State(gw): State<Arc<Gateway>>, Extension(user): Extension<AuthUser>) -> Result<Response, Problem> {
+pub async fn balance(
+    State(gw): State<Arc<Gateway>>,
+    Extension(user): Extension<AuthUser>,
+) -> Result<Response, Problem> {
     user.require(ROLE_USER)?;
-    match gw.query("billing", "balance", json!({"username": user.username})).await? {
+    match gw
+        .query("billing", "balance", json!({"username": user.username}))
+        .await?
+    {
         Value::Null => Err(Problem::not_found(format!(
             "{:?} has no account yet; it is opened shortly after registration",
             user.username
@@ -149,21 +155,20 @@ pub async fn deposit(
         .expect("serializes")
     };
     let mut tx = gw.db.begin().await.map_err(store_failure("queueing the deposit"))?;
-    if let Some(key) = &key {
-        if !idempotency::claim(&mut tx, &user.username, key, &fingerprint, &request_id, 0)
+    if let Some(key) = &key
+        && !idempotency::claim(&mut tx, &user.username, key, &fingerprint, &request_id, 0)
             .await
             .map_err(store_failure("claiming the Idempotency-Key"))?
-        {
-            let _ = tx.rollback().await;
-            let record = idempotency::find(&gw.db, &user.username, key)
-                .await
-                .map_err(store_failure("reading the Idempotency-Key"))?
-                .ok_or_else(idempotency::conflict)?;
-            if record.fingerprint != fingerprint {
-                return Err(idempotency::mismatch());
-            }
-            return Ok(accepted_response(&record.request_id, accepted(&record.request_id)));
+    {
+        let _ = tx.rollback().await;
+        let record = idempotency::find(&gw.db, &user.username, key)
+            .await
+            .map_err(store_failure("reading the Idempotency-Key"))?
+            .ok_or_else(idempotency::conflict)?;
+        if record.fingerprint != fingerprint {
+            return Err(idempotency::mismatch());
         }
+        return Ok(accepted_response(&record.request_id, accepted(&record.request_id)));
     }
     let payload = json!({
         "requestId": request_id, "username": user.username, "amount": req.amount, "requestedAt": now_ms()

@@ -150,7 +150,11 @@ impl GatewayConfig {
                 (EncodingKey::from_secret(&secret), DecodingKey::from_secret(&secret))
             }
             Algorithm::RS256 | Algorithm::EdDSA => {
-                let name = if algorithm == Algorithm::RS256 { "RS256" } else { "EdDSA" };
+                let name = if algorithm == Algorithm::RS256 {
+                    "RS256"
+                } else {
+                    "EdDSA"
+                };
                 let (Some(private), Some(public)) = (&args.jwt_private_key, &args.jwt_public_key) else {
                     return Err(SettingsError::MissingKeys(name));
                 };
@@ -190,7 +194,12 @@ impl GatewayConfig {
                 decoding,
                 ttl: Duration::from_secs(args.jwt_ttl_secs),
             },
-            admins: args.admins.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
+            admins: args
+                .admins
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
             reply_timeout: Duration::from_millis(args.reply_timeout_ms),
             redis_url: args.redis_url.clone(),
             group: args.gateway_group.clone(),
@@ -223,10 +232,26 @@ mod tests {
         };
         assert_eq!(args(|_| {}), None);
         assert!(args(|a| a.http_addr = "nowhere".into()).unwrap().contains("HOST:PORT"));
-        assert!(args(|a| a.jwt_algorithm = "none".into()).unwrap().contains("HS256, RS256 or EdDSA"));
-        assert!(args(|a| a.jwt_secret = Some("short".into())).unwrap().contains("at least 32"));
-        assert!(args(|a| a.jwt_algorithm = "RS256".into()).unwrap().contains("--jwt-private-key"));
+        assert!(
+            args(|a| a.jwt_algorithm = "none".into())
+                .unwrap()
+                .contains("HS256, RS256 or EdDSA")
+        );
+        assert!(
+            args(|a| a.jwt_secret = Some("short".into()))
+                .unwrap()
+                .contains("at least 32")
+        );
+        assert!(
+            args(|a| a.jwt_algorithm = "RS256".into())
+                .unwrap()
+                .contains("--jwt-private-key")
+        );
         assert!(args(|a| a.reply_timeout_ms = 0).unwrap().contains("positive"));
-        assert!(args(|a| a.redis_url = Some("http://x".into())).unwrap().contains("redis://"));
+        assert!(
+            args(|a| a.redis_url = Some("http://x".into()))
+                .unwrap()
+                .contains("redis://")
+        );
     }
 }

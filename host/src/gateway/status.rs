@@ -247,9 +247,10 @@ impl StatusCache {
                     return Err("the Redis subscription is reconnecting".into());
                 }
                 let mut conn = commands.clone();
-                let pong: Result<String, _> = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async(&mut conn))
-                    .await
-                    .map_err(|_| "Redis did not answer PING within 2 s".to_string())?;
+                let pong: Result<String, _> =
+                    tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async(&mut conn))
+                        .await
+                        .map_err(|_| "Redis did not answer PING within 2 s".to_string())?;
                 pong.map(|_| ()).map_err(|e| format!("Redis: {e}"))
             }
         }
@@ -341,7 +342,8 @@ pub async fn run_consumer(consumer: StreamConsumer, cache: Arc<StatusCache>, mut
         let payload = message.payload().unwrap_or_default();
         match serde_json::from_slice::<OrderStatus>(payload) {
             Ok(status) => {
-                let span = tracing::info_span!("order status", request_id = %status.request_id, status = %status.status);
+                let span =
+                    tracing::info_span!("order status", request_id = %status.request_id, status = %status.status);
                 let _enter = span.enter();
                 // Keep trying: skipping a status would leave its request waiting.
                 let mut backoff = Duration::from_millis(100);
@@ -396,7 +398,10 @@ mod tests {
         let (_stop, shutdown) = watch::channel(false);
         cache.put(status("early", "PAID")).await.unwrap();
         let sub = cache.subscribe();
-        let found = cache.wait_final(sub, "early", Duration::from_secs(1), shutdown.clone()).await.unwrap();
+        let found = cache
+            .wait_final(sub, "early", Duration::from_secs(1), shutdown.clone())
+            .await
+            .unwrap();
         assert!(matches!(found, Wait::Final(s) if s.status == "PAID"));
 
         let sub = cache.subscribe();
@@ -406,12 +411,18 @@ mod tests {
             c.put(status("other", "PAID")).await.unwrap();
             c.put(status("late", "REJECTED")).await.unwrap();
         });
-        let found = cache.wait_final(sub, "late", Duration::from_secs(5), shutdown.clone()).await.unwrap();
+        let found = cache
+            .wait_final(sub, "late", Duration::from_secs(5), shutdown.clone())
+            .await
+            .unwrap();
         assert!(matches!(found, Wait::Final(s) if s.status == "REJECTED"));
         writer.await.unwrap();
 
         let sub = cache.subscribe();
-        let pending = cache.wait_final(sub, "never", Duration::from_millis(50), shutdown).await.unwrap();
+        let pending = cache
+            .wait_final(sub, "never", Duration::from_millis(50), shutdown)
+            .await
+            .unwrap();
         assert!(matches!(pending, Wait::Pending));
     }
 }

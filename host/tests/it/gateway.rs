@@ -18,7 +18,7 @@ use switchyard::store::Db;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::common::{Backend, TestDb, test_db, workspace};
+use crate::common::{Backend, TestDb, test_db};
 
 const SECRET: &str = "a-test-secret-that-is-32-bytes-or-more";
 
@@ -56,11 +56,22 @@ impl Routes {
     }
 
     async fn on(config: GatewayConfig, db: Db, guard: Option<TestDb>) -> Routes {
-        let brokers = Brokers::start(None, &crate::saga::saga_routing(tempfile::tempdir().unwrap().path(), "r")).unwrap();
+        let brokers = Brokers::start(
+            None,
+            &crate::saga::saga_routing(tempfile::tempdir().unwrap().path(), "r"),
+        )
+        .unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let gw = Gateway::new(config, db.clone(), StatusCache::memory(), queries(&db), brokers.client_config(), shutdown)
-            .await
-            .unwrap();
+        let gw = Gateway::new(
+            config,
+            db.clone(),
+            StatusCache::memory(),
+            queries(&db),
+            brokers.client_config(),
+            shutdown,
+        )
+        .await
+        .unwrap();
         Routes {
             gw,
             _db: guard,
@@ -105,7 +116,11 @@ impl Routes {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let (status, _, body) = self
-            .post("/auth/login", None, json!({"username": username, "password": "password-1"}))
+            .post(
+                "/auth/login",
+                None,
+                json!({"username": username, "password": "password-1"}),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["accessToken"].as_str().unwrap().to_string()
@@ -206,10 +221,19 @@ mod routes {
     async fn bad_registrations_name_each_field_and_axum_rejections_are_problems() {
         let r = Routes::hs256().await;
         let (status, headers, body) = r
-            .post("/auth/register", None, json!({"username": "x", "email": "nope", "password": "short"}))
+            .post(
+                "/auth/register",
+                None,
+                json!({"username": "x", "email": "nope", "password": "short"}),
+            )
             .await;
         assert_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
-        let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+        let fields: Vec<&str> = body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
         assert_eq!(fields, ["username", "email", "password"]);
 
         // Missing field, malformed JSON, wrong content type, body too large.
@@ -293,7 +317,9 @@ mod routes {
             "POST",
             "/orders",
             Some(&token),
-            Some(json!({"items": [{"productId": "p1", "quantity": 1, "price": 1.5}], "deliveryAddress": "1 Main St", "paymentMethod": "card"})),
+            Some(
+                json!({"items": [{"productId": "p1", "quantity": 1, "price": 1.5}], "deliveryAddress": "1 Main St", "paymentMethod": "card"}),
+            ),
         );
         req.headers_mut().insert("x-username", "mallory".parse().unwrap());
         req.headers_mut().insert("x-roles", "admin".parse().unwrap());
@@ -331,7 +357,8 @@ mod routes {
         let response = call.await.unwrap();
         assert_eq!(response.status(), StatusCode::CREATED);
         assert_eq!(response.headers()["location"], format!("/orders/{request_id}").as_str());
-        let body: Value = serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
+        let body: Value =
+            serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
         assert_eq!(body["status"], "PAID");
         assert_eq!(body["orderId"], 7);
 
@@ -344,9 +371,18 @@ mod routes {
         assert_problem(code, &headers, &body, StatusCode::NOT_FOUND);
 
         // The answers for the other final statuses.
-        let (code, body) = gateway::orders::answer_of(&request_id, Some(&status("INSUFFICIENT_FUNDS", json!({"failureReason": "INSUFFICIENT_FUNDS"}))));
+        let (code, body) = gateway::orders::answer_of(
+            &request_id,
+            Some(&status(
+                "INSUFFICIENT_FUNDS",
+                json!({"failureReason": "INSUFFICIENT_FUNDS"}),
+            )),
+        );
         assert_eq!(code, 402, "{body}");
-        let (code, body) = gateway::orders::answer_of(&request_id, Some(&status("REJECTED", json!({"reason": "items is empty"}))));
+        let (code, body) = gateway::orders::answer_of(
+            &request_id,
+            Some(&status("REJECTED", json!({"reason": "items is empty"}))),
+        );
         assert_eq!(code, 422);
         let body: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["detail"], "items is empty");
@@ -372,7 +408,11 @@ mod routes {
             async move { gateway::router(gw).oneshot(req).await.unwrap() }
         });
         let queued = || async {
-            outbox(&r.gw.db).await.iter().filter(|(t, ..)| t == "orders.requests").count()
+            outbox(&r.gw.db)
+                .await
+                .iter()
+                .filter(|(t, ..)| t == "orders.requests")
+                .count()
         };
         let start = Instant::now();
         while queued().await == 0 {
@@ -390,7 +430,8 @@ mod routes {
         let response = first.await.unwrap();
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let location = response.headers()["location"].to_str().unwrap().to_string();
-        let first: Value = serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
+        let first: Value =
+            serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
         let request_id = first["requestId"].as_str().unwrap().to_string();
         assert_eq!(location, format!("/orders/{request_id}"));
         assert_eq!(first["status"], "PENDING");
@@ -406,7 +447,11 @@ mod routes {
         assert_eq!(body["requestId"], request_id.as_str());
         let (status, _, again) = r.call(keyed("k-1", &order)).await;
         assert_eq!((status, &again), (StatusCode::CREATED, &body));
-        let queued = outbox(&r.gw.db).await.iter().filter(|(t, ..)| t == "orders.requests").count();
+        let queued = outbox(&r.gw.db)
+            .await
+            .iter()
+            .filter(|(t, ..)| t == "orders.requests")
+            .count();
         assert_eq!(queued, 1, "a key never makes a second order");
 
         let (status, headers, body) = r.call(keyed("", &order)).await;
@@ -417,12 +462,22 @@ mod routes {
     async fn deposits_are_queued_once_per_key_and_bad_amounts_refused() {
         let r = Routes::hs256().await;
         let token = r.register("alice").await;
-        let mut req = request("POST", "/billing/deposits", Some(&token), Some(json!({"amount": 12.34})));
+        let mut req = request(
+            "POST",
+            "/billing/deposits",
+            Some(&token),
+            Some(json!({"amount": 12.34})),
+        );
         req.headers_mut().insert("idempotency-key", "d-1".parse().unwrap());
         let (status, headers, first) = r.call(req).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{first}");
         assert_eq!(headers["location"], "/billing/balance");
-        let mut req = request("POST", "/billing/deposits", Some(&token), Some(json!({"amount": 12.34})));
+        let mut req = request(
+            "POST",
+            "/billing/deposits",
+            Some(&token),
+            Some(json!({"amount": 12.34})),
+        );
         req.headers_mut().insert("idempotency-key", "d-1".parse().unwrap());
         let (status, _, again) = r.call(req).await;
         assert_eq!((status, &again), (StatusCode::ACCEPTED, &first));
@@ -456,7 +511,11 @@ mod routes {
             .unwrap()
         };
         let routes = [
-            ("POST", "/orders", Some(json!({"items": [], "deliveryAddress": "x", "paymentMethod": "y"}))),
+            (
+                "POST",
+                "/orders",
+                Some(json!({"items": [], "deliveryAddress": "x", "paymentMethod": "y"})),
+            ),
             ("GET", "/orders", None),
             ("GET", "/orders/abc", None),
             ("GET", "/billing/balance", None),
@@ -487,7 +546,11 @@ mod routes {
         assert_eq!(body["cache"], "memory");
         let (status, _, doc) = r.get("/openapi.json", None).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            doc["openapi"]
+        );
         let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
         for path in [
             "/auth/register",
@@ -545,12 +608,16 @@ mod lifecycle {
         .await
         .unwrap();
         assert_eq!(registered.status(), 201);
-        let login: Value = post("/auth/login", None, json!({"username": "alice", "password": "password-1"}))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let login: Value = post(
+            "/auth/login",
+            None,
+            json!({"username": "alice", "password": "password-1"}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
         let token = login["accessToken"].as_str().unwrap().to_string();
         // No saga behind this gateway: the order waits until the shutdown.
         let order = json!({"items": [{"productId": "p", "quantity": 1, "price": 1.0}], "deliveryAddress": "x", "paymentMethod": "card"});
@@ -568,8 +635,63 @@ mod lifecycle {
         let answer = waiting.await.unwrap().unwrap();
         assert_eq!(answer.status(), 202);
         assert!(answer.headers()["location"].to_str().unwrap().starts_with("/orders/"));
-        assert!(started.elapsed() < Duration::from_secs(10), "answered only after {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "answered only after {:?}",
+            started.elapsed()
+        );
         server.await.unwrap().unwrap();
+    }
+}
+
+/// The Redis status cache shared by replicas.
+mod cache {
+    use super::*;
+    use gateway::status::{OrderStatus, Wait};
+
+    fn status(request_id: &str, s: &str) -> OrderStatus {
+        serde_json::from_value(json!({
+            "requestId": request_id, "orderId": 1, "username": "u", "status": s, "updatedAt": 1, "metadata": {}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_status_stored_by_one_replica_completes_a_wait_on_another_before_or_after_it_began() {
+        let url = crate::common::service("SWITCHYARD_TEST_REDIS_URL");
+        let (_stop, shutdown) = watch::channel(false);
+        let a = StatusCache::redis(&url, shutdown.clone()).await.unwrap();
+        let b = StatusCache::redis(&url, shutdown.clone()).await.unwrap();
+        assert_eq!(b.check().await, Ok(()));
+
+        // Stored before the wait began: found in the cache.
+        let early = uuid::Uuid::new_v4().to_string();
+        a.put(status(&early, "PAID")).await.unwrap();
+        let found = b
+            .wait_final(b.subscribe(), &early, Duration::from_secs(2), shutdown.clone())
+            .await
+            .unwrap();
+        assert!(matches!(found, Wait::Final(s) if s.status == "PAID"));
+
+        // Stored while it waits: delivered through the subscription; a non-final
+        // status does not end the wait.
+        let late = uuid::Uuid::new_v4().to_string();
+        let sub = b.subscribe();
+        let waiter = tokio::spawn({
+            let (b, late, shutdown) = (b.clone(), late.clone(), shutdown.clone());
+            async move {
+                b.wait_final(sub, &late, Duration::from_secs(10), shutdown)
+                    .await
+                    .unwrap()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.put(status(&late, "PENDING_VALIDATION")).await.unwrap();
+        a.put(status(&late, "REJECTED")).await.unwrap();
+        let started = Instant::now();
+        assert!(matches!(waiter.await.unwrap(), Wait::Final(s) if s.status == "REJECTED"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(b.get(&late).await.unwrap().unwrap().status, "REJECTED");
     }
 }
 
@@ -636,7 +758,14 @@ mod tokens {
         assert!(!accepted(&r, &expired).await);
         let not_yet = python(SIGN, &[&claims("alice", 0, 7200, Some(3600)), "HS256", SECRET]);
         assert!(!accepted(&r, &not_yet).await);
-        let wrong_key = python(SIGN, &[&claims("alice", 0, 600, None), "HS256", "another-secret-another-secret-another"]);
+        let wrong_key = python(
+            SIGN,
+            &[
+                &claims("alice", 0, 600, None),
+                "HS256",
+                "another-secret-another-secret-another",
+            ],
+        );
         assert!(!accepted(&r, &wrong_key).await);
         let none = python(SIGN, &[&claims("alice", 0, 600, None), "none", ""]);
         assert!(!accepted(&r, &none).await);
@@ -681,7 +810,10 @@ mod tokens {
         // A key pair of someone else's.
         let (p2, q2) = (dir.path().join("p2.pem"), dir.path().join("q2.pem"));
         python(KEYS, &[alg, p2.to_str().unwrap(), q2.to_str().unwrap()]);
-        let forged = python(SIGN, &[&claims("alice", 0, 600, None), alg, &format!("@{}", p2.display())]);
+        let forged = python(
+            SIGN,
+            &[&claims("alice", 0, 600, None), alg, &format!("@{}", p2.display())],
+        );
         assert!(!accepted(&r, &forged).await);
     }
 
@@ -728,7 +860,9 @@ pub mod e2e {
             } else {
                 Brokers::start(None, &routing).unwrap()
             };
-            let test_db = test_db(if real { Backend::Postgres } else { Backend::Sqlite }).await.unwrap();
+            let test_db = test_db(if real { Backend::Postgres } else { Backend::Sqlite })
+                .await
+                .unwrap();
             Env {
                 run,
                 routing,
@@ -802,11 +936,7 @@ pub mod e2e {
                 .timeout(Duration::from_secs(180))
                 .build()
                 .unwrap();
-            let stack = Stack {
-                urls,
-                http,
-                tasks,
-            };
+            let stack = Stack { urls, http, tasks };
             for url in &stack.urls {
                 eventually("the gateway to be ready", || async {
                     let r = stack.http.get(format!("{url}/ready")).send().await.ok()?;
@@ -817,7 +947,15 @@ pub mod e2e {
             Arc::new(stack)
         }
 
-        pub async fn call(&self, replica: usize, method: &str, path: &str, token: Option<&str>, body: Option<Value>, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+        pub async fn call(
+            &self,
+            replica: usize,
+            method: &str,
+            path: &str,
+            token: Option<&str>,
+            body: Option<Value>,
+            key: Option<&str>,
+        ) -> (u16, reqwest::header::HeaderMap, Value) {
             let url = format!("{}{path}", self.urls[replica]);
             let mut req = match method {
                 "POST" => self.http.post(url),
@@ -853,7 +991,14 @@ pub mod e2e {
                 .await;
             assert_eq!(status, 201, "{body}");
             let (status, _, body) = self
-                .call(replica, "POST", "/auth/login", None, Some(json!({"username": user, "password": "password-1"})), None)
+                .call(
+                    replica,
+                    "POST",
+                    "/auth/login",
+                    None,
+                    Some(json!({"username": user, "password": "password-1"})),
+                    None,
+                )
                 .await;
             assert_eq!(status, 200, "{body}");
             body["accessToken"].as_str().unwrap().to_string()
@@ -907,7 +1052,9 @@ pub mod e2e {
         let token = stack.user(0, &user).await;
         let t = Some(token.as_str());
 
-        let (status, _, body) = stack.call(0, "POST", "/billing/deposits", t, Some(json!({"amount": 25.0})), None).await;
+        let (status, _, body) = stack
+            .call(0, "POST", "/billing/deposits", t, Some(json!({"amount": 25.0})), None)
+            .await;
         assert_eq!(status, 202, "{body}");
         stack.await_balance(&token, 2500).await;
 
@@ -915,13 +1062,20 @@ pub mod e2e {
         let (status, headers, paid) = stack.call(0, "POST", "/orders", t, Some(order(2, 9.99)), None).await;
         assert_eq!(status, 201, "{paid}");
         assert_eq!(paid["status"], "PAID");
-        assert_eq!(headers["location"], format!("/orders/{}", paid["requestId"].as_str().unwrap()).as_str());
+        assert_eq!(
+            headers["location"],
+            format!("/orders/{}", paid["requestId"].as_str().unwrap()).as_str()
+        );
         assert_eq!(stack.balance_minor(&token).await, Some(502));
 
         // An idempotent retry returns the same order and charges once.
-        let (status, _, first) = stack.call(0, "POST", "/orders", t, Some(order(1, 1.0)), Some("retry-1")).await;
+        let (status, _, first) = stack
+            .call(0, "POST", "/orders", t, Some(order(1, 1.0)), Some("retry-1"))
+            .await;
         assert_eq!(status, 201, "{first}");
-        let (status, _, again) = stack.call(0, "POST", "/orders", t, Some(order(1, 1.0)), Some("retry-1")).await;
+        let (status, _, again) = stack
+            .call(0, "POST", "/orders", t, Some(order(1, 1.0)), Some("retry-1"))
+            .await;
         assert_eq!((status, &again), (201, &first));
         assert_eq!(stack.balance_minor(&token).await, Some(402));
 
@@ -955,7 +1109,12 @@ pub mod e2e {
         assert_eq!(me["roles"], json!(["user"]));
         let (status, _, page) = stack.call(0, "GET", "/orders", t, None, None).await;
         assert_eq!(status, 200, "{page}");
-        let statuses: Vec<&str> = page["orders"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+        let statuses: Vec<&str> = page["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["status"].as_str().unwrap())
+            .collect();
         // Newest first; the rejected request made no order.
         assert_eq!(statuses, ["PAID", "INSUFFICIENT_FUNDS", "PAID", "PAID"]);
         let paid_id = paid["requestId"].as_str().unwrap();
@@ -965,10 +1124,15 @@ pub mod e2e {
         assert_eq!(view["status"]["status"], "PAID");
         // Someone else's order does not exist for this user.
         let other = stack.user(0, &format!("{user}b")).await;
-        let (status, _, body) = stack.call(0, "GET", &format!("/orders/{paid_id}"), Some(&other), None, None).await;
+        let (status, _, body) = stack
+            .call(0, "GET", &format!("/orders/{paid_id}"), Some(&other), None, None)
+            .await;
         assert_eq!(status, 404, "{body}");
         let (status, _, body) = stack.call(0, "GET", "/billing/balance", Some(&other), None, None).await;
-        assert!(status == 404 || (status == 200 && body["balanceCents"] == 0), "{status} {body}");
+        assert!(
+            status == 404 || (status == 200 && body["balanceCents"] == 0),
+            "{status} {body}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1001,7 +1165,14 @@ pub mod e2e {
         for (i, user) in users.iter().enumerate() {
             let token = stack.user(i % 2, user).await;
             let (status, _, body) = stack
-                .call(i % 2, "POST", "/billing/deposits", Some(&token), Some(json!({"amount": 50.0})), None)
+                .call(
+                    i % 2,
+                    "POST",
+                    "/billing/deposits",
+                    Some(&token),
+                    Some(json!({"amount": 50.0})),
+                    None,
+                )
                 .await;
             assert_eq!(status, 202, "{body}");
             tokens.push(token);
@@ -1014,11 +1185,13 @@ pub mod e2e {
         for n in 0..200 {
             let (stack, token, u) = (stack.clone(), tokens[n % 20].clone(), n % 20);
             calls.spawn(async move {
-                let (status, _, body) = stack.call(n % 2, "POST", "/orders", Some(&token), Some(order(1, 7.77)), None).await;
+                let (status, _, body) = stack
+                    .call(n % 2, "POST", "/orders", Some(&token), Some(order(1, 7.77)), None)
+                    .await;
                 (u, status, body)
             });
         }
-        let mut paid = vec![0i64; 20];
+        let mut paid = [0i64; 20];
         let mut answers = std::collections::BTreeMap::new();
         let mut request_ids = std::collections::HashSet::new();
         while let Some(result) = calls.join_next().await {
@@ -1035,7 +1208,11 @@ pub mod e2e {
                 ),
                 _ => panic!("no final answer: {status} {body}"),
             }
-            let kind = body["status"].as_str().or(body["order"]["status"].as_str()).unwrap().to_string();
+            let kind = body["status"]
+                .as_str()
+                .or(body["order"]["status"].as_str())
+                .unwrap()
+                .to_string();
             *answers.entry(kind).or_insert(0) += 1;
         }
         eprintln!("200 orders answered in {:?}: {answers:?}", started.elapsed());
@@ -1063,9 +1240,12 @@ pub mod e2e {
         env.run(&[replica], |stack| async move {
             let token = stack.user(0, "fuzzer").await;
             let url = stack.urls[0].clone();
+            // schemathesis keeps a cache in its working directory: give it a scratch one.
+            let scratch = tempfile::tempdir().unwrap();
+            let cwd = scratch.path().to_path_buf();
             let out = tokio::task::spawn_blocking(move || {
                 std::process::Command::new("schemathesis")
-                    .current_dir(workspace())
+                    .current_dir(cwd)
                     .args([
                         "run",
                         &format!("{url}/openapi.json"),
@@ -1086,6 +1266,8 @@ pub mod e2e {
             .unwrap();
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             assert!(out.status.success(), "schemathesis failed:\n{text}");
+            // A run that tested nothing would also exit 0.
+            assert!(text.contains("Tested: 10"), "schemathesis did not test every operation:\n{text}");
         })
         .await;
     }
