@@ -40,5 +40,15 @@ if ! command -v just >/dev/null; then
 fi
 command -v just >/dev/null || { say "just was installed but is not on PATH (check ~/.local/bin or ~/.cargo/bin)"; exit 1; }
 
+# Test tools from PyPI: PyJWT (an independent JWT implementation the gateway tests
+# check tokens against) and schemathesis (fuzzes the gateway from its OpenAPI document).
+if ! python3 -c 'import jwt, cryptography' 2>/dev/null || ! command -v schemathesis >/dev/null; then
+    say "installing PyJWT and schemathesis"
+    python3 -m pip install -q 'pyjwt[crypto]' schemathesis 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages 'pyjwt[crypto]' schemathesis
+    hash -r
+fi
+command -v schemathesis >/dev/null || { say "schemathesis was installed but is not on PATH (check ~/.local/bin)"; exit 1; }
+
 scripts/install-wasm-toolchain.sh
 say "ready"

@@ -12,11 +12,15 @@
 //! - [`kafka`]: brokers (real or embedded), route consumers with retries and dead
 //!   letters, the outbox relay and timer pump, and operator tools (topics, DLQ).
 //! - [`service`]: `switchyard run`, wiring all of the above with graceful shutdown.
+//! - [`gateway`]: the HTTP gateway and mini_auth (axum), on the store, Kafka and a
+//!   cache only; [`gateway_components`] connects its query seam to the runtime.
 //!
 //! The binary (`src/main.rs`) is the `switchyard` CLI on top of these.
 
 pub mod config;
 pub mod event;
+pub mod gateway;
+pub mod gateway_components;
 pub mod kafka;
 pub mod protocol;
 pub mod runtime;

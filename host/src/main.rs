@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use switchyard::config::{ComponentName, Routing};
 use switchyard::event::InboundEvent;
+use switchyard::gateway::{GatewayArgs, GatewayConfig};
 use switchyard::kafka::Brokers;
 use switchyard::runtime::{self, InvokeMode, Outcome, Runtime};
 use switchyard::store::Db;
@@ -42,8 +43,17 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs every route of the routing file until SIGINT/SIGTERM.
-    Run,
+    /// Runs every route of the routing file and the HTTP gateway until SIGINT/SIGTERM.
+    Run {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Runs the HTTP gateway alone (with the outbox relay for what it writes), so it
+    /// scales apart from the handlers.
+    Gateway {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Manages the declared topics on the cluster.
     Topics {
         #[command(subcommand)]
@@ -160,7 +170,8 @@ fn init_tracing(format: LogFormat) {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Check => check(&cli.config),
-        Command::Run => run_system(&cli).await,
+        Command::Run { gateway } => run_system(&cli, gateway).await,
+        Command::Gateway { gateway } => run_gateway(&cli, gateway).await,
         Command::Topics {
             command: TopicsCommand::Sync,
         } => topics_sync(&cli).await,
@@ -291,7 +302,8 @@ fn external_brokers(cli: &Cli, routing: &Routing) -> Result<Brokers> {
     Brokers::start(Some(servers), routing)
 }
 
-async fn run_system(cli: &Cli) -> Result<ExitCode> {
+async fn run_system(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
+    let gateway = GatewayConfig::from_args(gateway)?;
     let routing = Routing::load(&cli.config)?;
     let brokers = Brokers::start(cli.brokers.as_deref(), &routing)?;
     if let Brokers::External(_) = brokers {
@@ -308,7 +320,34 @@ async fn run_system(cli: &Cli) -> Result<ExitCode> {
         tracing::info!("shutting down: finishing in-flight events");
         let _ = stop.send(true);
     });
-    switchyard::service::serve(&routing, db.clone(), &brokers, shutdown).await?;
+    // The gateway shares the routes' database and relay; both stop on the same signal.
+    let queries = switchyard::gateway_components::load(&routing, &db)?;
+    let (routes, http) = tokio::join!(
+        switchyard::service::serve(&routing, db.clone(), &brokers, shutdown.clone()),
+        switchyard::gateway::serve(gateway, db.clone(), brokers.client_config(), queries, false, shutdown),
+    );
+    routes?;
+    http?;
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_gateway(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
+    let gateway = GatewayConfig::from_args(gateway)?;
+    let routing = Routing::load(&cli.config)?;
+    let brokers = Brokers::start(cli.brokers.as_deref(), &routing)?;
+    if let Brokers::External(_) = brokers {
+        switchyard::kafka::admin::sync_topics(&brokers.client_config(), &routing).await?;
+    }
+    let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
+    let queries = switchyard::gateway_components::load(&routing, &db)?;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: answering waiting requests");
+        let _ = stop.send(true);
+    });
+    switchyard::gateway::serve(gateway, db.clone(), brokers.client_config(), queries, true, shutdown).await?;
     db.close().await;
     Ok(ExitCode::SUCCESS)
 }

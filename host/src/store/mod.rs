@@ -76,7 +76,7 @@ pub struct OutboundMessage {
 /// The database, embedded or server, and the in-process wake-ups of its readers.
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: Pool,
+    pub(crate) pool: Pool,
     signals: Arc<Signals>,
     signer: Signer,
     /// The SQLite file, when there is one: the relay locks a file beside it.
@@ -84,7 +84,7 @@ pub struct Db {
 }
 
 #[derive(Debug, Clone)]
-enum Pool {
+pub(crate) enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -101,13 +101,13 @@ pub struct Signals {
 
 /// One open transaction.
 pub struct Tx {
-    inner: TxInner,
+    pub(crate) inner: TxInner,
     wrote_outbox: bool,
     wrote_timers: bool,
     signals: Arc<Signals>,
 }
 
-enum TxInner {
+pub(crate) enum TxInner {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
 }

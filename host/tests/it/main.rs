@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod config;
 mod contract;
+mod gateway;
 mod hostile;
 mod kafka;
 mod query;

@@ -18,7 +18,7 @@ use crate::common::{Backend, test_db, workspace};
 
 /// The shipped routing, with consumer groups unique to this run so that a new group
 /// starts at the beginning of the topics.
-fn saga_routing(dir: &std::path::Path, run: &str) -> Routing {
+pub(crate) fn saga_routing(dir: &std::path::Path, run: &str) -> Routing {
     let text = std::fs::read_to_string(workspace().join("topics.toml")).unwrap();
     let components = workspace().join("target/components");
     let mut text = text.replace(
@@ -42,7 +42,7 @@ fn saga_routing(dir: &std::path::Path, run: &str) -> Routing {
 
 /// The saga's topics on a shared broker hold earlier runs' events, whose order ids would
 /// collide with this run's fresh database: start this run's groups after them.
-fn start_groups_at_the_end(base: &rdkafka::ClientConfig, routing: &Routing) {
+pub(crate) fn start_groups_at_the_end(base: &rdkafka::ClientConfig, routing: &Routing) {
     for route in &routing.routes {
         let mut config = base.clone();
         config.set("group.id", &route.group);
@@ -90,7 +90,7 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &Value) 
         .unwrap();
 }
 
-async fn stored(db: &Db, component: &str, key: &str) -> Option<Value> {
+pub(crate) async fn stored(db: &Db, component: &str, key: &str) -> Option<Value> {
     db.peek(component, key)
         .await
         .unwrap()
@@ -98,7 +98,7 @@ async fn stored(db: &Db, component: &str, key: &str) -> Option<Value> {
 }
 
 /// Polls `probe` until it yields a value, failing after 60 s with `what`.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

@@ -1,0 +1,428 @@
+//! The order status cache (ADR steps 10-11): the gateway consumes `orders.status`,
+//! stores every status by `requestId` and completes the requests waiting for it.
+//!
+//! With Redis (`--redis-url`), a status is `SET` and then `PUBLISH`ed, and every replica
+//! keeps one subscription open from start-up, so a status consumed by one replica
+//! completes a request waiting on another. Without Redis the cache is in-process.
+//! A waiter subscribes first and then reads the cache: a status stored before it
+//! subscribed is in the cache, one stored after reaches it through the subscription.
+//! When the Redis subscription reconnects, waiters read the cache again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::{broadcast, watch};
+use utoipa::ToSchema;
+
+/// Statuses after which an order never changes (docs/events.md, "Order statuses").
+pub const FINAL_STATUSES: [&str; 4] = ["PAID", "INSUFFICIENT_FUNDS", "PAYMENT_TIMEOUT", "REJECTED"];
+/// How long Redis keeps a status.
+const REDIS_TTL_SECS: u64 = 7 * 24 * 3600;
+const REDIS_CHANNEL: &str = "switchyard:order-status";
+const REDIS_PREFIX: &str = "switchyard:order-status:";
+/// How many statuses the in-process cache keeps (oldest dropped first).
+const MEMORY_CAPACITY: usize = 100_000;
+
+/// `OrderStatusUpdated` as the gateway keeps and answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderStatus {
+    pub request_id: String,
+    /// 0 for a `REJECTED` request (no order was created).
+    pub order_id: i64,
+    pub username: String,
+    /// PAID, INSUFFICIENT_FUNDS, PAYMENT_TIMEOUT, REJECTED, or an update.
+    pub status: String,
+    #[serde(default)]
+    pub previous_status: Option<String>,
+    pub updated_at: i64,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+impl OrderStatus {
+    pub fn is_final(&self) -> bool {
+        FINAL_STATUSES.contains(&self.status.as_str())
+    }
+}
+
+/// What the local subscription carries.
+#[derive(Debug, Clone)]
+enum Signal {
+    Status(Arc<OrderStatus>),
+    /// Statuses may have been missed (a reconnect): read the cache again.
+    Resync,
+}
+
+/// A cache failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cached status of {0:?} is not valid JSON: {1}")]
+    Corrupt(String, serde_json::Error),
+}
+
+enum Backend {
+    Memory(Mutex<Memory>),
+    Redis {
+        commands: redis::aio::ConnectionManager,
+        /// True while the subscription is open.
+        subscribed: watch::Receiver<bool>,
+    },
+}
+
+#[derive(Default)]
+struct Memory {
+    map: HashMap<String, Arc<OrderStatus>>,
+    order: VecDeque<String>,
+}
+
+/// The status cache shared by the consumer, the waiting requests and the reads.
+pub struct StatusCache {
+    backend: Backend,
+    local: broadcast::Sender<Signal>,
+}
+
+/// The outcome of waiting for a final status.
+#[derive(Debug)]
+pub enum Wait {
+    Final(Arc<OrderStatus>),
+    /// The reply timeout passed, or the gateway is shutting down.
+    Pending,
+}
+
+/// A registration for statuses, taken before the request is published.
+pub struct Subscription {
+    rx: broadcast::Receiver<Signal>,
+}
+
+impl StatusCache {
+    /// The in-process cache.
+    pub fn memory() -> Arc<StatusCache> {
+        let (local, _) = broadcast::channel(4096);
+        Arc::new(StatusCache {
+            backend: Backend::Memory(Mutex::new(Memory::default())),
+            local,
+        })
+    }
+
+    /// The Redis cache; returns once the subscription is open.
+    pub async fn redis(url: &str, shutdown: watch::Receiver<bool>) -> Result<Arc<StatusCache>, CacheError> {
+        let client = redis::Client::open(url)?;
+        let commands = redis::aio::ConnectionManager::new(client.clone()).await?;
+        let (local, _) = broadcast::channel(4096);
+        let (up, subscribed) = watch::channel(false);
+        tokio::spawn(run_subscription(client, local.clone(), up, shutdown));
+        let mut ready = subscribed.clone();
+        // The subscription must be open before any request waits on it.
+        tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|up| *up))
+            .await
+            .map_err(|_| {
+                CacheError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "the Redis subscription did not open within 10 s",
+                )))
+            })?
+            .map_err(|_| {
+                CacheError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "the Redis subscription task stopped",
+                )))
+            })?;
+        Ok(Arc::new(StatusCache {
+            backend: Backend::Redis { commands, subscribed },
+            local,
+        }))
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory(_) => "memory",
+            Backend::Redis { .. } => "redis",
+        }
+    }
+
+    /// Stores a status and tells every waiter (on every replica, with Redis).
+    pub async fn put(&self, status: OrderStatus) -> Result<(), CacheError> {
+        match &self.backend {
+            Backend::Memory(memory) => {
+                let status = Arc::new(status);
+                {
+                    let mut m = memory.lock().expect("status cache lock");
+                    if m.map.insert(status.request_id.clone(), status.clone()).is_none() {
+                        m.order.push_back(status.request_id.clone());
+                        while m.order.len() > MEMORY_CAPACITY {
+                            if let Some(old) = m.order.pop_front() {
+                                m.map.remove(&old);
+                            }
+                        }
+                    }
+                }
+                let _ = self.local.send(Signal::Status(status));
+            }
+            Backend::Redis { commands, .. } => {
+                let text = serde_json::to_string(&status).expect("a status always serializes");
+                let mut conn = commands.clone();
+                // SET before PUBLISH: whoever misses the message finds the key.
+                let _: () = conn
+                    .set_ex(format!("{REDIS_PREFIX}{}", status.request_id), &text, REDIS_TTL_SECS)
+                    .await?;
+                let _: i64 = conn.publish(REDIS_CHANNEL, &text).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, request_id: &str) -> Result<Option<Arc<OrderStatus>>, CacheError> {
+        match &self.backend {
+            Backend::Memory(memory) => Ok(memory.lock().expect("status cache lock").map.get(request_id).cloned()),
+            Backend::Redis { commands, .. } => {
+                let mut conn = commands.clone();
+                let text: Option<String> = conn.get(format!("{REDIS_PREFIX}{request_id}")).await?;
+                text.map(|t| {
+                    serde_json::from_str(&t)
+                        .map(Arc::new)
+                        .map_err(|e| CacheError::Corrupt(request_id.to_string(), e))
+                })
+                .transpose()
+            }
+        }
+    }
+
+    /// Registers for statuses; take it before publishing the request.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.local.subscribe(),
+        }
+    }
+
+    /// Waits up to `timeout` (or until `shutdown`) for the final status of `request_id`.
+    pub async fn wait_final(
+        &self,
+        mut sub: Subscription,
+        request_id: &str,
+        timeout: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Wait, CacheError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Read the cache after subscribing (and after every possible gap).
+            if let Some(status) = self.get(request_id).await?.filter(|s| s.is_final()) {
+                return Ok(Wait::Final(status));
+            }
+            loop {
+                if *shutdown.borrow() {
+                    return Ok(Wait::Pending);
+                }
+                tokio::select! {
+                    signal = sub.rx.recv() => match signal {
+                        Ok(Signal::Status(s)) if s.request_id == request_id && s.is_final() => return Ok(Wait::Final(s)),
+                        Ok(Signal::Status(_)) => {}
+                        Ok(Signal::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(Wait::Pending),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => return Ok(Wait::Pending),
+                    _ = shutdown.changed() => return Ok(Wait::Pending),
+                }
+            }
+        }
+    }
+
+    /// Answers when the cache can be used: Redis answers PING and the subscription is open.
+    pub async fn check(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis { commands, subscribed } => {
+                if !*subscribed.borrow() {
+                    return Err("the Redis subscription is reconnecting".into());
+                }
+                let mut conn = commands.clone();
+                let pong: Result<String, _> =
+                    tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async(&mut conn))
+                        .await
+                        .map_err(|_| "Redis did not answer PING within 2 s".to_string())?;
+                pong.map(|_| ()).map_err(|e| format!("Redis: {e}"))
+            }
+        }
+    }
+}
+
+/// Keeps the Redis subscription open, reconnecting after failures, and fans its
+/// messages out to this replica's waiters.
+async fn run_subscription(
+    client: redis::Client,
+    local: broadcast::Sender<Signal>,
+    up: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let connected = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(REDIS_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        match connected {
+            Ok(pubsub) => {
+                let _ = up.send(true);
+                // Anything published while we were away is in the cache.
+                let _ = local.send(Signal::Resync);
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                let payload: String = match message.get_payload() {
+                                    Ok(p) => p,
+                                    Err(err) => { tracing::warn!(error = %err, "unreadable status message"); continue; }
+                                };
+                                match serde_json::from_str::<OrderStatus>(&payload) {
+                                    Ok(status) => { let _ = local.send(Signal::Status(Arc::new(status))); }
+                                    Err(err) => tracing::warn!(error = %err, "status message is not an OrderStatusUpdated"),
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                let _ = up.send(false);
+                tracing::warn!("Redis status subscription closed; reconnecting");
+            }
+            Err(err) => tracing::warn!(error = %err, "Redis status subscription failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Consumer settings for `orders.status`: one group shared by the replicas, offsets
+/// stored only after the status is in the cache.
+pub fn consumer_config(base: &ClientConfig, group: &str) -> ClientConfig {
+    let mut config = base.clone();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000");
+    config
+}
+
+/// Consumes `orders.status` into the cache until `shutdown`.
+pub async fn run_consumer(consumer: StreamConsumer, cache: Arc<StatusCache>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let message = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.changed() => return,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading orders.status failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let payload = message.payload().unwrap_or_default();
+        match serde_json::from_slice::<OrderStatus>(payload) {
+            Ok(status) => {
+                let span =
+                    tracing::info_span!("order status", request_id = %status.request_id, status = %status.status);
+                let _enter = span.enter();
+                // Keep trying: skipping a status would leave its request waiting.
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match cache.put(status.clone()).await {
+                        Ok(()) => break,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "caching the status failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = shutdown.changed() => return,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                tracing::debug!("status cached");
+            }
+            // Not ours to fix: notif reads the same topic; log it and move on.
+            Err(err) => tracing::warn!(
+                error = %err,
+                partition = message.partition(),
+                offset = message.offset(),
+                "orders.status message is not an OrderStatusUpdated; skipped"
+            ),
+        }
+        if let Err(err) = consumer.store_offset(message.topic(), message.partition(), message.offset()) {
+            tracing::warn!(error = %err, "storing the orders.status offset failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(id: &str, s: &str) -> OrderStatus {
+        OrderStatus {
+            request_id: id.into(),
+            order_id: 1,
+            username: "u".into(),
+            status: s.into(),
+            previous_status: None,
+            updated_at: 1,
+            metadata: Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_status_stored_before_the_wait_is_found_and_one_after_completes_it() {
+        let cache = StatusCache::memory();
+        let (_stop, shutdown) = watch::channel(false);
+        cache.put(status("early", "PAID")).await.unwrap();
+        let sub = cache.subscribe();
+        let found = cache
+            .wait_final(sub, "early", Duration::from_secs(1), shutdown.clone())
+            .await
+            .unwrap();
+        assert!(matches!(found, Wait::Final(s) if s.status == "PAID"));
+
+        let sub = cache.subscribe();
+        let c = cache.clone();
+        let writer = tokio::spawn(async move {
+            c.put(status("late", "PENDING_VALIDATION")).await.unwrap();
+            c.put(status("other", "PAID")).await.unwrap();
+            c.put(status("late", "REJECTED")).await.unwrap();
+        });
+        let found = cache
+            .wait_final(sub, "late", Duration::from_secs(5), shutdown.clone())
+            .await
+            .unwrap();
+        assert!(matches!(found, Wait::Final(s) if s.status == "REJECTED"));
+        writer.await.unwrap();
+
+        let sub = cache.subscribe();
+        let pending = cache
+            .wait_final(sub, "never", Duration::from_millis(50), shutdown)
+            .await
+            .unwrap();
+        assert!(matches!(pending, Wait::Pending));
+    }
+}
