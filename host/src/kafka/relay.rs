@@ -20,9 +20,10 @@ use super::to_kafka_headers;
 /// Rows relayed per round: all of them are enqueued in the producer before the first
 /// acknowledgement is awaited.
 const BATCH: i64 = 512;
-/// How often the relay looks for rows written by other processes (other hosts on
-/// PostgreSQL, `switchyard gateway` beside `run` on SQLite); rows of this process wake
-/// it at once.
+/// How often the relay looks for rows written by other processes when nothing woke it:
+/// rows of this process wake it at once, rows of other hosts on PostgreSQL through
+/// LISTEN/NOTIFY; this poll covers `switchyard gateway` beside `run` on one SQLite file,
+/// and a lost notification connection.
 const POLL: Duration = Duration::from_millis(50);
 const BACKOFF: Duration = Duration::from_millis(500);
 /// How often a host that is not the relay tries to become it.
@@ -62,6 +63,7 @@ pub enum RelayError {
 pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watch::Receiver<bool>) {
     let mut producer: Option<FutureProducer> = None;
     let mut lock = None;
+    let mut listener = None;
     loop {
         let stopping = *shutdown.borrow();
         if lock.is_none() {
@@ -124,8 +126,21 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
                 continue;
             }
         }
+        if listener.is_none() {
+            listener = db.outbox_listener().await.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "cannot listen for other hosts' outbox rows; polling");
+                None
+            });
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => l.recv().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = db.signals().outbox.notified() => {}
+            ok = notified => if !ok { listener = None },
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => {}
         }

@@ -28,6 +28,9 @@ pub struct ParkedRow {
 
 type Row = (i64, String, String, String, Option<Vec<u8>>, Vec<u8>, String);
 
+/// The PostgreSQL notification channel of committed outbox rows.
+pub const OUTBOX_CHANNEL: &str = "switchyard_outbox";
+
 impl Tx {
     /// Queues a message for the relay, as part of this transaction.
     pub async fn insert_outbox(
@@ -50,12 +53,33 @@ impl Tx {
             .execute(c)
             .await?
             .rows_affected());
+        if !self.wrote_outbox && self.is_postgres() {
+            // Delivered at commit (NOTIFY is transactional) to the relay of whichever host
+            // holds the lock, so rows written by other hosts go out without a poll.
+            on_conn!(self, |c| sqlx::query("SELECT pg_notify($1, '')")
+                .bind(OUTBOX_CHANNEL)
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
         self.wrote_outbox = true;
         Ok(())
     }
 }
 
 impl Db {
+    /// On PostgreSQL, a listener woken whenever any host commits outbox rows.
+    pub async fn outbox_listener(&self) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen(OUTBOX_CHANNEL).await?;
+                Ok(Some(listener))
+            }
+            Pool::Sqlite(_) => Ok(None),
+        }
+    }
+
     /// Unsent, unparked outbox rows in commit order, oldest first.
     pub async fn unsent_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         const SQL: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \

@@ -480,6 +480,8 @@ impl HostProcess {
                 database_url,
             ])
             .arg("run")
+            // Several hosts at once: each its own free HTTP port.
+            .args(["--http-addr", "127.0.0.1:0"])
             .env("SWITCHYARD_LOG", "warn,switchyard::kafka::dispatch=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -650,4 +652,53 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(partitions.len(), 4, "every partition was consumed");
+}
+
+/// Two hosts on one PostgreSQL database both run the timer pump: each pending timer
+/// fires once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_with_pending_timers_fire_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, TIMERS);
+    let brokers = brokers_for(true, &routing).await.unwrap();
+    let (db, _url) = crate::common::postgres_database().await.unwrap();
+    const N: i64 = 200;
+    let fired = serde_json::to_vec(&json!({"steps": [increment("fired")]})).unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..N {
+        let message = switchyard::store::OutboundMessage {
+            topic: format!("{p}.later"),
+            key: Some(format!("k{i}").into_bytes()),
+            payload: fired.clone(),
+            headers: vec![(switchyard::protocol::names::EVENT_ID.to_string(), format!("timer-{i}"))],
+        };
+        tx.insert_timer(
+            &format!("timer-{i}"),
+            "sched",
+            switchyard::store::now_ms() + 500,
+            &message,
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let hosts = async {
+        tokio::join!(
+            serve(&routing, db.clone(), &brokers, shutdown.clone()),
+            serve(&routing, db.clone(), &brokers, shutdown.clone()),
+        )
+    };
+    let check = async {
+        wait_for(&db, "counter", "fired", N, Duration::from_secs(90)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await; // room for a double firing
+        stop.send(true).unwrap();
+    };
+    let ((a, b), ()) = tokio::join!(hosts, check);
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(counter(&db, "counter", "fired").await, N);
+    assert_eq!(db.count(Table::Timers).await.unwrap(), 0);
+    assert_eq!(db.count(Table::Outbox).await.unwrap(), N, "one outbox row per timer");
 }
