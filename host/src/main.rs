@@ -324,7 +324,7 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
     let queries = switchyard::gateway_components::load(&routing, &db)?;
     let (routes, http) = tokio::join!(
         switchyard::service::serve(&routing, db.clone(), &brokers, shutdown.clone()),
-        switchyard::gateway::serve(gateway, db.clone(), brokers.client_config(), queries, false, shutdown),
+        switchyard::gateway::serve(gateway, db.clone(), brokers.consumer_config(), queries, false, shutdown),
     );
     routes?;
     http?;

@@ -75,6 +75,7 @@ pub async fn serve_with(
         relay_shutdown,
     ));
 
+    let consumer_base = brokers.consumer_config();
     let mut routes = JoinSet::new();
     for route in &routing.routes {
         routes.spawn(supervise(
@@ -82,7 +83,7 @@ pub async fn serve_with(
             components[&route.component].clone(),
             runtime.clone(),
             db.clone(),
-            base.clone(),
+            consumer_base.clone(),
             origin.clone(),
             shutdown.clone(),
         ));

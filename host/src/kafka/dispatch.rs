@@ -115,12 +115,12 @@ pub fn consumer_config(base: &ClientConfig, route: &Route) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
-        // Light traffic: an idle partition's fetch returns as soon as one event arrives
-        // (fetch.min.bytes=1 is the default) but the broker may park an empty fetch for
-        // fetch.wait.max.ms; 100 ms (not 500) bounds what an event that lands just after
-        // an empty fetch waits, at ten fetches a second per idle broker connection.
-        .set("fetch.wait.max.ms", "100")
         .set("fetch.queue.backoff.ms", "10");
+    if config.get("fetch.wait.max.ms").is_none() {
+        // A real broker answers a parked fetch as soon as an event arrives; this only
+        // bounds how long an idle connection waits between fetches.
+        config.set("fetch.wait.max.ms", "100");
+    }
     config
 }
 

@@ -87,6 +87,18 @@ impl Brokers {
             .set("client.id", "switchyard");
         config
     }
+
+    /// Base settings for consumers of this cluster.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        if let Brokers::Embedded { .. } = self {
+            // librdkafka's mock broker answers a fetch only when fetch.wait.max.ms is
+            // over, even when an event arrived meanwhile (a real broker answers at once):
+            // with the default 500 ms every hop of the embedded saga took ~400 ms.
+            config.set("fetch.wait.max.ms", "5");
+        }
+        config
+    }
 }
 
 /// Producer settings for everything Switchyard sends: idempotent, acknowledged by all
