@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod config;
 mod contract;
+mod fault;
 mod gateway;
 mod hostile;
 mod kafka;
