@@ -25,7 +25,7 @@ use crate::common::{kafka_brokers, postgres_database, workspace};
 use crate::saga::{saga_routing, start_groups_at_the_end};
 
 const USERS: usize = 20;
-const DEPOSIT_CENTS: i64 = 100_00;
+const DEPOSIT_CENTS: i64 = 10_000;
 const PRICE: f64 = 7.77;
 const PRICE_CENTS: i64 = 777;
 
