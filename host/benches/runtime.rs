@@ -13,8 +13,9 @@
 //! Needs `target/components/probe.wasm` (`just handlers`), PostgreSQL
 //! (`SWITCHYARD_TEST_DATABASE_URL`) and Kafka (`SWITCHYARD_TEST_KAFKA_BROKERS`); `just
 //! bench` starts both and exports them. A missing service stops the run with that fix:
-//! no row quietly runs on something else. `BENCH_RUNS` (default 3) and `BENCH_BACKLOG`
-//! (default 200000) size the runs.
+//! no row quietly runs on something else. `BENCH_RUNS` (default 3), `BENCH_EVENTS`
+//! (throughput events per run, default 2000) and `BENCH_BACKLOG` (default 200000) size
+//! the runs.
 
 mod support;
 
@@ -51,7 +52,6 @@ use support::{Spread, Table, mib, ms, percentile};
 /// Events per run and warm-up events, per table.
 const INVOCATIONS: usize = 400;
 const INVOCATION_WARMUP: usize = 20;
-const KAFKA_EVENTS: usize = 2000;
 const KAFKA_WARMUP: usize = 300;
 const HOPS_PER_RUN: usize = 100;
 const HOP_WARMUP: usize = 10;
@@ -104,6 +104,8 @@ fn bench() -> anyhow::Result<()> {
 
 struct Settings {
     runs: usize,
+    /// Events per run of the throughput table.
+    events: usize,
     backlog: usize,
     tables: Vec<String>,
 }
@@ -126,6 +128,7 @@ impl Settings {
         }
         Ok(Settings {
             runs: number("BENCH_RUNS", 3)?,
+            events: number("BENCH_EVENTS", 2000)?,
             backlog: number("BENCH_BACKLOG", 200_000)?,
             tables,
         })
@@ -769,7 +772,8 @@ impl Pipeline {
 async fn throughput_table(stack: &Stack, settings: &Settings) -> anyhow::Result<()> {
     let mut table = Table::new(
         format!(
-            "Throughput: {KAFKA_EVENTS} events ({KAFKA_PAYLOAD} B, 3 partitions) sent at once per run, real broker, after {KAFKA_WARMUP} warm-up events"
+            "Throughput: {} events ({KAFKA_PAYLOAD} B, 3 partitions) sent at once per run, real broker, after {KAFKA_WARMUP} warm-up events",
+            settings.events
         ),
         &["case", "done when", "µs/event", "events/s", "× baseline time"],
     );
@@ -811,7 +815,7 @@ async fn throughput_table(stack: &Stack, settings: &Settings) -> anyhow::Result<
         let mut pipeline = Pipeline::start(stack, kind).await?;
         let mut spread = Spread::default();
         for _ in 0..settings.runs {
-            spread.push(pipeline.run(KAFKA_EVENTS).await?.as_secs_f64() / KAFKA_EVENTS as f64);
+            spread.push(pipeline.run(settings.events).await?.as_secs_f64() / settings.events as f64);
         }
         duplicates += pipeline.finish().await?;
         medians.push(spread.median());
