@@ -5,7 +5,7 @@
 
 pub mod logic;
 
-use switchyard_sdk::events::{DepositRequested, OrderCreated, RefundRequested, UserRegistered, topics};
+use saga_events::{DepositRequested, OrderCreated, RefundRequested, UserRegistered, topics};
 use switchyard_sdk::json::{self, Versioned};
 use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, late, query};
 

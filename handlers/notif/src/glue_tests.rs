@@ -1,8 +1,8 @@
 //! The glue of lib.rs on the SDK's in-memory host, natively: a status update becomes a
 //! profile request, the profile a notification, the notification one delivery.
 
+use saga_events::{NotificationRequested, NotificationSent, UserProfileRequested, topics};
 use serde_json::{Value, json};
-use switchyard_sdk::events::{NotificationRequested, NotificationSent, UserProfileRequested, topics};
 use switchyard_sdk::testing::{TestHost, event};
 
 use super::NotifHandler;

@@ -6,7 +6,7 @@
 
 pub mod logic;
 
-use switchyard_sdk::events::{NotificationRequested, OrderStatusUpdated, UserProfileResponse, topics};
+use saga_events::{NotificationRequested, OrderStatusUpdated, UserProfileResponse, topics};
 use switchyard_sdk::{Event, HandleError, Handler, Router, json, log};
 
 use logic::{Delivery, Pending, ProfileOutcome, Sent};

@@ -5,12 +5,12 @@
 //! - sender: a `NotificationRequested` is delivered once (recorded as an outbox entry)
 //!   and reported as `NotificationSent`.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use switchyard_sdk::events::{
+use saga_events::{
     NotificationRequested, NotificationSent, NotificationType, OrderStatus, OrderStatusUpdated, UserProfileRequested,
     UserProfileResponse,
 };
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use switchyard_sdk::{keys, money};
 
 /// `replyTo` of our profile requests.

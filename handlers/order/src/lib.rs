@@ -6,7 +6,7 @@
 
 pub mod logic;
 
-use switchyard_sdk::events::{OrderCreationRequested, PaymentProcessed, PaymentTimedOut, topics};
+use saga_events::{OrderCreationRequested, PaymentProcessed, PaymentTimedOut, topics};
 use switchyard_sdk::json::{self, Versioned};
 use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, query, storage, timers};
 

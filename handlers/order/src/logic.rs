@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use switchyard_sdk::events::{
+use saga_events::{
     OrderCreated, OrderCreationRequested, OrderItem, OrderStatus, OrderStatusUpdated, PaymentProcessed,
     PaymentTimedOut, RefundRequested,
 };
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use switchyard_sdk::{QueryError, keys, money};
 
 /// Counter that allocates order ids (1, 2, ...); 0 therefore never names an order and

@@ -5,7 +5,7 @@
 
 pub mod logic;
 
-use switchyard_sdk::events::{UserProfileRequested, UserRegistered, topics};
+use saga_events::{UserProfileRequested, UserRegistered, topics};
 use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, json, late, query};
 
 use logic::{Profile, ProfileDecision};

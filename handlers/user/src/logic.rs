@@ -1,8 +1,8 @@
 //! Profile decisions as pure functions: (event, stored profile, now) in, the profile to
 //! store or the response to publish out.
 
+use saga_events::{UserProfileRequested, UserProfileResponse, UserRegistered};
 use serde::{Deserialize, Serialize};
-use switchyard_sdk::events::{UserProfileRequested, UserProfileResponse, UserRegistered};
 use switchyard_sdk::{QueryError, keys};
 
 /// Query `profile`: a user's profile.

@@ -25,7 +25,12 @@ pub fn artifact(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: run `just handlers` first", path.display()));
-    let sources = [root.join("handlers").join(name), root.join("handlers/sdk"), root.join("wit")];
+    let sources = [
+        root.join("handlers").join(name),
+        root.join("handlers/sdk"),
+        root.join("handlers/saga-events"),
+        root.join("wit"),
+    ];
     if let Some(newer) = sources.iter().find_map(|dir| newer_file(dir, built)) {
         panic!(
             "{} is older than {}: run `just handlers` (or `just test`, which rebuilds them)",
