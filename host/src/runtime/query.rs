@@ -111,7 +111,7 @@ impl Runtime {
             name: query_name.clone(),
             source,
         };
-        let tx = db.begin().await.map_err(store_error)?;
+        let tx = db.begin_read_only().await.map_err(store_error)?;
 
         let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);

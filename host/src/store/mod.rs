@@ -197,6 +197,20 @@ impl Db {
         })
     }
 
+    /// Starts a transaction for reading only (read-only queries). PostgreSQL refuses any
+    /// write in it, behind the host's own read-only checks; SQLite begins it deferred, so
+    /// it takes no write lock from writers in other processes.
+    pub async fn begin_read_only(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN DEFERRED").await?),
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
+                Tx::Postgres(tx)
+            }
+        })
+    }
+
     /// Unsent outbox rows in commit order, oldest first.
     pub async fn unsent_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         const SQL: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
