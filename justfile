@@ -37,3 +37,7 @@ lint:
 # Benchmarks, printed as tables.
 bench: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench runtime
+
+# What a read-only query costs beside an event of the same component, as a table.
+bench-query: handlers services
+    eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench query
