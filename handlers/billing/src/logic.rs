@@ -38,8 +38,6 @@ pub fn initial_balance(configured: Option<&str>) -> Result<i64, String> {
 
 /// Query `balance`: a user's balance.
 pub const BALANCE_QUERY: &str = "balance";
-/// Every query billing answers.
-pub const QUERIES: &[&str] = &[BALANCE_QUERY];
 
 /// Arguments of queries about one user.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

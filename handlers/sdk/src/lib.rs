@@ -39,6 +39,7 @@ pub mod bindings {
 
 pub use bindings::export_handler;
 pub use bindings::switchyard::handler::types::{Event, HandleError, Header, QueryError};
+pub use query::QueryRouter;
 
 /// A Switchyard handler: `handle` for events, and optionally `query` for read-only
 /// questions (the default knows no query). Export it with [`export_handler!`].

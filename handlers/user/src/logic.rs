@@ -7,8 +7,6 @@ use switchyard_sdk::{QueryError, keys};
 
 /// Query `profile`: a user's profile.
 pub const PROFILE_QUERY: &str = "profile";
-/// Every query the user component answers.
-pub const QUERIES: &[&str] = &[PROFILE_QUERY];
 
 /// Arguments of queries about one user.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
