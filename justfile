@@ -43,3 +43,7 @@ bench *TABLES: handlers services
 # Open-loop load through the order saga: RATE orders/s for DURATION s, latency to the final status.
 load RATE="100" DURATION="10" *ARGS: handlers
     cargo bench -p switchyard --bench load -- {{RATE}} {{DURATION}} {{ARGS}}
+
+# What a read-only query costs beside an event of the same component, as a table.
+bench-query: handlers services
+    eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench query

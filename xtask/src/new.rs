@@ -451,6 +451,24 @@ mod tests {
     }
 
     #[test]
+    fn print_only_creates_the_crate_and_leaves_topics_toml_alone() {
+        let root = std::env::temp_dir().join(format!("xtask-new-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("handlers")).unwrap();
+        let original = "[topics.\"a\"]\npartitions = 1\n";
+        std::fs::write(root.join("topics.toml"), original).unwrap();
+        let s = Scaffold::parse(&args("audit --topics a --print")).unwrap();
+        let stanza = run(&root, &s).unwrap();
+        assert!(stanza.contains("[components.audit]"));
+        assert_eq!(std::fs::read_to_string(root.join("topics.toml")).unwrap(), original);
+        for file in ["Cargo.toml", "src/lib.rs", "src/logic.rs", "src/glue_tests.rs"] {
+            assert!(root.join("handlers/audit").join(file).exists(), "{file}");
+        }
+        // A second run refuses rather than overwrite.
+        assert!(run(&root, &s).unwrap_err().to_string().contains("exists already"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn topic_constants_are_valid_and_unique() {
         let s = Scaffold::parse(&args("audit --topics a.b,a-b,9lives")).unwrap();
         let names: Vec<String> = topic_consts(&s).into_iter().map(|(n, _)| n).collect();

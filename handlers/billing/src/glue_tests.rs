@@ -1,9 +1,9 @@
 //! The glue of lib.rs (routing, storage layout, what is published) on the SDK's
 //! in-memory host, natively.
 
+use saga_events::{PaymentProcessed, topics};
 use serde_json::{Value, json};
 use switchyard_sdk::HandleError;
-use switchyard_sdk::events::{PaymentProcessed, topics};
 use switchyard_sdk::testing::{TestHost, attempt, event};
 
 use super::BillingHandler;

@@ -5,9 +5,9 @@
 
 pub mod logic;
 
-use switchyard_sdk::events::{DepositRequested, OrderCreated, RefundRequested, UserRegistered, topics};
+use saga_events::{DepositRequested, OrderCreated, RefundRequested, UserRegistered, topics};
 use switchyard_sdk::json::{self, Versioned};
-use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, late, query};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, QueryRouter, Router, config, late};
 
 use logic::{Account, DepositDecision, DepositRecord, PaymentRecord, RefundDecision, Refusal};
 
@@ -27,14 +27,12 @@ impl Handler for BillingHandler {
     }
 
     fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
-        match name.as_str() {
-            logic::BALANCE_QUERY => {
-                let by: logic::ByUser = query::args(&name, &args)?;
+        QueryRouter::new("billing", &name, &args)
+            .on(logic::BALANCE_QUERY, |by: logic::ByUser| {
                 let account = json::get::<Account>(&logic::account_key(&by.username))?;
-                query::answer(&logic::balance(account.as_ref(), &by.username)?)
-            }
-            _ => Err(query::unknown("billing", &name, logic::QUERIES)),
-        }
+                logic::balance(account.as_ref(), &by.username)
+            })
+            .finish()
     }
 }
 

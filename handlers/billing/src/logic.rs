@@ -1,8 +1,8 @@
 //! Billing decisions as pure functions: (event, stored account / payment, now) in,
 //! new records and the event to publish out. Balances are integer minor units.
 
+use saga_events::{DepositRequested, OrderCreated, PaymentProcessed, RefundRequested, UserRegistered};
 use serde::{Deserialize, Serialize};
-use switchyard_sdk::events::{DepositRequested, OrderCreated, PaymentProcessed, RefundRequested, UserRegistered};
 use switchyard_sdk::{QueryError, keys, money};
 
 /// Config key: the balance a new account starts with, decimal major units ("100.00").
@@ -38,8 +38,6 @@ pub fn initial_balance(configured: Option<&str>) -> Result<i64, String> {
 
 /// Query `balance`: a user's balance.
 pub const BALANCE_QUERY: &str = "balance";
-/// Every query billing answers.
-pub const QUERIES: &[&str] = &[BALANCE_QUERY];
 
 /// Arguments of queries about one user.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -326,7 +324,7 @@ pub fn refund(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_sdk::events::OrderItem;
+    use saga_events::OrderItem;
 
     const NOW: i64 = 1_700_000_000_000;
 

@@ -6,7 +6,7 @@
 
 pub mod logic;
 
-use switchyard_sdk::events::{NotificationRequested, OrderStatusUpdated, UserProfileResponse, topics};
+use saga_events::{NotificationRequested, OrderStatusUpdated, UserProfileResponse, topics};
 use switchyard_sdk::{Event, HandleError, Handler, Router, json, log};
 
 use logic::{Delivery, Pending, ProfileOutcome, Sent};
@@ -30,12 +30,15 @@ impl Handler for NotifHandler {
 
 fn on_status(update: OrderStatusUpdated, now: i64) -> Result<(), HandleError> {
     let (pending, request) = logic::on_status(&update, now);
-    json::put(&logic::pending_key(&update.request_id, &update.status), &pending)?;
+    json::put(
+        &logic::pending_key(&update.username, &update.request_id, &update.status),
+        &pending,
+    )?;
     json::publish(topics::USERS_PROFILE, &request.username, &request)
 }
 
 fn on_profile(profile: UserProfileResponse, now: i64) -> Result<(), HandleError> {
-    let waiting = json::list_prefix::<Pending>(&logic::pending_prefix(&profile.request_id))?;
+    let waiting = json::list_prefix::<Pending>(&logic::pending_prefix(&profile.username, &profile.request_id))?;
     if waiting.is_empty() {
         // Someone else's request, or one we answered already.
         switchyard_sdk::debug!("profile response with nothing pending", requestId = profile.request_id);

@@ -5,12 +5,12 @@
 //! - sender: a `NotificationRequested` is delivered once (recorded as an outbox entry)
 //!   and reported as `NotificationSent`.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use switchyard_sdk::events::{
+use saga_events::{
     NotificationRequested, NotificationSent, NotificationType, OrderStatus, OrderStatusUpdated, UserProfileRequested,
     UserProfileResponse,
 };
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use switchyard_sdk::{keys, money};
 
 /// `replyTo` of our profile requests.
@@ -21,14 +21,15 @@ pub const CHANNEL_EMAIL: &str = "email";
 pub const UNSUPPORTED_CHANNEL: &str = "UNSUPPORTED_CHANNEL";
 pub const NO_RECIPIENT: &str = "NO_RECIPIENT";
 
-/// Prefix of the pending notifications of one request.
-pub fn pending_prefix(request_id: &str) -> String {
-    format!("pending/{}/", keys::segment(request_id))
+/// Prefix of the pending notifications of one request of one user. Scoped per user:
+/// two users may send the same requestId, and neither may overwrite the other's entry.
+pub fn pending_prefix(username: &str, request_id: &str) -> String {
+    format!("pending/{}/{}/", keys::segment(username), keys::segment(request_id))
 }
 
 /// Storage key of the pending notification for one status of one request.
-pub fn pending_key(request_id: &str, status: &str) -> String {
-    format!("{}{}", pending_prefix(request_id), keys::segment(status))
+pub fn pending_key(username: &str, request_id: &str, status: &str) -> String {
+    format!("{}{}", pending_prefix(username, request_id), keys::segment(status))
 }
 
 /// Storage key of a delivery (the sender's outbox record).
@@ -36,10 +37,13 @@ pub fn sent_key(notification_id: &str) -> String {
     format!("sent/{}", keys::segment(notification_id))
 }
 
-/// The same status of the same request always yields the same id, so a redelivered
-/// status update cannot produce a second, differently named notification.
-pub fn notification_id(request_id: &str, status: &str) -> String {
-    format!("{request_id}:{status}")
+/// The same status of the same request of the same user always yields the same id, so
+/// a redelivered status update cannot produce a second, differently named notification,
+/// and another user's request with the same requestId cannot pass for a repeat. `%` and
+/// `:` in the parts are escaped so that no two triples share an id.
+pub fn notification_id(username: &str, request_id: &str, status: &str) -> String {
+    let part = |text: &str| text.replace('%', "%25").replace(':', "%3A");
+    format!("{}:{}:{}", part(username), part(request_id), part(status))
 }
 
 /// A status update waiting for the user's contact data, under [`pending_key`].
@@ -108,7 +112,7 @@ pub fn on_profile(pending: &Pending, profile: &UserProfileResponse, now: i64) ->
     let kind = notification_type(&update.status);
     let (subject, content) = render(kind, update, name);
     ProfileOutcome::Notify(NotificationRequested {
-        notification_id: notification_id(&update.request_id, &update.status),
+        notification_id: notification_id(&update.username, &update.request_id, &update.status),
         request_id: update.request_id.clone(),
         username: update.username.clone(),
         kind,
@@ -332,7 +336,7 @@ mod tests {
     #[test]
     fn paid_notification_is_complete_and_deterministic() {
         let n = notify(update("PAID", &[("amount", json!(20.29))]));
-        assert_eq!(n.notification_id, "req-1:PAID");
+        assert_eq!(n.notification_id, "alice:req-1:PAID");
         assert_eq!(n.kind, NotificationType::OrderPaid);
         assert_eq!(n.subject, "Order #7 is paid");
         assert_eq!(
@@ -414,7 +418,7 @@ mod tests {
             "To: alice@example.org\r\nSubject: Order #7 is paid\r\n\r\n\
              Hello Alice, we received your payment of 1.50 for order #7.\r\n"
         );
-        assert_eq!(event.notification_id, "req-1:PAID");
+        assert_eq!(event.notification_id, "alice:req-1:PAID");
         assert_eq!(
             (event.channel.as_str(), event.success, event.sent_at),
             ("email", true, NOW + 2)
@@ -456,8 +460,20 @@ mod tests {
 
     #[test]
     fn keys_escape_user_text() {
-        assert_eq!(pending_prefix("r/1"), "pending/r%2F1/");
-        assert_eq!(pending_key("r/1", "PAID"), "pending/r%2F1/PAID");
-        assert_eq!(sent_key("r/1:PAID"), "sent/r%2F1:PAID");
+        assert_eq!(pending_prefix("a/b", "r/1"), "pending/a%2Fb/r%2F1/");
+        assert_eq!(pending_key("alice", "r/1", "PAID"), "pending/alice/r%2F1/PAID");
+        assert_eq!(sent_key("alice:r/1:PAID"), "sent/alice:r%2F1:PAID");
+    }
+
+    #[test]
+    fn notifications_are_scoped_per_user() {
+        // Two users' requests with one requestId are two notifications, two entries.
+        assert_ne!(
+            notification_id("alice", "r-1", "PAID"),
+            notification_id("bob", "r-1", "PAID")
+        );
+        assert_ne!(pending_key("alice", "r-1", "PAID"), pending_key("bob", "r-1", "PAID"));
+        // Separators inside the parts cannot make two triples collide.
+        assert_ne!(notification_id("a:b", "c", "PAID"), notification_id("a", "b:c", "PAID"));
     }
 }

@@ -1,8 +1,8 @@
 //! The glue of lib.rs (routing, storage layout, timers, what is published) on the SDK's
 //! in-memory host, natively.
 
+use saga_events::{OrderCreated, OrderStatusUpdated, topics};
 use serde_json::{Value, json};
-use switchyard_sdk::events::{OrderCreated, OrderStatusUpdated, topics};
 use switchyard_sdk::testing::{TestHost, event};
 use switchyard_sdk::{HandleError, QueryError};
 

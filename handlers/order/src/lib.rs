@@ -6,9 +6,9 @@
 
 pub mod logic;
 
-use switchyard_sdk::events::{OrderCreationRequested, PaymentProcessed, PaymentTimedOut, topics};
+use saga_events::{OrderCreationRequested, PaymentProcessed, PaymentTimedOut, topics};
 use switchyard_sdk::json::{self, Versioned};
-use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, query, storage, timers};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, QueryRouter, Router, config, storage, timers};
 
 use logic::{Order, PaymentDecision, RequestDecision, Transition};
 
@@ -29,32 +29,35 @@ impl Handler for OrderHandler {
     }
 
     fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
-        match name.as_str() {
-            logic::ORDERS_QUERY => {
-                let args: logic::OrdersArgs = query::args(&name, &args)?;
-                let limit = logic::orders_limit(&args)?;
-                let index = json::list_prefix::<i64>(&logic::user_requests_prefix(&args.username))?;
-                let ids = logic::newest(index.into_iter().map(|(_, id)| id).collect(), limit);
-                let mut orders = Vec::with_capacity(ids.len());
-                for id in ids {
-                    orders.push((&load(id)?.value).into());
-                }
-                query::answer(&logic::OrderList {
-                    username: args.username,
-                    orders,
-                })
-            }
-            logic::ORDER_QUERY => {
-                let args: logic::OrderArgs = query::args(&name, &args)?;
-                let order = match json::get::<i64>(&logic::request_key(&args.username, &args.request_id))? {
-                    Some(id) => Some(load(id)?.value),
-                    None => None,
-                };
-                query::answer(&logic::order_for(order.as_ref(), &args)?)
-            }
-            _ => Err(query::unknown("order", &name, logic::QUERIES)),
-        }
+        QueryRouter::new("order", &name, &args)
+            .on(logic::ORDERS_QUERY, orders_query)
+            .on(logic::ORDER_QUERY, order_query)
+            .finish()
     }
+}
+
+/// The user's orders, newest first.
+fn orders_query(args: logic::OrdersArgs) -> Result<logic::OrderList, QueryError> {
+    let limit = logic::orders_limit(&args)?;
+    let index = json::list_prefix::<i64>(&logic::user_requests_prefix(&args.username))?;
+    let ids = logic::newest(index.into_iter().map(|(_, id)| id).collect(), limit);
+    let mut orders = Vec::with_capacity(ids.len());
+    for id in ids {
+        orders.push((&load(id)?.value).into());
+    }
+    Ok(logic::OrderList {
+        username: args.username,
+        orders,
+    })
+}
+
+/// One of the user's orders, by requestId.
+fn order_query(args: logic::OrderArgs) -> Result<logic::OrderView, QueryError> {
+    let order = match json::get::<i64>(&logic::request_key(&args.username, &args.request_id))? {
+        Some(id) => Some(load(id)?.value),
+        None => None,
+    };
+    logic::order_for(order.as_ref(), &args)
 }
 
 fn on_request(req: OrderCreationRequested, now: i64) -> Result<(), HandleError> {

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use switchyard_sdk::events::{
+use saga_events::{
     OrderCreated, OrderCreationRequested, OrderItem, OrderStatus, OrderStatusUpdated, PaymentProcessed,
     PaymentTimedOut, RefundRequested,
 };
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use switchyard_sdk::{QueryError, keys, money};
 
 /// Counter that allocates order ids (1, 2, ...); 0 therefore never names an order and
@@ -396,8 +396,6 @@ pub fn on_timeout(order: &Order, timeout: &PaymentTimedOut, now: i64) -> Option<
 pub const ORDERS_QUERY: &str = "orders";
 /// Query `order`: one order of the user, by its requestId.
 pub const ORDER_QUERY: &str = "order";
-/// Every query the order component answers.
-pub const QUERIES: &[&str] = &[ORDERS_QUERY, ORDER_QUERY];
 /// Orders listed by [`ORDERS_QUERY`] when `limit` is not given, and the most it allows.
 pub const DEFAULT_ORDERS_LIMIT: usize = 100;
 pub const MAX_ORDERS_LIMIT: usize = 1000;

@@ -4,7 +4,6 @@
 //!   here so that every handler shares them. Implement [`Handler`] and export it with
 //!   [`export_handler!`].
 //! - [`query`]: arguments and answers of read-only queries (the `query` export).
-//! - [`events`]: the event schemas of the order saga (docs/events.md), as serde types.
 //! - [`money`]: conversion between wire amounts (JSON numbers) and integer minor units.
 //! - [`json`]: thin helpers to read and write JSON through the host imports.
 //! - [`keys`]: escaping untrusted text for use in `/`-separated storage keys.
@@ -18,7 +17,6 @@
 //! Business logic belongs in plain modules of each handler crate (decisions as enums),
 //! tested natively; the glue is tested natively too, through [`testing::TestHost`].
 
-pub mod events;
 mod imports;
 pub mod json;
 pub mod keys;
@@ -41,6 +39,7 @@ pub mod bindings {
 
 pub use bindings::export_handler;
 pub use bindings::switchyard::handler::types::{Event, HandleError, Header, QueryError};
+pub use query::QueryRouter;
 
 /// A Switchyard handler: `handle` for events, and optionally `query` for read-only
 /// questions (the default knows no query). Export it with [`export_handler!`].

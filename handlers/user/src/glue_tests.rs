@@ -1,8 +1,8 @@
 //! The glue of lib.rs on the SDK's in-memory host, natively.
 
+use saga_events::{UserProfileResponse, topics};
 use serde_json::{Value, json};
 use switchyard_sdk::HandleError;
-use switchyard_sdk::events::{UserProfileResponse, topics};
 use switchyard_sdk::testing::{TestHost, attempt, event};
 
 use super::UserHandler;

@@ -5,8 +5,8 @@
 
 pub mod logic;
 
-use switchyard_sdk::events::{UserProfileRequested, UserRegistered, topics};
-use switchyard_sdk::{Event, HandleError, Handler, QueryError, Router, config, json, late, query};
+use saga_events::{UserProfileRequested, UserRegistered, topics};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, QueryRouter, Router, config, json, late};
 
 use logic::{Profile, ProfileDecision};
 
@@ -24,14 +24,12 @@ impl Handler for UserHandler {
     }
 
     fn query(name: String, args: Vec<u8>) -> Result<Vec<u8>, QueryError> {
-        match name.as_str() {
-            logic::PROFILE_QUERY => {
-                let by: logic::ByUser = query::args(&name, &args)?;
+        QueryRouter::new("user", &name, &args)
+            .on(logic::PROFILE_QUERY, |by: logic::ByUser| {
                 let stored = json::get::<Profile>(&logic::profile_key(&by.username))?;
-                query::answer(&logic::profile(stored, &by.username)?)
-            }
-            _ => Err(query::unknown("user", &name, logic::QUERIES)),
-        }
+                logic::profile(stored, &by.username)
+            })
+            .finish()
     }
 }
 

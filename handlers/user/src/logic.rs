@@ -1,14 +1,12 @@
 //! Profile decisions as pure functions: (event, stored profile, now) in, the profile to
 //! store or the response to publish out.
 
+use saga_events::{UserProfileRequested, UserProfileResponse, UserRegistered};
 use serde::{Deserialize, Serialize};
-use switchyard_sdk::events::{UserProfileRequested, UserProfileResponse, UserRegistered};
 use switchyard_sdk::{QueryError, keys};
 
 /// Query `profile`: a user's profile.
 pub const PROFILE_QUERY: &str = "profile";
-/// Every query the user component answers.
-pub const QUERIES: &[&str] = &[PROFILE_QUERY];
 
 /// Arguments of queries about one user.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -108,7 +108,7 @@ impl Runtime {
             name: query_name.clone(),
             source,
         };
-        let tx = db.begin().await.map_err(store_error)?;
+        let tx = db.begin_read_only().await.map_err(store_error)?;
 
         let started = Instant::now();
         let mut store = self.new_store(

@@ -298,6 +298,26 @@ impl Db {
         })
     }
 
+    /// Starts a transaction for reading only (read-only queries). PostgreSQL refuses any
+    /// write in it, behind the host's own read-only checks; SQLite begins it deferred, so
+    /// it takes no write lock from writers in other processes.
+    pub async fn begin_read_only(&self) -> Result<Tx, StoreError> {
+        let inner = match &self.pool {
+            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin_with("BEGIN DEFERRED").await?),
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
+                TxInner::Postgres(tx)
+            }
+        };
+        Ok(Tx {
+            inner,
+            wrote_outbox: false,
+            wrote_timers: false,
+            signals: self.signals.clone(),
+        })
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         on_pool!(self, |p| p.close().await)

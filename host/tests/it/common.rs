@@ -28,6 +28,7 @@ pub fn artifact(name: &str) -> PathBuf {
     let sources = [
         root.join("handlers").join(name),
         root.join("handlers/sdk"),
+        root.join("handlers/saga-events"),
         root.join("wit"),
     ];
     if let Some(newer) = sources.iter().find_map(|dir| newer_file(dir, built)) {

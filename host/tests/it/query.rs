@@ -261,3 +261,15 @@ on_both_backends!(
     a_write_attempted_in_a_query_fails_and_leaves_nothing,
     a_query_is_bounded_like_an_event,
 );
+
+/// Behind the host's own checks, PostgreSQL itself refuses a write in a query's
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_writes_in_a_query_transaction() {
+    let db = crate::common::test_db(crate::common::Backend::Postgres).await.unwrap();
+    let mut tx = db.db.begin_read_only().await.unwrap();
+    let err = tx.put("probe", "k", b"v").await.unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    drop(tx);
+    assert_eq!(db.db.count(Table::Kv).await.unwrap(), 0);
+}

@@ -67,7 +67,16 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
 
     let out = cargo(
         &copy,
-        &["xtask", "new", "audit", "--topics", "audit.in,orders.status"],
+        // The command of docs/handlers.md, step 1.
+        &[
+            "xtask",
+            "new",
+            "audit",
+            "--topics",
+            "orders.status,audit.in",
+            "--publishes",
+            "audit.out",
+        ],
         &target_dir,
         &wasm_dir,
     );
@@ -80,6 +89,7 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
     );
     // orders.status is declared already and must not be declared twice.
     assert_eq!(config.matches("[topics.\"orders.status\"]").count(), 1);
+    assert!(config.contains("[topics.\"audit.out\"]") && config.contains("publishes = [\"audit.out\"]"));
 
     // A second run refuses rather than overwrite.
     let again = cargo(

@@ -1,6 +1,7 @@
-//! Event schemas of the order saga (ADR-0003), JSON with camelCase field names.
+//! Event schemas of the order saga (ADR-0003), JSON with camelCase field names, shared by
+//! the order, billing, user and notif handlers; the SDK itself stays generic.
 //! Timestamps are epoch milliseconds; money is a JSON number with at most two decimals
-//! (see [`crate::money`]). docs/events.md documents each one and its topic.
+//! (`switchyard_sdk::money` converts it). docs/events.md documents each one and its topic.
 
 use std::collections::BTreeMap;
 
