@@ -37,3 +37,4 @@ lint:
 # Benchmarks, printed as tables.
 bench: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench runtime
+    eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench http
