@@ -234,15 +234,25 @@ async fn stack_rows(real: bool, window: Duration) -> Vec<Row> {
             )
             .await;
             let token = body["accessToken"].as_str().unwrap().to_string();
-            let (status, body) = call(
-                &http,
-                format!("{url}/billing/deposits"),
-                Some(&token),
-                json!({"amount": 100000}),
-            )
-            .await;
-            assert_eq!(status, 202, "{body}");
             tokens.push(token);
+        }
+        // Deposits once the accounts are open (409 until then).
+        for token in &tokens {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (status, body) = call(
+                    &http,
+                    format!("{url}/billing/deposits"),
+                    Some(token),
+                    json!({"amount": 100000}),
+                )
+                .await;
+                if status == 202 {
+                    break;
+                }
+                assert!(status == 409 && Instant::now() < deadline, "deposit: {status} {body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         for token in &tokens {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -253,7 +263,8 @@ async fn stack_rows(real: bool, window: Duration) -> Vec<Row> {
                     .send()
                     .await
                     .unwrap();
-                if r.status() == 200 {
+                let balance: Value = r.json().await.unwrap_or(Value::Null);
+                if balance["balanceCents"].as_i64() == Some(10_000_000) {
                     break;
                 }
                 assert!(Instant::now() < deadline, "deposits never applied");

@@ -461,6 +461,45 @@ mod routes {
     async fn deposits_are_queued_once_per_key_and_bad_amounts_refused() {
         let r = Routes::hs256().await;
         let token = r.register("alice").await;
+        for bad in [json!({"amount": 0}), json!({"amount": -5}), json!({"amount": 1.005})] {
+            let (status, headers, body) = r.post("/billing/deposits", Some(&token), bad).await;
+            assert_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(body["errors"][0]["field"], "amount");
+        }
+        // No account yet (no saga behind this gateway): 409 with Retry-After, nothing queued.
+        let (status, headers, body) = r
+            .post("/billing/deposits", Some(&token), json!({"amount": 12.34}))
+            .await;
+        assert_problem(status, &headers, &body, StatusCode::CONFLICT);
+        assert_eq!(headers["retry-after"], "1");
+        assert!(outbox(&r.gw.db).await.iter().all(|(t, ..)| t != "billing.deposits"));
+        // billing opens the account from the registration, as its route would.
+        let registration = outbox(&r.gw.db)
+            .await
+            .into_iter()
+            .find(|(t, ..)| t == "users.registered")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let routing = crate::saga::saga_routing(dir.path(), "deposits");
+        let runtime = switchyard::runtime::Runtime::new().unwrap();
+        let billing = runtime
+            .load(&routing.components[&switchyard::config::ComponentName::try_from("billing".to_string()).unwrap()])
+            .unwrap();
+        let event = switchyard::event::InboundEvent::from_message(
+            "users.registered",
+            0,
+            0,
+            Some(b"alice".to_vec()),
+            serde_json::to_vec(&registration.2).unwrap(),
+            registration.3.clone(),
+            0,
+        );
+        let outcome = runtime.invoke(&billing, &r.gw.db, &event).await.unwrap();
+        assert!(
+            matches!(outcome, switchyard::runtime::Outcome::Committed(_)),
+            "{outcome:?}"
+        );
+
         let mut req = request(
             "POST",
             "/billing/deposits",
@@ -489,11 +528,6 @@ mod routes {
         assert_eq!(deposits[0].2["amount"], 12.34);
         assert_eq!(deposits[0].2["username"], "alice");
         assert_eq!(deposits[0].2["requestId"], first["requestId"]);
-        for bad in [json!({"amount": 0}), json!({"amount": -5}), json!({"amount": 1.005})] {
-            let (status, headers, body) = r.post("/billing/deposits", Some(&token), bad).await;
-            assert_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
-            assert_eq!(body["errors"][0]["field"], "amount");
-        }
     }
 
     #[tokio::test]
@@ -1089,6 +1123,29 @@ pub mod e2e {
             body["accessToken"].as_str().unwrap().to_string()
         }
 
+        /// Tops up through `POST /billing/deposits`, retrying while the account is not
+        /// open yet (409), as a client should.
+        pub async fn deposit(&self, replica: usize, token: &str, amount: f64) {
+            eventually("the deposit to be accepted", || async {
+                let (status, _, body) = self
+                    .call(
+                        replica,
+                        "POST",
+                        "/billing/deposits",
+                        Some(token),
+                        Some(json!({"amount": amount})),
+                        None,
+                    )
+                    .await;
+                match status {
+                    202 => Some(()),
+                    409 => None,
+                    _ => panic!("deposit: {status} {body}"),
+                }
+            })
+            .await;
+        }
+
         /// The caller's balance in cents, through `GET /billing/balance` (None: no account).
         pub async fn balance_minor(&self, token: &str) -> Option<i64> {
             let (status, _, body) = self.call(0, "GET", "/billing/balance", Some(token), None, None).await;
@@ -1137,10 +1194,7 @@ pub mod e2e {
         let token = stack.user(0, &user).await;
         let t = Some(token.as_str());
 
-        let (status, _, body) = stack
-            .call(0, "POST", "/billing/deposits", t, Some(json!({"amount": 25.0})), None)
-            .await;
-        assert_eq!(status, 202, "{body}");
+        stack.deposit(0, &token, 25.0).await;
         stack.await_balance(&token, 2500).await;
 
         // Paid: 201 with the order's status; 25.00 - 2 x 9.99 = 5.02.
@@ -1249,18 +1303,11 @@ pub mod e2e {
         let mut tokens = Vec::new();
         for (i, user) in users.iter().enumerate() {
             let token = stack.user(i % 2, user).await;
-            let (status, _, body) = stack
-                .call(
-                    i % 2,
-                    "POST",
-                    "/billing/deposits",
-                    Some(&token),
-                    Some(json!({"amount": 50.0})),
-                    None,
-                )
-                .await;
-            assert_eq!(status, 202, "{body}");
             tokens.push(token);
+        }
+        // Deposits once the accounts are open (registration travels through the saga).
+        for (i, token) in tokens.iter().enumerate() {
+            stack.deposit(i % 2, token, 50.0).await;
         }
         for token in &tokens {
             stack.await_balance(token, 5000).await;
