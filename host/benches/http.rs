@@ -279,7 +279,7 @@ async fn stack_rows(real: bool, window: Duration) -> Vec<Row> {
 
         let mut rows = Vec::new();
         rows.push(Row {
-            case: format!("{label}: raw Kafka produce→consume round trip (baseline)"),
+            case: format!("{label}: Kafka produce→consume round trip (baseline)"),
             sent: 200,
             ok: 200,
             latencies: kafka_round_trips(&base, "notifications.sent", 200).await,
