@@ -343,18 +343,18 @@ fn main() {
     println!("\nHTTP: POST /orders through the gateway and the saga (201 = paid), open loop");
     println!("embedded = in-process broker + SQLite + in-process cache; real = Kafka + PostgreSQL + Redis");
     println!(
-        "| {:<52} | {:>6} | {:>6} | {:>9} | {:>9} | {:>9} |",
+        "| {:<54} | {:>6} | {:>6} | {:>9} | {:>9} | {:>9} |",
         "case", "sent", "201", "p50", "p95", "p99"
     );
     println!(
-        "|{:-<54}|{:->8}|{:->8}|{:->11}|{:->11}|{:->11}|",
+        "|{:-<56}|{:->8}|{:->8}|{:->11}|{:->11}|{:->11}|",
         "", "", "", "", "", ""
     );
     for mut row in rows {
         row.latencies.sort();
         let ms = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1000.0);
         println!(
-            "| {:<52} | {:>6} | {:>6} | {:>9} | {:>9} | {:>9} |",
+            "| {:<54} | {:>6} | {:>6} | {:>9} | {:>9} | {:>9} |",
             row.case,
             row.sent,
             row.ok,
