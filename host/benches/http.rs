@@ -38,7 +38,7 @@ fn env(var: &str) -> String {
 }
 
 /// The shipped routing with its components under target/components and consumer groups
-/// of this run only.
+/// of this run only, one per route.
 fn routing(dir: &std::path::Path, run: &str) -> Routing {
     let text = std::fs::read_to_string(workspace().join("topics.toml")).unwrap();
     let components = workspace().join("target/components");
@@ -46,11 +46,15 @@ fn routing(dir: &std::path::Path, run: &str) -> Routing {
         "artifact = \"target/components/",
         &format!("artifact = \"{}/", components.display()),
     );
+    // One group per route (a component with several routes gets one for each).
     for component in ["order", "billing", "user", "notif"] {
-        text = text.replace(
-            &format!("component = \"{component}\"\n"),
-            &format!("component = \"{component}\"\ngroup = \"{run}-{component}\"\n"),
-        );
+        let needle = format!("component = \"{component}\"\n");
+        let mut n = 0;
+        while let Some(at) = text.find(&needle) {
+            n += 1;
+            let group = format!("component  = \"{component}\"\ngroup = \"{run}-{component}-{n}\"\n");
+            text.replace_range(at..at + needle.len(), &group);
+        }
     }
     let path = dir.join("topics.toml");
     std::fs::write(&path, text).unwrap();
