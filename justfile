@@ -35,8 +35,10 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
 # Benchmarks on the real services as tables, with commit and durability settings (TABLES: runtime throughput hop rss).
+# Without TABLES the HTTP table (POST /orders latency, embedded and real) follows.
 bench *TABLES: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench runtime -- {{TABLES}}
+    if [ -z "{{TABLES}}" ]; then eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench http; fi
 
 # Embedded broker + SQLite unless --brokers / --database-url (or SWITCHYARD_BROKERS /
 # SWITCHYARD_DATABASE_URL) are given; docs/benchmarks.md explains the figures.

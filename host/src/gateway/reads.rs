@@ -124,10 +124,11 @@ pub async fn balance(
         (status = 400, description = "malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the `user` role", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "the same Idempotency-Key is in use", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "no account yet (retry after `Retry-After` seconds), or the same Idempotency-Key is in use", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid amount, or a reused Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "billing cannot be asked on this gateway", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn deposit(
     State(gw): State<Arc<Gateway>>,
@@ -144,6 +145,28 @@ pub async fn deposit(
         }])
     })?;
     let key = idempotency::key_of(&headers)?;
+    // billing retries a deposit for an account that does not exist yet and then
+    // dead-letters it: refuse it here instead, while registration is on its way.
+    if gw
+        .query("billing", "balance", json!({"username": user.username}))
+        .await?
+        .is_null()
+    {
+        let problem = Problem::new(
+            StatusCode::CONFLICT,
+            "account-not-open",
+            "Account not open yet",
+            format!(
+                "{:?} has no account yet; it opens shortly after registration: retry",
+                user.username
+            ),
+        );
+        let mut response = problem.into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(response);
+    }
     let fingerprint = serde_json::to_string(&req).expect("serializes");
     let request_id = uuid::Uuid::new_v4().to_string();
     let accepted = |request_id: &str| {
