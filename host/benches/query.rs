@@ -21,9 +21,7 @@ const RUNS: usize = 300;
 
 fn event(topic: &str, payload: serde_json::Value) -> InboundEvent {
     InboundEvent::from_message(
-        topic,
-        0,
-        0,
+        &common::at(topic),
         None,
         serde_json::to_vec(&payload).unwrap(),
         vec![(headers::EVENT_ID.into(), uuid::Uuid::new_v4().to_string())],
