@@ -9,7 +9,9 @@
 //! `SWITCHYARD_TEST_REDIS_URL` (`scripts/services.sh env`). `SWITCHYARD_BENCH_HTTP_SECS`
 //! shortens each rate's window (default 20 s).
 
-use std::path::PathBuf;
+// The test suite's helpers: the shipped routing for one run, groups at the end.
+#[path = "../tests/it/common.rs"]
+mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,6 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use switchyard::config::Routing;
 use switchyard::gateway::{self, GatewayArgs, GatewayConfig};
 use switchyard::kafka::{Brokers, admin, producer_config};
 use switchyard::store::Db;
@@ -26,59 +27,8 @@ use tokio::sync::watch;
 const RATES: [u32; 2] = [50, 200];
 const USERS: usize = 20;
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run `just bench`, which exports the services"))
-}
-
-/// The shipped routing with its components under target/components and consumer groups
-/// of this run only, one per route.
-fn routing(dir: &std::path::Path, run: &str) -> Routing {
-    let text = std::fs::read_to_string(workspace().join("topics.toml")).unwrap();
-    let components = workspace().join("target/components");
-    let mut text = text.replace(
-        "artifact = \"target/components/",
-        &format!("artifact = \"{}/", components.display()),
-    );
-    // One group per route (a component with several routes gets one for each).
-    for component in ["order", "billing", "user", "notif"] {
-        let needle = format!("component = \"{component}\"\n");
-        let mut n = 0;
-        while let Some(at) = text.find(&needle) {
-            n += 1;
-            let group = format!("component  = \"{component}\"\ngroup = \"{run}-{component}-{n}\"\n");
-            text.replace_range(at..at + needle.len(), &group);
-        }
-    }
-    let path = dir.join("topics.toml");
-    std::fs::write(&path, text).unwrap();
-    Routing::load(&path).unwrap()
-}
-
-/// Commits this run's groups at the end of their topics, so a shared broker's history
-/// (earlier runs' orders) is not replayed into this run's fresh database.
-fn start_groups_at_the_end(base: &rdkafka::ClientConfig, routing: &Routing) {
-    for route in &routing.routes {
-        let mut config = base.clone();
-        config.set("group.id", &route.group);
-        let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
-        let mut offsets = rdkafka::TopicPartitionList::new();
-        for partition in 0..routing.topics[&route.topic].partitions as i32 {
-            let (_, high) = consumer
-                .fetch_watermarks(route.topic.as_str(), partition, Duration::from_secs(30))
-                .unwrap();
-            offsets
-                .add_partition_offset(route.topic.as_str(), partition, rdkafka::Offset::Offset(high))
-                .unwrap();
-        }
-        consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).unwrap();
-    }
 }
 
 async fn database(real: bool, dir: &std::path::Path) -> Db {
@@ -180,11 +130,11 @@ async fn stack_rows(real: bool, window: Duration) -> Vec<Row> {
     let label = if real { "real" } else { "embedded" };
     let dir = tempfile::tempdir().unwrap();
     let run = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let routing = routing(dir.path(), &run);
+    let routing = common::saga_routing(dir.path(), &run);
     let brokers = if real {
         let brokers = Brokers::start(Some(&env("SWITCHYARD_TEST_KAFKA_BROKERS")), &routing).unwrap();
         admin::sync_topics(&brokers.client_config(), &routing).await.unwrap();
-        start_groups_at_the_end(&brokers.client_config(), &routing);
+        common::start_groups_at_the_end(&brokers.client_config(), &routing);
         brokers
     } else {
         Brokers::start(None, &routing).unwrap()

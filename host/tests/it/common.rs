@@ -5,9 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use switchyard::config::{ComponentName, ComponentSpec, Limits, Location, TopicName};
+use rdkafka::consumer::Consumer;
+use switchyard::config::{ComponentName, ComponentSpec, Limits, Location, Routing, TopicName};
 use switchyard::store::Db;
 
 pub fn workspace() -> PathBuf {
@@ -171,6 +172,92 @@ macro_rules! on_both_backends {
                     if let Some(db) = $crate::common::test_db($crate::common::Backend::Postgres).await {
                         super::$scenario(&db.db).await;
                     }
+                }
+            )*
+        }
+    };
+}
+
+/// The shipped routing, with consumer groups unique to this run so that a new group
+/// starts at the beginning of the topics.
+pub fn saga_routing(dir: &std::path::Path, run: &str) -> Routing {
+    let text = std::fs::read_to_string(workspace().join("topics.toml")).unwrap();
+    let components = workspace().join("target/components");
+    let mut text = text.replace(
+        "artifact = \"target/components/",
+        &format!("artifact = \"{}/", components.display()),
+    );
+    // One group per route, as the host requires.
+    for component in ["order", "billing", "user", "notif"] {
+        let needle = format!("component = \"{component}\"\n");
+        let mut n = 0;
+        while let Some(at) = text.find(&needle) {
+            n += 1;
+            let group = format!("component  = \"{component}\"\ngroup = \"{run}-{component}-{n}\"\n");
+            text.replace_range(at..at + needle.len(), &group);
+        }
+    }
+    let path = dir.join("topics.toml");
+    std::fs::write(&path, text).unwrap();
+    Routing::load(&path).unwrap()
+}
+
+/// The saga's topics on a shared broker hold earlier runs' events, whose order ids would
+/// collide with this run's fresh database: start this run's groups after them.
+pub fn start_groups_at_the_end(base: &rdkafka::ClientConfig, routing: &Routing) {
+    for route in &routing.routes {
+        let mut config = base.clone();
+        config.set("group.id", &route.group);
+        let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        for partition in 0..routing.topics[&route.topic].partitions as i32 {
+            // Right after the topics are created a partition leader may not serve offset
+            // requests yet (NotLeaderForPartition): ask again for a while.
+            let start = Instant::now();
+            let high = loop {
+                match consumer.fetch_watermarks(route.topic.as_str(), partition, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(err) if start.elapsed() < Duration::from_secs(30) => {
+                        eprintln!("watermarks of {}[{partition}] not ready: {err}", route.topic);
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(err) => panic!("watermarks of {}[{partition}]: {err}", route.topic),
+                }
+            };
+            offsets
+                .add_partition_offset(route.topic.as_str(), partition, rdkafka::Offset::Offset(high))
+                .unwrap();
+        }
+        let start = Instant::now();
+        while let Err(err) = consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "committing start offsets of {}: {err}",
+                route.group
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Declares each `$scenario(real, backend)` twice: on the embedded broker with SQLite,
+/// and on the real broker with PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stacks {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(false, $crate::common::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(true, $crate::common::Backend::Postgres).await;
                 }
             )*
         }

@@ -21,8 +21,7 @@ use serde_json::{Value, json};
 use switchyard::kafka::{Brokers, admin, producer_config};
 use switchyard::protocol::names;
 
-use crate::common::{kafka_brokers, postgres_database, workspace};
-use crate::saga::{saga_routing, start_groups_at_the_end};
+use crate::common::{kafka_brokers, postgres_database, saga_routing, start_groups_at_the_end, workspace};
 
 const USERS: usize = 20;
 const DEPOSIT_CENTS: i64 = 10_000;

@@ -37,7 +37,7 @@ fn args(reply_timeout_ms: u64) -> GatewayArgs {
 /// routing.
 fn queries(db: &Db) -> Arc<dyn gateway::ComponentQueries> {
     let dir = tempfile::tempdir().unwrap();
-    let routing = crate::saga::saga_routing(dir.path(), "routes");
+    let routing = crate::common::saga_routing(dir.path(), "routes");
     switchyard::gateway_components::load(&routing, db).unwrap()
 }
 
@@ -58,7 +58,7 @@ impl Routes {
     async fn on(config: GatewayConfig, db: Db, guard: Option<TestDb>) -> Routes {
         let brokers = Brokers::start(
             None,
-            &crate::saga::saga_routing(tempfile::tempdir().unwrap().path(), "r"),
+            &crate::common::saga_routing(tempfile::tempdir().unwrap().path(), "r"),
         )
         .unwrap();
         let (stop, shutdown) = watch::channel(false);
@@ -558,7 +558,7 @@ mod lifecycle {
     async fn shutdown_answers_waiting_requests_and_the_relay_sends_the_outbox() {
         let db = test_db(Backend::Sqlite).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let brokers = Brokers::start(None, &crate::saga::saga_routing(dir.path(), "life")).unwrap();
+        let brokers = Brokers::start(None, &crate::common::saga_routing(dir.path(), "life")).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, shutdown) = watch::channel(false);
@@ -914,13 +914,13 @@ pub mod e2e {
         pub async fn new(real: bool) -> Env {
             let dir = tempfile::tempdir().unwrap();
             let run = format!("gw{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-            let routing = crate::saga::saga_routing(dir.path(), &run);
+            let routing = crate::common::saga_routing(dir.path(), &run);
             let brokers = if real {
                 let brokers = Brokers::start(Some(&crate::common::kafka_brokers()), &routing).unwrap();
                 switchyard::kafka::admin::sync_topics(&brokers.client_config(), &routing)
                     .await
                     .unwrap();
-                crate::saga::start_groups_at_the_end(&brokers.client_config(), &routing);
+                crate::common::start_groups_at_the_end(&brokers.client_config(), &routing);
                 brokers
             } else {
                 Brokers::start(None, &routing).unwrap()

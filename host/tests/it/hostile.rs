@@ -490,27 +490,6 @@ async fn a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstre
     assert_eq!(counter(&db, "sink", "count").await, 20, "each resent row ran once");
 }
 
-macro_rules! on_both_stacks {
-    ($($scenario:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(false, super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod real {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(true, super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stacks!(
     forged_and_broken_metadata_never_stops_a_route,
     an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing,

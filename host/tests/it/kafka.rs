@@ -417,30 +417,7 @@ async fn timers_fire_once_and_survive_a_restart(real: bool, backend: Backend) {
     assert_eq!(db.count(Table::Timers).await.unwrap(), 0);
 }
 
-/// Declares each scenario twice: on the embedded broker with SQLite, and on the real
-/// broker with PostgreSQL.
-macro_rules! on_both_brokers {
-    ($($scenario:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(false, super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod real {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(true, super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_brokers!(
+on_both_stacks!(
     event_flows_through_two_components_once,
     poison_event_is_dead_lettered_and_replayed_after_a_fix,
     retries_back_off_and_block_only_their_partition,

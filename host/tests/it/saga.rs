@@ -9,74 +9,11 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde_json::{Value, json};
-use switchyard::config::Routing;
 use switchyard::kafka::{Brokers, admin, producer_config};
 use switchyard::service::serve;
 use switchyard::store::Db;
 
-use crate::common::{Backend, test_db, workspace};
-
-/// The shipped routing, with consumer groups unique to this run so that a new group
-/// starts at the beginning of the topics.
-pub(crate) fn saga_routing(dir: &std::path::Path, run: &str) -> Routing {
-    let text = std::fs::read_to_string(workspace().join("topics.toml")).unwrap();
-    let components = workspace().join("target/components");
-    let mut text = text.replace(
-        "artifact = \"target/components/",
-        &format!("artifact = \"{}/", components.display()),
-    );
-    // One group per route, as the host requires.
-    for component in ["order", "billing", "user", "notif"] {
-        let needle = format!("component = \"{component}\"\n");
-        let mut n = 0;
-        while let Some(at) = text.find(&needle) {
-            n += 1;
-            let group = format!("component  = \"{component}\"\ngroup = \"{run}-{component}-{n}\"\n");
-            text.replace_range(at..at + needle.len(), &group);
-        }
-    }
-    let path = dir.join("topics.toml");
-    std::fs::write(&path, text).unwrap();
-    Routing::load(&path).unwrap()
-}
-
-/// The saga's topics on a shared broker hold earlier runs' events, whose order ids would
-/// collide with this run's fresh database: start this run's groups after them.
-pub(crate) fn start_groups_at_the_end(base: &rdkafka::ClientConfig, routing: &Routing) {
-    for route in &routing.routes {
-        let mut config = base.clone();
-        config.set("group.id", &route.group);
-        let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
-        let mut offsets = rdkafka::TopicPartitionList::new();
-        for partition in 0..routing.topics[&route.topic].partitions as i32 {
-            // Right after the topics are created a partition leader may not serve offset
-            // requests yet (NotLeaderForPartition): ask again for a while.
-            let start = Instant::now();
-            let high = loop {
-                match consumer.fetch_watermarks(route.topic.as_str(), partition, Duration::from_secs(10)) {
-                    Ok((_, high)) => break high,
-                    Err(err) if start.elapsed() < Duration::from_secs(30) => {
-                        eprintln!("watermarks of {}[{partition}] not ready: {err}", route.topic);
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    Err(err) => panic!("watermarks of {}[{partition}]: {err}", route.topic),
-                }
-            };
-            offsets
-                .add_partition_offset(route.topic.as_str(), partition, rdkafka::Offset::Offset(high))
-                .unwrap();
-        }
-        let start = Instant::now();
-        while let Err(err) = consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "committing start offsets of {}: {err}",
-                route.group
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
+use crate::common::{Backend, saga_routing, start_groups_at_the_end, test_db};
 
 async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &Value) {
     let body = value.to_string();
