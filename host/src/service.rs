@@ -118,10 +118,9 @@ async fn supervise(
     origin: String,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut failures: u32 = 0;
-    loop {
-        let started = std::time::Instant::now();
-        let run = tokio::spawn(dispatch::run_route(
+    let name = format!("{} -> {}", route.topic, route.component);
+    restart_until_shutdown(&name, shutdown.clone(), || {
+        dispatch::run_route(
             route.clone(),
             component.clone(),
             runtime.clone(),
@@ -129,15 +128,31 @@ async fn supervise(
             base.clone(),
             origin.clone(),
             shutdown.clone(),
-        ));
-        let reason = match run.await {
-            Ok(Ok(())) if *shutdown.borrow() => return,
-            Ok(Ok(())) => "the route stopped by itself".to_string(),
+        )
+    })
+    .await;
+}
+
+/// Runs `run` in a task of its own until `shutdown`; whenever it returns early, fails or
+/// panics, runs it again after a pause that doubles from 0.5 s to 30 s (and starts over
+/// after a run that lasted [`HEALTHY_RUN`]). Returns how many restarts there were.
+async fn restart_until_shutdown<F, Fut>(name: &str, shutdown: watch::Receiver<bool>, run: F) -> u32
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut failures: u32 = 0;
+    let mut restarts = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let reason = match tokio::spawn(run()).await {
+            Ok(Ok(())) if *shutdown.borrow() => return restarts,
+            Ok(Ok(())) => "it stopped by itself".to_string(),
             Ok(Err(err)) => format!("{err:#}"),
-            Err(err) => format!("the route task died: {err}"),
+            Err(err) => format!("its task died: {err}"),
         };
         if *shutdown.borrow() {
-            return;
+            return restarts;
         }
         failures = if started.elapsed() > HEALTHY_RUN {
             1
@@ -148,17 +163,53 @@ async fn supervise(
             .0
             .saturating_mul(1 << (failures - 1).min(10))
             .min(RESTART_BACKOFF.1);
-        tracing::error!(
-            topic = %route.topic,
-            component = %route.component,
-            reason = %reason,
-            restart_in_ms = delay.as_millis() as u64,
-            "route failed; restarting"
-        );
+        tracing::error!(route = name, reason = %reason, restart_in_ms = delay.as_millis() as u64, "route failed; restarting");
         let mut stop = shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => return restarts,
         }
+        restarts += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_or_panicking_route_is_restarted_with_growing_pauses_until_shutdown() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let (stop, shutdown) = watch::channel(false);
+        let counted = runs.clone();
+        let route_shutdown = shutdown.clone();
+        let supervisor = tokio::spawn(async move {
+            restart_until_shutdown("t -> c", shutdown, move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let mut until = route_shutdown.clone();
+                async move {
+                    match n {
+                        0 => anyhow::bail!("consumer failed"),
+                        1 => panic!("a partition worker panicked"),
+                        2 => Ok(()), // returned early: also restarted
+                        _ => {
+                            // A healthy route runs until shutdown.
+                            let _ = until.wait_for(|stop| *stop).await;
+                            Ok(())
+                        }
+                    }
+                }
+            })
+            .await
+        });
+        // Pauses of 0.5, 1 and 2 s before the 2nd, 3rd and 4th run (real time).
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "the third pause (2 s) is not over yet");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+        stop.send(true).unwrap();
+        assert_eq!(supervisor.await.unwrap(), 3);
     }
 }
