@@ -1,8 +1,9 @@
 //! The fault suite: the order saga on the real stack (Kafka, PostgreSQL) with the host as a
 //! separate process that is SIGKILLed again and again while orders stream in, and with
 //! PostgreSQL and Kafka restarted in the middle. Afterwards every order has exactly one
-//! final status, and money is conserved to the cent: each balance equals its deposits
-//! minus its paid orders.
+//! final status (PAID, INSUFFICIENT_FUNDS, or PAYMENT_TIMEOUT when the outage outlasted
+//! the 30 s payment timeout; a late payment is then refunded), and money is conserved to
+//! the cent: each balance equals its deposits minus its paid orders.
 //!
 //! It stops and starts the shared services, so `scripts/test.sh` runs it on its own after
 //! the rest of the suite. `SWITCHYARD_FAULT_ORDERS` and `SWITCHYARD_FAULT_KILLS` size it
@@ -166,7 +167,7 @@ async fn the_saga_survives_kills_and_restarts_with_money_conserved() {
         };
         let request = event["requestId"].as_str().unwrap_or_default();
         let status = event["status"].as_str().unwrap_or_default();
-        if !request.starts_with(&format!("{run}-o")) || !matches!(status, "PAID" | "INSUFFICIENT_FUNDS") {
+        if !request.starts_with(&format!("{run}-o")) || !matches!(status, "PAID" | "INSUFFICIENT_FUNDS" | "PAYMENT_TIMEOUT") {
             return;
         }
         let headers = switchyard::kafka::headers_of(message);
