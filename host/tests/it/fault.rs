@@ -167,7 +167,9 @@ async fn the_saga_survives_kills_and_restarts_with_money_conserved() {
         };
         let request = event["requestId"].as_str().unwrap_or_default();
         let status = event["status"].as_str().unwrap_or_default();
-        if !request.starts_with(&format!("{run}-o")) || !matches!(status, "PAID" | "INSUFFICIENT_FUNDS" | "PAYMENT_TIMEOUT") {
+        if !request.starts_with(&format!("{run}-o"))
+            || !matches!(status, "PAID" | "INSUFFICIENT_FUNDS" | "PAYMENT_TIMEOUT")
+        {
             return;
         }
         let headers = switchyard::kafka::headers_of(message);
