@@ -494,6 +494,7 @@ on_both_stacks!(
     forged_and_broken_metadata_never_stops_a_route,
     an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing,
     a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstream,
+    every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the_cli,
 );
 
 const FAILURES: &str = r#"
@@ -631,26 +632,6 @@ async fn every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the
     })
     .await;
     assert_eq!(counter(&db, "worker", "fixed").await, 1);
-}
-
-mod failures {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn embedded() {
-        super::every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the_cli(
-            false,
-            super::Backend::Sqlite,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn real() {
-        super::every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the_cli(
-            true,
-            super::Backend::Postgres,
-        )
-        .await;
-    }
 }
 
 /// The PostgreSQL relay lock dies with its session; the holder notices before its next
