@@ -338,6 +338,7 @@ async fn bare_transaction(db: &Db, i: usize, effects: bool) -> anyhow::Result<()
         topic: "bench.in",
         partition: 0,
         offset: i as i64,
+        ..Default::default()
     };
     anyhow::ensure!(tx.claim_inbox(&entry).await?, "fresh event id {id} was claimed before");
     if effects {

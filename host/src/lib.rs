@@ -17,11 +17,13 @@
 //!
 //! The binary (`src/main.rs`) is the `switchyard` CLI on top of these.
 
+pub mod admin;
 pub mod config;
 pub mod event;
 pub mod gateway;
 pub mod gateway_components;
 pub mod kafka;
+pub mod live;
 pub mod protocol;
 pub mod runtime;
 pub mod service;

@@ -28,6 +28,18 @@ struct Cli {
     /// Kafka bootstrap servers; without them an embedded in-process broker is started.
     #[arg(long, global = true, env = "SWITCHYARD_BROKERS")]
     brokers: Option<String>,
+    /// The admin API of a running host, for status, deploy, rollback, reload, versions
+    /// (and the brokers of `dlq`, `lag`, `topics` when --brokers is not given).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    admin_url: String,
+    /// The admin bearer token; without it, the one in <data-dir>/admin-token.
+    #[arg(long, global = true, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Log line format.
     #[arg(long, global = true, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -47,6 +59,34 @@ enum Command {
     Run {
         #[command(flatten)]
         gateway: GatewayArgs,
+        /// Where the admin API listens (loopback unless you mean otherwise).
+        #[arg(long, env = "SWITCHYARD_ADMIN_ADDR", default_value = "127.0.0.1:8081")]
+        admin_addr: std::net::SocketAddr,
+    },
+    /// A running host's routes, partitions, components with their versions and swap
+    /// history, and the last refused edit.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hot-swaps a component of a running host (and every host on its database) to a
+    /// new artifact; a bad one is refused and the running version stays.
+    Deploy { component: String, artifact: PathBuf },
+    /// Returns a component to an earlier version (without --to: the one before).
+    Rollback {
+        component: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Makes a running host apply its routing file now.
+    Reload,
+    /// A component's stored versions and activation history.
+    Versions { component: String },
+    /// Pauses or resumes a route of a running host.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
     },
     /// Runs the HTTP gateway alone (with the outbox relay for what it writes), so it
     /// scales apart from the handlers.
@@ -85,6 +125,17 @@ enum Command {
         /// invocation is a dry run: its effects are printed and rolled back.
         #[arg(long)]
         commit: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Stops consuming (offsets committed) until resumed.
+    Pause {
+        route: String,
+    },
+    Resume {
+        route: String,
     },
 }
 
@@ -133,6 +184,9 @@ enum DlqCommand {
     },
 }
 
+mod cli_live;
+use cli_live as ops;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
@@ -170,14 +224,23 @@ fn init_tracing(format: LogFormat) {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Check => check(&cli.config),
-        Command::Run { gateway } => run_system(&cli, gateway).await,
+        Command::Run { gateway, admin_addr } => run_system(&cli, gateway, *admin_addr).await,
+        Command::Status { json } => ops::status(&cli, *json).await,
+        Command::Deploy { component, artifact } => ops::deploy(&cli, component, artifact).await,
+        Command::Rollback { component, to } => ops::rollback(&cli, component, to.clone()).await,
+        Command::Reload => ops::reload(&cli).await,
+        Command::Versions { component } => ops::versions(&cli, component).await,
+        Command::Route { command } => match command {
+            RouteCommand::Pause { route } => ops::pause(&cli, route, true).await,
+            RouteCommand::Resume { route } => ops::pause(&cli, route, false).await,
+        },
         Command::Gateway { gateway } => run_gateway(&cli, gateway).await,
         Command::Topics {
             command: TopicsCommand::Sync,
         } => topics_sync(&cli).await,
         Command::Dlq { command } => dlq(&cli, command).await,
         Command::Outbox { command } => outbox(&cli, command).await,
-        Command::Lag => lag(&cli),
+        Command::Lag => lag(&cli).await,
         Command::Invoke {
             component,
             event,
@@ -293,16 +356,19 @@ async fn invoke(cli: &Cli, component: &str, event_path: &Path, commit: bool) -> 
     Ok(code)
 }
 
-/// The broker from --brokers, which these operator commands require.
-fn external_brokers(cli: &Cli, routing: &Routing) -> Result<Brokers> {
-    let servers = cli
-        .brokers
-        .as_deref()
-        .context("this command needs a real cluster: pass --brokers HOST:PORT or set SWITCHYARD_BROKERS")?;
-    Brokers::start(Some(servers), routing)
+/// The brokers of --brokers or, without it, those of the running host (its embedded
+/// broker included), asked through its admin API.
+async fn external_brokers(cli: &Cli, routing: &Routing) -> Result<Brokers> {
+    if let Some(servers) = cli.brokers.as_deref() {
+        return Brokers::start(Some(servers), routing);
+    }
+    let info = ops::client(cli).brokers().await.context(
+        "this command needs the brokers: pass --brokers HOST:PORT (or set SWITCHYARD_BROKERS), or run it beside a running `switchyard run`",
+    )?;
+    Brokers::start(Some(&info.bootstrap_servers), routing)
 }
 
-async fn run_system(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
+async fn run_system(cli: &Cli, gateway: &GatewayArgs, admin_addr: std::net::SocketAddr) -> Result<ExitCode> {
     let gateway = GatewayConfig::from_args(gateway)?;
     let routing = Routing::load(&cli.config)?;
     let brokers = Brokers::start(cli.brokers.as_deref(), &routing)?;
@@ -322,8 +388,22 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
     });
     // The gateway shares the routes' database and relay; both stop on the same signal.
     let queries = switchyard::gateway_components::load(&routing, &db)?;
+    let admin_token = match &cli.admin_token {
+        Some(token) => token.clone(),
+        None => switchyard::admin::client::host_token(&cli.data_dir)
+            .with_context(|| format!("creating the admin token in {}", cli.data_dir.display()))?,
+    };
+    let options = switchyard::service::Options {
+        admin_addr: Some(admin_addr),
+        admin_token: Some(admin_token),
+        ..Default::default()
+    };
+    let host = switchyard::service::start(&routing, db.clone(), &brokers, options, shutdown.clone()).await?;
+    if let Some(addr) = host.admin_addr {
+        tracing::info!(%addr, "admin API listening");
+    }
     let (routes, http) = tokio::join!(
-        switchyard::service::serve(&routing, db.clone(), &brokers, shutdown.clone()),
+        host.run(),
         switchyard::gateway::serve(gateway, db.clone(), brokers.consumer_config(), queries, false, shutdown),
     );
     routes?;
@@ -363,7 +443,7 @@ async fn wait_for_signal() {
 
 async fn topics_sync(cli: &Cli) -> Result<ExitCode> {
     let routing = Routing::load(&cli.config)?;
-    let brokers = external_brokers(cli, &routing)?;
+    let brokers = external_brokers(cli, &routing).await?;
     let changes = switchyard::kafka::admin::sync_topics(&brokers.client_config(), &routing).await?;
     println!("{:<40} {:>10}  action", "topic", "partitions");
     for change in changes {
@@ -374,7 +454,7 @@ async fn topics_sync(cli: &Cli) -> Result<ExitCode> {
 
 async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
     let routing = Routing::load(&cli.config)?;
-    let brokers = external_brokers(cli, &routing)?;
+    let brokers = external_brokers(cli, &routing).await?;
     let base = brokers.client_config();
     // The database holds the key that tells the hosts' dead letters from forged ones.
     let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
@@ -471,9 +551,9 @@ async fn outbox(cli: &Cli, command: &OutboxCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn lag(cli: &Cli) -> Result<ExitCode> {
+async fn lag(cli: &Cli) -> Result<ExitCode> {
     let routing = Routing::load(&cli.config)?;
-    let brokers = external_brokers(cli, &routing)?;
+    let brokers = external_brokers(cli, &routing).await?;
     let base = brokers.client_config();
     println!(
         "{:<28} {:<12} {:<28} {:>4} {:>10} {:>8}",

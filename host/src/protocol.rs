@@ -20,6 +20,8 @@ pub mod names {
     pub const REQUEST_ID: &str = "switchyard-request-id";
     /// Component that produced the message.
     pub const SOURCE: &str = "switchyard-source";
+    /// Version of that component (see `switchyard versions`): which code made the message.
+    pub const SOURCE_VERSION: &str = "switchyard-source-version";
     /// Event id of the event whose handling produced this one.
     pub const CAUSED_BY: &str = "switchyard-caused-by";
     /// Set on a replayed event: only this component's route handles it.

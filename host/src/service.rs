@@ -2,17 +2,19 @@
 //! timer pump and retention, with a graceful shutdown that drains in-flight events
 //! before the relay sends the last of their effects.
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use crate::config::{Route, Routing};
+use crate::config::Routing;
+use crate::kafka::Brokers;
 use crate::kafka::relay::{self, relay_producer_config};
-use crate::kafka::{Brokers, dispatch};
-use crate::runtime::{self, LoadedComponent, Runtime};
+use crate::live::Live;
+use crate::live::registry::Registry;
+use crate::live::routes::{RouteDeps, Routes};
+use crate::runtime::Runtime;
 use crate::store::Db;
 
 /// Settings of a running host beyond the routing table.
@@ -20,20 +22,46 @@ use crate::store::Db;
 pub struct Options {
     /// How long inbox claims and sent outbox rows are kept: the dedup window.
     pub dedup_window: Duration,
+    /// Where the admin API listens (`switchyard status`, `deploy`, ...); none: nowhere.
+    pub admin_addr: Option<SocketAddr>,
+    /// The bearer token the admin API requires.
+    pub admin_token: Option<String>,
+    /// How this host names itself in activation rows and `status`.
+    pub host_name: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
+            admin_addr: None,
+            admin_token: None,
+            host_name: default_host_name(),
         }
     }
 }
 
-/// First and longest pause before a failed route is restarted.
-const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
-/// A route that ran this long before failing restarts after the shortest pause again.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// `<hostname>-<pid>`: tells apart hosts on one machine as well as across machines.
+pub fn default_host_name() -> String {
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{machine}-{}", std::process::id())
+}
+
+/// A started host: its live operations, and the admin listener's address when it has one.
+pub struct Host {
+    pub live: Arc<Live>,
+    pub admin_addr: Option<SocketAddr>,
+    run: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+}
+
+impl Host {
+    /// Runs until the `shutdown` given to [`start`] turns true.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.run.await
+    }
+}
 
 /// Runs `routing` until `shutdown` turns true.
 pub async fn serve(
@@ -53,13 +81,70 @@ pub async fn serve_with(
     options: Options,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let runtime = Arc::new(Runtime::new()?);
-    let loaded = runtime::load_all(&runtime, routing.components.values().cloned())
-        .map_err(|errors| anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
-    let components: HashMap<_, _> = loaded.into_iter().map(|c| (c.spec.name.clone(), Arc::new(c))).collect();
-    let origin = brokers.origin().await?;
+    start(routing, db, brokers, options, shutdown).await?.run().await
+}
 
+/// Loads every component (the database decides each one's version), binds the admin
+/// listener, and returns the host ready to [`Host::run`].
+pub async fn start(
+    routing: &Routing,
+    db: Db,
+    brokers: &Brokers,
+    options: Options,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Host> {
+    let runtime = Arc::new(Runtime::new()?);
+    let registry = Arc::new(Registry::new(runtime, db.clone(), options.host_name.clone()));
+    let mut errors = Vec::new();
+    for spec in routing.components.values() {
+        if let Err(err) = registry.add(spec).await {
+            errors.push(err.to_string());
+        }
+    }
+    anyhow::ensure!(errors.is_empty(), "{}", errors.join("\n"));
+    let origin = brokers.origin().await?;
     let base = brokers.client_config();
+    let routes = Routes::new(RouteDeps {
+        registry: registry.clone(),
+        db: db.clone(),
+        consumer_base: brokers.consumer_config(),
+        origin: origin.clone(),
+    });
+    let live = Arc::new(Live::new(
+        routing.clone(),
+        registry.clone(),
+        routes,
+        db.clone(),
+        brokers.bootstrap_servers(),
+        brokers.topic_maker(),
+    ));
+    let admin = match options.admin_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen for the admin API on {addr}: {e} (pass another --admin-addr)")
+            })?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let run = run(live.clone(), db, base, origin, options, admin, shutdown);
+    Ok(Host {
+        live,
+        admin_addr,
+        run: Box::pin(run),
+    })
+}
+
+async fn run(
+    live: Arc<Live>,
+    db: Db,
+    base: rdkafka::ClientConfig,
+    origin: String,
+    options: Options,
+    admin: Option<tokio::net::TcpListener>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     // The relay stops only after the routes have drained, so their last effects go out.
     let (relay_stop, relay_shutdown) = watch::channel(false);
     let relay_task = tokio::spawn(relay::run_relay(
@@ -74,142 +159,43 @@ pub async fn serve_with(
         Duration::from_secs(60),
         relay_shutdown,
     ));
-
-    let consumer_base = brokers.consumer_config();
-    let mut routes = JoinSet::new();
+    let routing = live.routing();
     for route in &routing.routes {
-        routes.spawn(supervise(
-            route.clone(),
-            components[&route.component].clone(),
-            runtime.clone(),
-            db.clone(),
-            consumer_base.clone(),
-            origin.clone(),
-            shutdown.clone(),
-        ));
+        live.routes().start(route.clone()).await;
     }
+    let watcher = tokio::spawn(live.clone().watch(shutdown.clone()));
+    let admin_task = admin.map(|listener| {
+        let router = crate::admin::router(live.clone(), options.admin_token.clone());
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "admin listener failed");
+            }
+        })
+    });
     tracing::info!(
         routes = routing.routes.len(),
-        components = components.len(),
+        components = routing.components.len(),
         database = db.kind(),
-        brokers = %brokers.bootstrap_servers(),
         origin = %origin,
+        host = %options.host_name,
         "switchyard running"
     );
-    while routes.join_next().await.is_some() {}
+    let _ = shutdown.wait_for(|s| *s).await;
+    live.routes().stop_all().await;
+    let _ = watcher.await;
     let _ = relay_stop.send(true);
     let _ = relay_task.await;
     let _ = timer_task.await;
     let _ = retention_task.await;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     tracing::info!("switchyard stopped");
     Ok(())
-}
-
-/// Runs one route until shutdown, restarting it with backoff whenever it fails or its
-/// task dies, so one bad route (or one panic) never leaves the host running without it.
-/// Other routes are untouched by a restart; its partitions are read again from the
-/// committed offsets, and the inbox skips what was already handled.
-async fn supervise(
-    route: Route,
-    component: Arc<LoadedComponent>,
-    runtime: Arc<Runtime>,
-    db: Db,
-    base: rdkafka::ClientConfig,
-    origin: String,
-    shutdown: watch::Receiver<bool>,
-) {
-    let name = format!("{} -> {}", route.topic, route.component);
-    restart_until_shutdown(&name, shutdown.clone(), || {
-        dispatch::run_route(
-            route.clone(),
-            component.clone(),
-            runtime.clone(),
-            db.clone(),
-            base.clone(),
-            origin.clone(),
-            shutdown.clone(),
-        )
-    })
-    .await;
-}
-
-/// Runs `run` in a task of its own until `shutdown`; whenever it returns early, fails or
-/// panics, runs it again after a pause that doubles from 0.5 s to 30 s (and starts over
-/// after a run that lasted [`HEALTHY_RUN`]). Returns how many restarts there were.
-async fn restart_until_shutdown<F, Fut>(name: &str, shutdown: watch::Receiver<bool>, run: F) -> u32
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let mut failures: u32 = 0;
-    let mut restarts = 0;
-    loop {
-        let started = std::time::Instant::now();
-        let reason = match tokio::spawn(run()).await {
-            Ok(Ok(())) if *shutdown.borrow() => return restarts,
-            Ok(Ok(())) => "it stopped by itself".to_string(),
-            Ok(Err(err)) => format!("{err:#}"),
-            Err(err) => format!("its task died: {err}"),
-        };
-        if *shutdown.borrow() {
-            return restarts;
-        }
-        failures = if started.elapsed() > HEALTHY_RUN {
-            1
-        } else {
-            failures + 1
-        };
-        let delay = RESTART_BACKOFF
-            .0
-            .saturating_mul(1 << (failures - 1).min(10))
-            .min(RESTART_BACKOFF.1);
-        tracing::error!(route = name, reason = %reason, restart_in_ms = delay.as_millis() as u64, "route failed; restarting");
-        let mut stop = shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return restarts,
-        }
-        restarts += 1;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_failing_or_panicking_route_is_restarted_with_growing_pauses_until_shutdown() {
-        let runs = Arc::new(AtomicU32::new(0));
-        let (stop, shutdown) = watch::channel(false);
-        let counted = runs.clone();
-        let route_shutdown = shutdown.clone();
-        let supervisor = tokio::spawn(async move {
-            restart_until_shutdown("t -> c", shutdown, move || {
-                let n = counted.fetch_add(1, Ordering::SeqCst);
-                let mut until = route_shutdown.clone();
-                async move {
-                    match n {
-                        0 => anyhow::bail!("consumer failed"),
-                        1 => panic!("a partition worker panicked"),
-                        2 => Ok(()), // returned early: also restarted
-                        _ => {
-                            // A healthy route runs until shutdown.
-                            let _ = until.wait_for(|stop| *stop).await;
-                            Ok(())
-                        }
-                    }
-                }
-            })
-            .await
-        });
-        // Pauses of 0.5, 1 and 2 s before the 2nd, 3rd and 4th run (real time).
-        tokio::time::sleep(Duration::from_millis(3000)).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 3, "the third pause (2 s) is not over yet");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 4);
-        stop.send(true).unwrap();
-        assert_eq!(supervisor.await.unwrap(), 3);
-    }
 }

@@ -95,6 +95,11 @@ fn component_crates(root: &Path) -> Result<Vec<String>> {
     Ok(crates)
 }
 
+/// Components built a second time with a feature, under another name: (crate, feature,
+/// component name). `probe-v2` is the probe that stamps "v2" where the probe stamps
+/// "v1", so tests can hot-swap between two real versions and see which one ran.
+const VARIANTS: &[(&str, &str, &str)] = &[("probe", "v2", "probe-v2")];
+
 fn build_handlers(only: &[String]) -> Result<()> {
     let root = workspace_root();
     let crates = if only.is_empty() {
@@ -108,22 +113,47 @@ fn build_handlers(only: &[String]) -> Result<()> {
     let target_dir = std::env::var_os(WASM_TARGET_DIR_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target").join("wasm"));
-    let mut cmd = cargo_for_wasm()?;
-    cmd.current_dir(&root)
-        .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])
-        .arg(&target_dir);
+    let out_dir = root.join("target").join("components");
+    std::fs::create_dir_all(&out_dir)?;
+    // Variants first, so the plain build of the same crate is what stays in target_dir.
+    for (krate, feature, out_name) in VARIANTS.iter().filter(|(k, _, _)| crates.iter().any(|c| c == k)) {
+        cargo_wasm_build(
+            &root,
+            &target_dir,
+            &[krate.to_string()],
+            Some(&format!("{krate}/{feature}")),
+        )?;
+        encode_component(&target_dir, krate, &out_dir, out_name)?;
+    }
+    cargo_wasm_build(&root, &target_dir, &crates, None)?;
     for name in &crates {
+        encode_component(&target_dir, name, &out_dir, name)?;
+    }
+    Ok(())
+}
+
+fn cargo_wasm_build(root: &Path, target_dir: &Path, crates: &[String], features: Option<&str>) -> Result<()> {
+    let mut cmd = cargo_for_wasm()?;
+    cmd.current_dir(root)
+        .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])
+        .arg(target_dir);
+    for name in crates {
         cmd.args(["-p", name]);
+    }
+    if let Some(features) = features {
+        cmd.args(["--features", features]);
     }
     eprintln!("building {} for {TARGET}: {cmd:?}", crates.join(", "));
     let status = cmd.status().context("running cargo for the wasm build")?;
     if !status.success() {
         bail!("cargo build for {TARGET} failed ({status})");
     }
+    Ok(())
+}
 
-    let out_dir = root.join("target").join("components");
-    std::fs::create_dir_all(&out_dir)?;
-    for name in &crates {
+/// Turns the built module of crate `name` into `<out_dir>/<out_name>.wasm`.
+fn encode_component(target_dir: &Path, name: &str, out_dir: &Path, out_name: &str) -> Result<()> {
+    {
         let file = name.replace('-', "_");
         let module_path = target_dir.join(TARGET).join(PROFILE).join(format!("{file}.wasm"));
         let module = std::fs::read(&module_path).with_context(|| format!("reading {}", module_path.display()))?;
@@ -133,7 +163,7 @@ fn build_handlers(only: &[String]) -> Result<()> {
             .and_then(|enc| enc.adapter("wasi_snapshot_preview1", WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER))
             .and_then(|mut enc| enc.encode())
             .with_context(|| format!("turning {} into a component", module_path.display()))?;
-        let out = out_dir.join(format!("{name}.wasm"));
+        let out = out_dir.join(format!("{out_name}.wasm"));
         std::fs::write(&out, component)?;
         eprintln!("component {}", out.display());
     }

@@ -112,10 +112,18 @@ pub enum Step {
     FailLong {
         kib: u32,
     },
+    /// Stores which build of the probe ran ("v1", or "v2" for `probe-v2.wasm`) under
+    /// `key`, failing fatally if something was stamped there before.
+    Stamp {
+        key: String,
+    },
     /// Fails fatally if the sandbox lets the guest read files, see environment
     /// variables, open sockets, or keep state from an earlier invocation.
     SandboxEscape,
 }
+
+/// Which build this is: see `Step::Stamp`.
+pub const VARIANT: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
 
 /// Touched by `SandboxEscape`: a fresh instance per event starts it at 0 every time.
 static INVOCATIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -279,6 +287,11 @@ fn run(step: Step, attempt: u32) -> Result<(), HandleError> {
                 .collect(),
         })?,
         Step::FailLong { kib } => return Err(HandleError::fatal("r".repeat(kib as usize * 1024))),
+        Step::Stamp { key } => {
+            if !storage::compare_and_swap(&key, None, Some(VARIANT.as_bytes()))? {
+                return Err(HandleError::fatal(format!("{key} was stamped before")));
+            }
+        }
         Step::SandboxEscape => {
             let mut breaches = Vec::new();
             if INVOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) != 0 {

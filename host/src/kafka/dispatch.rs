@@ -12,14 +12,16 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::config::Route;
+use crate::config::{ComponentName, Route, TopicName};
 use crate::event::{InboundEvent, LogPosition};
+use crate::live::registry::Registry;
+use crate::live::routes::{RouteSettings, RouteState};
 use crate::protocol::{DeadLetterRecord, names};
-use crate::runtime::{Failure, FailureKind, InvokeError, LoadedComponent, Outcome, Runtime};
+use crate::runtime::{Failure, FailureKind, InvokeError, LoadedComponent, Outcome};
 use crate::store::{Db, InboxEntry, OutboundMessage, now_ms};
 
 use super::headers_of;
@@ -41,6 +43,8 @@ pub struct RouteContext {
     topic: String,
     component: String,
     generations: Arc<Mutex<HashMap<i32, u64>>>,
+    /// Partitions owned and assignments seen, for `status` and swap ordering.
+    state: Arc<RouteState>,
 }
 
 impl RouteContext {
@@ -68,18 +72,30 @@ impl ConsumerContext for RouteContext {
             for p in &partitions {
                 *generations.entry(*p).or_default() += 1;
             }
+            let mut assigned = self.state.assigned.lock().expect("state lock");
+            for p in &partitions {
+                assigned.remove(p);
+            }
             tracing::info!(topic = %self.topic, component = %self.component, ?partitions, "partitions revoked");
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(list) => tracing::info!(
-                topic = %self.topic,
-                component = %self.component,
-                partitions = ?partitions_of(list),
-                "partitions assigned"
-            ),
+            Rebalance::Assign(list) => {
+                self.state
+                    .assigned
+                    .lock()
+                    .expect("state lock")
+                    .extend(partitions_of(list));
+                self.state.assignments.fetch_add(1, Ordering::SeqCst);
+                tracing::info!(
+                    topic = %self.topic,
+                    component = %self.component,
+                    partitions = ?partitions_of(list),
+                    "partitions assigned"
+                )
+            }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance failed"),
         }
@@ -90,15 +106,17 @@ type RouteConsumer = StreamConsumer<RouteContext>;
 
 /// Everything a route's workers share.
 struct RouteCtx {
-    route: Route,
-    component: Arc<LoadedComponent>,
-    runtime: Arc<Runtime>,
+    topic: TopicName,
+    component: ComponentName,
+    /// Retry policy, dead-letter topic and concurrency, as edited last.
+    settings: Arc<RouteSettings>,
+    state: Arc<RouteState>,
+    /// Where the running version of the component is looked up, per event.
+    registry: Arc<Registry>,
     db: Db,
     consumer: Arc<RouteConsumer>,
     /// The log events come from, for fallback event ids (see [`super::Brokers::origin`]).
     origin: String,
-    /// Caps how many of the route's partitions run an invocation at once.
-    permits: Semaphore,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -127,27 +145,30 @@ pub fn consumer_config(base: &ClientConfig, route: &Route) -> ClientConfig {
 /// Runs `route` until `shutdown`, then lets each partition finish its current event,
 /// commits the stored offsets and leaves the group.
 pub async fn run_route(
-    route: Route,
-    component: Arc<LoadedComponent>,
-    runtime: Arc<Runtime>,
+    settings: Arc<RouteSettings>,
+    state: Arc<RouteState>,
+    registry: Arc<Registry>,
     db: Db,
     base: ClientConfig,
     origin: String,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let route = settings.current();
     let context = RouteContext {
         topic: route.topic.to_string(),
         component: route.component.to_string(),
         generations: Arc::default(),
+        state: state.clone(),
     };
     let consumer: Arc<RouteConsumer> = Arc::new(consumer_config(&base, &route).create_with_context(context)?);
     consumer.subscribe(&[route.topic.as_str()])?;
     let span = tracing::info_span!("route", topic = %route.topic, component = %route.component, group = %route.group);
     let ctx = Arc::new(RouteCtx {
-        permits: Semaphore::new(route.concurrency),
-        route,
-        component,
-        runtime,
+        topic: route.topic.clone(),
+        component: route.component.clone(),
+        settings,
+        state,
+        registry,
         db,
         consumer: consumer.clone(),
         origin,
@@ -216,7 +237,7 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
             _ = tick.tick() => {
                 for (partition, worker) in workers.iter_mut() {
                     if worker.paused && worker.queued.load(Ordering::Acquire) < RESUME_BELOW {
-                        let _ = ctx.consumer.resume(&partition_list(&ctx.route, *partition));
+                        let _ = ctx.consumer.resume(&partition_list(&ctx.topic, *partition));
                         worker.paused = false;
                     }
                 }
@@ -244,7 +265,7 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
                     break; // the worker stopped: shutting down
                 }
                 if queued > PAUSE_ABOVE && !worker.paused {
-                    let _ = ctx.consumer.pause(&partition_list(&ctx.route, partition));
+                    let _ = ctx.consumer.pause(&partition_list(&ctx.topic, partition));
                     worker.paused = true;
                 }
             }
@@ -264,9 +285,9 @@ async fn dispatch(ctx: Arc<RouteCtx>, mut shutdown: watch::Receiver<bool>) -> an
     }
 }
 
-fn partition_list(route: &Route, partition: i32) -> TopicPartitionList {
+fn partition_list(topic: &TopicName, partition: i32) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
-    list.add_partition(route.topic.as_str(), partition);
+    list.add_partition(topic.as_str(), partition);
     list
 }
 
@@ -276,9 +297,23 @@ async fn partition_worker(
     mut receiver: mpsc::UnboundedReceiver<Queued>,
     queued: Arc<AtomicUsize>,
 ) {
+    // Assignments seen when the registry last followed the activation log.
+    let mut refreshed_at = 0;
     while let Some((message, generation)) = receiver.recv().await {
         if *ctx.shutdown.borrow() {
             return; // not handled, offset not stored: it is redelivered after restart
+        }
+        // A partition just assigned may come from a host that ran a newer version: catch
+        // up with the activation log before its first event, so no event runs on an
+        // older version than one its predecessors ran on.
+        let assignments = ctx.state.assignments.load(Ordering::SeqCst);
+        if assignments != refreshed_at {
+            match ctx.registry.refresh().await {
+                Ok(_) => refreshed_at = assignments,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot follow the activation log; retrying at the next event")
+                }
+            }
         }
         if generation != ctx.consumer.context().generation(partition) {
             // Revoked since it was queued: its next owner (maybe this host again) reads it anew.
@@ -289,7 +324,7 @@ async fn partition_worker(
         if handle_message(&ctx, message).await {
             // Stores offset+1 for the next commit; fails harmlessly if the partition was
             // revoked meanwhile (the new owner's inbox then skips the event).
-            if let Err(err) = ctx.consumer.store_offset(ctx.route.topic.as_str(), partition, offset) {
+            if let Err(err) = ctx.consumer.store_offset(ctx.topic.as_str(), partition, offset) {
                 tracing::debug!(partition, offset, error = %err, "offset not stored");
             }
         } else {
@@ -314,7 +349,7 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
     // Only the host's own (signed) switchyard-* headers steer it; forged ones are dropped.
     let dropped = ctx.db.signer().screen(&topic, key.as_deref(), &payload, &mut headers);
     if let Some((_, target)) = headers.iter().find(|(n, _)| n == names::REPLAY_FOR)
-        && target != ctx.route.component.as_str()
+        && target != ctx.component.as_str()
     {
         return true; // a replay meant for another component
     }
@@ -340,15 +375,26 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
                 "unsigned switchyard-* headers ignored: only the host sets them (the event id falls back to the log position)"
             );
         }
-        let policy = ctx.route.retry;
         let mut attempt: u32 = 1;
         let mut host_failures: u32 = 0;
         loop {
+            // Read per try: an edit of the retry policy applies from the next event.
+            let route = ctx.settings.current();
+            let policy = route.retry;
             event.headers.retain(|(n, _)| n != names::ATTEMPT);
             event.headers.push((names::ATTEMPT.to_string(), attempt.to_string()));
+            // Looked up per try: a swap applies between events (and between tries).
+            let Some(component) = ctx.registry.get(&ctx.component) else {
+                tracing::error!("component is not loaded; retrying");
+                if !sleep_unless_shutdown(ctx, HOST_FAILURE_BACKOFF).await {
+                    return false;
+                }
+                continue;
+            };
             let outcome = {
-                let _permit = ctx.permits.acquire().await.expect("semaphore never closes");
-                ctx.runtime.invoke(&ctx.component, &ctx.db, &event).await
+                let permits = ctx.settings.permits();
+                let _permit = permits.acquire().await.expect("semaphore never closes");
+                ctx.registry.runtime().invoke(&component, &ctx.db, &event).await
             };
             let failure = match outcome {
                 Ok(Outcome::Committed(_)) => return true,
@@ -381,7 +427,7 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
                 attempt += 1;
                 continue;
             }
-            return dead_letter(ctx, &event, &failure, attempt).await;
+            return dead_letter(ctx, &route, &component, &event, &failure, attempt).await;
         }
     }
     .instrument(span)
@@ -406,7 +452,7 @@ fn event_fault(err: InvokeError) -> Result<Failure, InvokeError> {
 }
 
 async fn log_duplicate(ctx: &RouteCtx, event: &InboundEvent) {
-    match ctx.db.first_handled(ctx.route.component.as_str(), &event.id).await {
+    match ctx.db.first_handled(ctx.component.as_str(), &event.id).await {
         Ok(Some(first)) => tracing::info!(
             first_topic = %first.topic,
             first_partition = first.partition,
@@ -467,20 +513,33 @@ pub fn dead_letter_message(
 
 /// Sends the event to the route's dead-letter topic through the outbox, atomically with
 /// its inbox claim. Retries until the database takes it.
-async fn dead_letter(ctx: &RouteCtx, event: &InboundEvent, failure: &Failure, attempts: u32) -> bool {
+async fn dead_letter(
+    ctx: &RouteCtx,
+    route: &Route,
+    component: &LoadedComponent,
+    event: &InboundEvent,
+    failure: &Failure,
+    attempts: u32,
+) -> bool {
     let message = dead_letter_message(
         event,
-        ctx.route.component.as_str(),
-        ctx.route.dead_letter.as_str(),
+        route.component.as_str(),
+        route.dead_letter.as_str(),
         failure,
         attempts,
     );
+    let (version, activation) = (&*component.version, component.activation);
     let entry = InboxEntry {
-        component: ctx.route.component.as_str(),
+        component: route.component.as_str(),
         event_id: &event.id,
         topic: &event.topic,
         partition: event.partition,
         offset: event.offset,
+        version: Some(version),
+        activation: Some(activation),
+        request_id: event.request_id.as_deref(),
+        trace_id: Some(&event.trace.trace_id),
+        outcome: "dead-lettered",
     };
     let id = uuid::Uuid::now_v7().to_string();
     let mut tries = 0;
@@ -492,7 +551,7 @@ async fn dead_letter(ctx: &RouteCtx, event: &InboundEvent, failure: &Failure, at
                         kind = failure.kind.as_str(),
                         reason = %failure.reason,
                         attempts,
-                        dead_letter = %ctx.route.dead_letter,
+                        dead_letter = %route.dead_letter,
                         "event dead-lettered"
                     );
                 }
@@ -501,7 +560,7 @@ async fn dead_letter(ctx: &RouteCtx, event: &InboundEvent, failure: &Failure, at
             Err(err) => {
                 tries += 1;
                 tracing::error!(error = %err, "cannot record dead letter; retrying");
-                if !sleep_unless_shutdown(ctx, ctx.route.retry.backoff(tries).min(HOST_FAILURE_BACKOFF)).await {
+                if !sleep_unless_shutdown(ctx, route.retry.backoff(tries).min(HOST_FAILURE_BACKOFF)).await {
                     return false;
                 }
             }

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod dispatch;
 pub mod relay;
 
+use std::sync::Arc;
+
 use rdkafka::ClientConfig;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -21,9 +23,63 @@ pub enum Brokers {
     /// memory only; `origin` is fresh for every start, so the events of a new embedded
     /// broker (whose offsets start again at 0) are never taken for old ones.
     Embedded {
-        cluster: MockCluster<'static, DefaultProducerContext>,
+        cluster: Arc<EmbeddedCluster>,
         origin: String,
     },
+}
+
+/// The embedded mock cluster, shareable with the tasks that add topics to it.
+pub struct EmbeddedCluster(MockCluster<'static, DefaultProducerContext>);
+
+// SAFETY: librdkafka's mock-cluster calls (topic creation, bootstrap servers) post
+// operations to the cluster's own thread and wait for the answer; they are safe to make
+// from any thread. The handle is freed once, when the last Arc drops.
+unsafe impl Send for EmbeddedCluster {}
+unsafe impl Sync for EmbeddedCluster {}
+
+impl EmbeddedCluster {
+    /// Creates the topics and dead-letter topics of `routing` it lacks (a topic that
+    /// exists keeps its partitions).
+    pub fn create_topics(&self, routing: &Routing) -> anyhow::Result<()> {
+        let existing: std::collections::BTreeSet<String> = {
+            use rdkafka::consumer::Consumer;
+            let mut config = ClientConfig::new();
+            config.set("bootstrap.servers", self.0.bootstrap_servers());
+            let consumer: rdkafka::consumer::BaseConsumer = config.create()?;
+            let metadata = consumer.fetch_metadata(None, std::time::Duration::from_secs(5))?;
+            metadata.topics().iter().map(|t| t.name().to_string()).collect()
+        };
+        for topic in routing.topics.values() {
+            if !existing.contains(topic.name.as_str()) {
+                self.0.create_topic(topic.name.as_str(), topic.partitions as i32, 1)?;
+            }
+        }
+        for dlq in routing.dead_letter_topics() {
+            if !routing.topics.contains_key(&dlq) && !existing.contains(dlq.as_str()) {
+                self.0.create_topic(dlq.as_str(), 1, 1)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure a routing's topics exist, on whichever kind of cluster.
+#[derive(Clone)]
+pub enum TopicMaker {
+    External(ClientConfig),
+    Embedded(Arc<EmbeddedCluster>),
+}
+
+impl TopicMaker {
+    pub async fn ensure(&self, routing: &Routing) -> anyhow::Result<()> {
+        match self {
+            TopicMaker::External(base) => admin::sync_topics(base, routing).await.map(|_| ()),
+            TopicMaker::Embedded(cluster) => {
+                let (cluster, routing) = (cluster.clone(), routing.clone());
+                tokio::task::spawn_blocking(move || cluster.create_topics(&routing)).await?
+            }
+        }
+    }
 }
 
 impl Brokers {
@@ -44,7 +100,7 @@ impl Brokers {
                 }
                 tracing::info!(bootstrap = %cluster.bootstrap_servers(), "embedded Kafka broker started");
                 Ok(Brokers::Embedded {
-                    cluster,
+                    cluster: Arc::new(EmbeddedCluster(cluster)),
                     origin: format!("embedded-{}", uuid::Uuid::now_v7().simple()),
                 })
             }
@@ -54,7 +110,15 @@ impl Brokers {
     pub fn bootstrap_servers(&self) -> String {
         match self {
             Brokers::External(servers) => servers.clone(),
-            Brokers::Embedded { cluster, .. } => cluster.bootstrap_servers(),
+            Brokers::Embedded { cluster, .. } => cluster.0.bootstrap_servers(),
+        }
+    }
+
+    /// What creates the topics of a routing edit on this cluster.
+    pub fn topic_maker(&self) -> TopicMaker {
+        match self {
+            Brokers::External(_) => TopicMaker::External(self.client_config()),
+            Brokers::Embedded { cluster, .. } => TopicMaker::Embedded(cluster.clone()),
         }
     }
 

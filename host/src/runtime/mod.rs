@@ -145,6 +145,8 @@ impl FailureKind {
 /// Who a store is made for: the event (or query) its host calls act on behalf of.
 pub(crate) struct Caller {
     pub event_id: String,
+    /// Version of the code running (see [`LoadedComponent::version`]).
+    pub version: Arc<str>,
     pub request_id: Option<String>,
     pub trace: crate::event::TraceContext,
     /// Host calls that would change anything fail (`query`).
@@ -162,7 +164,47 @@ pub enum InvokeMode {
 /// A component compiled, linked and checked, ready to instantiate.
 pub struct LoadedComponent {
     pub spec: Arc<ComponentSpec>,
+    /// The code's identity: the start of the sha256 of the artifact's bytes, so two hosts
+    /// (or two restarts) agree on it without being told.
+    pub version: Arc<str>,
+    /// Which activation of the component made this the running version (the
+    /// `component_activations` row; 0 outside a running host). Activations only move
+    /// forward, which is what orders swaps within a partition.
+    pub activation: i64,
+    compiled: Component,
     pre: HandlerPre<InvocationState>,
+}
+
+/// Hex digits of the artifact's sha256 that name a version: 64 bits, enough to tell any
+/// two builds apart in practice, short enough to read in a log line.
+const VERSION_HEX_DIGITS: usize = 16;
+
+/// The version name of an artifact's bytes.
+pub fn version_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(bytes));
+    digest[..VERSION_HEX_DIGITS].to_string()
+}
+
+impl LoadedComponent {
+    /// The same code under other settings (`publishes`, `config`, `limits` edited in
+    /// topics.toml): relinked, not recompiled.
+    pub fn with_spec(&self, runtime: &Runtime, spec: &ComponentSpec) -> Result<LoadedComponent, LoadError> {
+        let mut loaded = runtime.link(spec, self.compiled.clone(), self.version.clone())?;
+        loaded.activation = self.activation;
+        Ok(loaded)
+    }
+
+    /// The same code, marked as made active by `activation`.
+    pub fn activated(&self, activation: i64) -> LoadedComponent {
+        LoadedComponent {
+            spec: self.spec.clone(),
+            version: self.version.clone(),
+            activation,
+            compiled: self.compiled.clone(),
+            pre: self.pre.clone(),
+        }
+    }
 }
 
 /// The engine and linker shared by every component.
@@ -223,6 +265,16 @@ impl Runtime {
             path: path.clone(),
             reason: format!("{e:#}"),
         })?;
+        self.link(spec, compiled, version_of(bytes).into())
+    }
+
+    /// Links a compiled component against world `handler` and pre-instantiates it.
+    fn link(&self, spec: &ComponentSpec, compiled: Component, version: Arc<str>) -> Result<LoadedComponent, LoadError> {
+        let (at, component, path) = (
+            spec.artifact_at.to_string(),
+            spec.name.to_string(),
+            spec.artifact.display().to_string(),
+        );
         let world_error = |e: wasmtime::Error| LoadError::World {
             at: at.clone(),
             component: component.clone(),
@@ -233,6 +285,9 @@ impl Runtime {
         let pre = HandlerPre::new(instance_pre).map_err(world_error)?;
         Ok(LoadedComponent {
             spec: Arc::new(spec.clone()),
+            version,
+            activation: 0,
+            compiled,
             pre,
         })
     }
@@ -256,6 +311,7 @@ impl Runtime {
             stdout,
             stderr,
             component: spec.clone(),
+            version: caller.version,
             tx,
             event_id: caller.event_id,
             request_id: caller.request_id,
@@ -286,6 +342,35 @@ impl Runtime {
         store
     }
 
+    /// Instantiates `component` once, read-only and within its limits, and drops the
+    /// instance: start-up code that traps, loops or outgrows memory is found before a
+    /// version goes live rather than at its first event.
+    pub async fn trial_instantiate(&self, component: &LoadedComponent, db: &Db) -> Result<(), String> {
+        let tx = db.begin_read_only().await.map_err(|e| format!("storage failed: {e}"))?;
+        let mut store = self.new_store(
+            &component.spec,
+            tx,
+            Caller {
+                event_id: "load-check".into(),
+                version: component.version.clone(),
+                request_id: None,
+                trace: crate::event::TraceContext::new_root(),
+                read_only: true,
+            },
+        );
+        let deadline = component.spec.limits.deadline + EPOCH_TICK;
+        let result = match tokio::time::timeout(deadline, component.pre.instantiate_async(&mut store)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(classify_trap(&e, store.data().memory.exceeded).reason),
+            Err(_) => Err(format!(
+                "instantiation ran past the {} ms deadline",
+                component.spec.limits.deadline.as_millis()
+            )),
+        };
+        let _ = store.into_data().tx.rollback().await;
+        result
+    }
+
     /// Handles `event` with `component` exactly once in effect (see the module docs).
     pub async fn invoke(
         &self,
@@ -307,6 +392,7 @@ impl Runtime {
         let span = tracing::info_span!(
             "invoke",
             component = %component.spec.name,
+            version = %component.version,
             event_id = %event.id,
             topic = %event.topic,
             partition = event.partition,
@@ -332,6 +418,11 @@ impl Runtime {
             topic: &event.topic,
             partition: event.partition,
             offset: event.offset,
+            version: Some(&component.version),
+            activation: Some(component.activation),
+            request_id: event.request_id.as_deref(),
+            trace_id: Some(&event.trace.trace_id),
+            outcome: "committed",
         };
         if !tx.claim_inbox(&entry).await? {
             tx.rollback().await?;
@@ -345,6 +436,7 @@ impl Runtime {
             tx,
             Caller {
                 event_id: event.id.clone(),
+                version: component.version.clone(),
                 request_id: event.request_id.clone(),
                 trace: event.trace.clone(),
                 read_only: false,

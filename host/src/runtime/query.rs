@@ -116,6 +116,7 @@ impl Runtime {
             tx,
             Caller {
                 event_id: format!("query:{}", uuid::Uuid::now_v7()),
+                version: component.version.clone(),
                 request_id: None,
                 trace: TraceContext::new_root(),
                 read_only: true,

@@ -97,6 +97,8 @@ pub struct InvocationState {
     pub(crate) stderr: CappedOutput,
     /// Who is running: storage namespace, allowed topics and config come from here.
     pub(crate) component: Arc<ComponentSpec>,
+    /// Version of the component's code, stamped on what it publishes.
+    pub(crate) version: Arc<str>,
     /// The transaction everything the guest does goes into.
     pub(crate) tx: Tx,
     /// Id of the event being handled, for the `caused-by` header of what it publishes.

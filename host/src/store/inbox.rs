@@ -6,14 +6,21 @@ use std::time::Duration;
 
 use super::{Db, OutboundMessage, StoreError, Tx, now_ms, on_conn, on_pool};
 
-/// Where an event sat when the inbox recorded it.
-#[derive(Debug, Clone)]
+/// Where an event sat when the inbox recorded it, and what ran it.
+#[derive(Debug, Clone, Default)]
 pub struct InboxEntry<'a> {
     pub component: &'a str,
     pub event_id: &'a str,
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// The component version that ran the event, and the activation that made it active.
+    pub version: Option<&'a str>,
+    pub activation: Option<i64>,
+    pub request_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+    /// `committed` or `dead-lettered`.
+    pub outcome: &'a str,
 }
 
 impl Tx {
@@ -21,8 +28,9 @@ impl Tx {
     /// did: the caller must then skip the event. On PostgreSQL a concurrent claim of the
     /// same id waits for the first transaction and then sees it.
     pub async fn claim_inbox(&mut self, entry: &InboxEntry<'_>) -> Result<bool, StoreError> {
-        const SQL: &str = "INSERT INTO inbox (component, event_id, topic, partition, \"offset\", handled_at_ms) \
-                           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (component, event_id) DO NOTHING";
+        const SQL: &str = "INSERT INTO inbox (component, event_id, topic, partition, \"offset\", handled_at_ms, \
+                           version, activation, request_id, trace_id, outcome) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (component, event_id) DO NOTHING";
         let result = on_conn!(self, |c| sqlx::query(SQL)
             .bind(entry.component)
             .bind(entry.event_id)
@@ -30,6 +38,11 @@ impl Tx {
             .bind(entry.partition)
             .bind(entry.offset)
             .bind(now_ms())
+            .bind(entry.version)
+            .bind(entry.activation)
+            .bind(entry.request_id)
+            .bind(entry.trace_id)
+            .bind(entry.outcome)
             .execute(c)
             .await?
             .rows_affected());
@@ -130,6 +143,7 @@ mod tests {
             topic: "t",
             partition: 0,
             offset: 7,
+            ..Default::default()
         };
         let mut tx = db.begin().await.unwrap();
         assert!(tx.claim_inbox(&entry).await.unwrap());
@@ -166,6 +180,7 @@ mod tests {
                 topic: "t",
                 partition: 0,
                 offset: i,
+                ..Default::default()
             };
             assert!(tx.claim_inbox(&entry).await.unwrap());
             tx.insert_outbox(&format!("o{i}"), "a", &message).await.unwrap();

@@ -1,13 +1,14 @@
 //! Durable state on SQLite (the embedded default, a file under the data directory) or
 //! PostgreSQL, one file per table: component key-value storage ([`kv`]), the inbox of
 //! handled events ([`inbox`]), the outbox of messages on their way to Kafka
-//! ([`outbox`]) and timers ([`timers`]).
+//! ([`outbox`]), timers ([`timers`]) and component versions ([`components`]).
 //!
 //! An invocation runs inside one [`Tx`]: its inbox claim, storage writes, published
 //! messages and timers commit together or not at all. SQL is written once with `$n`
 //! placeholders, which both drivers accept; where the dialects differ, both texts stand
 //! side by side.
 
+mod components;
 mod inbox;
 mod kv;
 mod outbox;
@@ -24,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 use tokio::sync::Notify;
 
+pub use components::{Activation, StoredVersion};
 pub use inbox::InboxEntry;
 pub use outbox::{OutboxRow, ParkedRow, RelayLock};
 

@@ -26,8 +26,10 @@ pub fn artifact(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: run `just handlers` first", path.display()));
+    // `probe-v2` is the probe built with its `v2` feature.
+    let krate = name.strip_suffix("-v2").unwrap_or(name);
     let sources = [
-        root.join("handlers").join(name),
+        root.join("handlers").join(krate),
         root.join("handlers/sdk"),
         root.join("handlers/saga-events"),
         root.join("wit"),

@@ -44,6 +44,7 @@ pub(crate) fn check_message(spec: &ComponentSpec, msg: &Message) -> Result<(), E
 /// of the cause's trace.
 pub(crate) fn host_headers(
     component: &str,
+    version: &str,
     event_id: &str,
     cause_id: &str,
     request_id: Option<&str>,
@@ -53,6 +54,7 @@ pub(crate) fn host_headers(
     let mut all = vec![
         (headers::EVENT_ID.to_string(), event_id.to_string()),
         (headers::SOURCE.to_string(), component.to_string()),
+        (headers::SOURCE_VERSION.to_string(), version.to_string()),
         (headers::CAUSED_BY.to_string(), cause_id.to_string()),
         (headers::TRACEPARENT.to_string(), child.traceparent()),
     ];
@@ -75,6 +77,7 @@ impl InvocationState {
         self.count_message(bytes).map_err(Error::Unavailable)?;
         let mut all = host_headers(
             self.component.name.as_str(),
+            &self.version,
             event_id,
             &self.event_id,
             self.request_id.as_deref(),
@@ -193,7 +196,7 @@ mod tests {
     #[test]
     fn host_headers_link_the_message_to_its_cause() {
         let trace = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "k=v").unwrap();
-        let h: BTreeMap<String, String> = host_headers("order", "e2", "e1", Some("r1"), &trace)
+        let h: BTreeMap<String, String> = host_headers("order", "v1", "e2", "e1", Some("r1"), &trace)
             .into_iter()
             .collect();
         assert_eq!(h[headers::EVENT_ID], "e2");
@@ -205,7 +208,7 @@ mod tests {
         assert_eq!(child.trace_id, trace.trace_id);
         assert_ne!(child.parent_id, trace.parent_id);
         assert!(
-            !host_headers("order", "e2", "e1", None, &trace)
+            !host_headers("order", "v1", "e2", "e1", None, &trace)
                 .iter()
                 .any(|(n, _)| n == headers::REQUEST_ID)
         );

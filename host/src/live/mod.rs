@@ -1,0 +1,468 @@
+//! Live operation of a running host: hot-swapping component versions, applying
+//! `topics.toml` edits as a diff, and what `status` reports about both.
+//!
+//! Where the truth lives (docs/operations.md says the same for operators):
+//! - **Component versions**: the database. A deploy, rollback or changed artifact file
+//!   on any host appends an activation; every host on the database follows the log
+//!   within [`FOLLOW_EVERY`], and at once before handling a newly assigned partition.
+//! - **Routing**: each host's own `topics.toml`. A host applies an edit of its file when
+//!   the file changes, on SIGHUP and on `switchyard reload`; hosts sharing a cluster
+//!   should be given the same file.
+
+pub mod registry;
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{ComponentName, Route, Routing};
+use crate::store::{Activation, Db, StoredVersion, now_ms};
+
+use registry::{DeployError, Registry, Swapped, file_source};
+use routes::{RouteStatus, Routes, route_key};
+
+/// How often a host follows the activation log and looks at its files.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// An edit of the routing file that was refused; the routing before it keeps running.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RejectedEdit {
+    pub at_ms: i64,
+    /// What refused it: the same text as `switchyard check` prints.
+    pub error: String,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ReloadReport {
+    pub routes_added: Vec<String>,
+    pub routes_removed: Vec<String>,
+    pub routes_changed: Vec<String>,
+    pub components_added: Vec<String>,
+    pub components_removed: Vec<String>,
+    pub components_changed: Vec<String>,
+    pub swapped: Vec<String>,
+}
+
+impl ReloadReport {
+    pub fn is_empty(&self) -> bool {
+        *self == ReloadReport::default()
+    }
+}
+
+/// A component as `status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub version: String,
+    pub activation: i64,
+    /// Newest first.
+    pub history: Vec<Activation>,
+}
+
+/// `switchyard status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub host: String,
+    pub routing_file: String,
+    pub brokers: String,
+    pub database: String,
+    pub routes: Vec<RouteStatus>,
+    pub components: Vec<ComponentStatus>,
+    pub last_rejected_edit: Option<RejectedEdit>,
+    /// Swaps refused since start (bad artifacts), newest last.
+    pub rejected_deploys: Vec<RejectedEdit>,
+}
+
+/// `switchyard versions COMPONENT`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Versions {
+    pub component: String,
+    pub active: String,
+    pub stored: Vec<StoredVersion>,
+    pub history: Vec<Activation>,
+}
+
+/// A failure of a live operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error("the routing edit was refused, the running routing stays: {0}")]
+    Rejected(String),
+    #[error("no route {0:?}; `switchyard status` lists them")]
+    UnknownRoute(String),
+}
+
+/// The running host as live operations see it.
+pub struct Live {
+    routing_path: PathBuf,
+    routing: Mutex<Routing>,
+    registry: Arc<Registry>,
+    routes: Routes,
+    db: Db,
+    brokers: String,
+    /// Creates the topics an edit adds.
+    topics: crate::kafka::TopicMaker,
+    last_rejected: Mutex<Option<RejectedEdit>>,
+    rejected_deploys: Mutex<Vec<RejectedEdit>>,
+    /// One reload or deploy at a time.
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl Live {
+    pub fn new(
+        routing: Routing,
+        registry: Arc<Registry>,
+        routes: Routes,
+        db: Db,
+        brokers: String,
+        topics: crate::kafka::TopicMaker,
+    ) -> Live {
+        Live {
+            routing_path: routing.source.clone(),
+            routing: Mutex::new(routing),
+            registry,
+            routes,
+            db,
+            brokers,
+            topics,
+            last_rejected: Mutex::new(None),
+            rejected_deploys: Mutex::new(Vec::new()),
+            changing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    pub fn routing(&self) -> Routing {
+        self.routing.lock().expect("routing lock").clone()
+    }
+
+    fn spec(&self, component: &str) -> Result<crate::config::ComponentSpec, DeployError> {
+        let routing = self.routing.lock().expect("routing lock");
+        routing
+            .components
+            .iter()
+            .find(|(n, _)| n.as_str() == component)
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| DeployError::UnknownComponent(component.to_string()))
+    }
+
+    /// Makes `bytes` the running code of `component` on every host of the database.
+    pub async fn deploy(&self, component: &str, bytes: &[u8]) -> Result<Swapped, LiveError> {
+        let _changing = self.changing.lock().await;
+        let spec = self.spec(component)?;
+        self.registry
+            .deploy_bytes(&spec, bytes, "api", "deploy")
+            .await
+            .inspect_err(|e| self.record_rejected_deploy(e))
+            .map_err(LiveError::from)
+    }
+
+    /// Returns `component` to `to`, or to the version active before the current one.
+    pub async fn rollback(&self, component: &str, to: Option<&str>) -> Result<Swapped, LiveError> {
+        let _changing = self.changing.lock().await;
+        let spec = self.spec(component)?;
+        Ok(self.registry.rollback(&spec, to).await?)
+    }
+
+    fn record_rejected_deploy(&self, err: &DeployError) {
+        tracing::error!(error = %err, "deploy refused; the running version keeps serving");
+        let mut rejected = self.rejected_deploys.lock().expect("rejected lock");
+        rejected.push(RejectedEdit {
+            at_ms: now_ms(),
+            error: err.to_string(),
+        });
+        let excess = rejected.len().saturating_sub(20);
+        rejected.drain(..excess);
+    }
+
+    pub async fn versions(&self, component: &str) -> Result<Versions, LiveError> {
+        let spec = self.spec(component)?;
+        let active = self
+            .registry
+            .get(&spec.name)
+            .map(|c| c.version.to_string())
+            .unwrap_or_default();
+        let stored = self.db.stored_versions(component).await.map_err(DeployError::from)?;
+        let history = self
+            .db
+            .activation_history(component, 50)
+            .await
+            .map_err(DeployError::from)?;
+        Ok(Versions {
+            component: component.to_string(),
+            active,
+            stored,
+            history,
+        })
+    }
+
+    pub async fn status(&self) -> Status {
+        let mut components = Vec::new();
+        for c in self.registry.all() {
+            let history = self
+                .db
+                .activation_history(c.spec.name.as_str(), 10)
+                .await
+                .unwrap_or_default();
+            components.push(ComponentStatus {
+                name: c.spec.name.to_string(),
+                version: c.version.to_string(),
+                activation: c.activation,
+                history,
+            });
+        }
+        Status {
+            host: self.registry.host().to_string(),
+            routing_file: self.routing_path.display().to_string(),
+            brokers: self.brokers.clone(),
+            database: self.db.kind().to_string(),
+            routes: self.routes.status().await,
+            components,
+            last_rejected_edit: self.last_rejected.lock().expect("rejected lock").clone(),
+            rejected_deploys: self.rejected_deploys.lock().expect("rejected lock").clone(),
+        }
+    }
+
+    pub async fn pause(&self, key: &str) -> Result<bool, LiveError> {
+        self.routes
+            .pause(key)
+            .await
+            .ok_or_else(|| LiveError::UnknownRoute(key.to_string()))
+    }
+
+    pub async fn resume(&self, key: &str) -> Result<bool, LiveError> {
+        self.routes
+            .resume(key)
+            .await
+            .ok_or_else(|| LiveError::UnknownRoute(key.to_string()))
+    }
+
+    /// Reads the routing file again and applies what changed (see [`Live::apply`]); an
+    /// invalid file is refused, remembered for `status`, and changes nothing.
+    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, LiveError> {
+        let _changing = self.changing.lock().await;
+        let result = match Routing::load(&self.routing_path) {
+            Ok(new) => self.apply(new).await,
+            Err(err) => Err(LiveError::Rejected(err.to_string())),
+        };
+        match &result {
+            Ok(report) if report.is_empty() => tracing::debug!(trigger, "routing unchanged"),
+            Ok(report) => {
+                *self.last_rejected.lock().expect("rejected lock") = None;
+                tracing::info!(trigger, ?report, "routing edit applied");
+            }
+            Err(err) => {
+                tracing::error!(trigger, error = %err, "routing edit refused");
+                *self.last_rejected.lock().expect("rejected lock") = Some(RejectedEdit {
+                    at_ms: now_ms(),
+                    error: err.to_string(),
+                });
+            }
+        }
+        result
+    }
+
+    /// Applies `new` as a diff against the running routing: components new or with a
+    /// new artifact are compiled and checked first (any failure refuses the whole edit);
+    /// then added routes start, removed ones drain and leave their group, edited
+    /// settings apply from the next event, and routes the edit does not touch keep
+    /// running untouched (no rebalance).
+    async fn apply(&self, new: Routing) -> Result<ReloadReport, LiveError> {
+        let old = self.routing();
+        let mut report = ReloadReport::default();
+
+        // Check every new artifact before anything changes.
+        let mut incoming = Vec::new();
+        for (name, spec) in &new.components {
+            let fresh = match old.components.get(name) {
+                None => true,
+                Some(before) => before.artifact != spec.artifact,
+            };
+            if fresh {
+                let loaded = self
+                    .registry
+                    .runtime()
+                    .load(spec)
+                    .map_err(|e| LiveError::Rejected(e.to_string()))?;
+                incoming.push((spec.clone(), loaded.version.to_string()));
+            }
+        }
+        if let Err(err) = self.topics.ensure(&new).await {
+            return Err(LiveError::Rejected(format!(
+                "cannot create the topics it declares: {err:#}"
+            )));
+        }
+
+        for (spec, _) in &incoming {
+            let name = spec.name.to_string();
+            if old.components.contains_key(&spec.name) {
+                let bytes = std::fs::read(&spec.artifact).map_err(|e| LiveError::Rejected(e.to_string()))?;
+                // Settings first, so the swap below runs the new code under them.
+                if let Err(err) = self.registry.respec(spec) {
+                    tracing::warn!(error = %err, "cannot apply the new settings to the old code");
+                }
+                self.registry
+                    .deploy_bytes(spec, &bytes, &file_source(spec), "file")
+                    .await?;
+                report.swapped.push(name);
+            } else {
+                self.registry.add(spec).await?;
+                report.components_added.push(name);
+            }
+        }
+        for (name, spec) in &new.components {
+            if let Some(before) = old.components.get(name)
+                && before.artifact == spec.artifact
+                && (before.publishes != spec.publishes || before.config != spec.config || before.limits != spec.limits)
+            {
+                self.registry.respec(spec)?;
+                report.components_changed.push(name.to_string());
+            }
+        }
+
+        let old_routes: BTreeMap<String, &Route> = old.routes.iter().map(|r| (route_key(r), r)).collect();
+        let new_routes: BTreeMap<String, &Route> = new.routes.iter().map(|r| (route_key(r), r)).collect();
+        for (key, before) in &old_routes {
+            match new_routes.get(key) {
+                Some(after) if after.group == before.group => {}
+                _ => {
+                    self.routes.remove(key).await;
+                    report.routes_removed.push(key.clone());
+                }
+            }
+        }
+        for (key, after) in &new_routes {
+            match old_routes.get(key) {
+                Some(before) if before.group == after.group => {
+                    if *before != *after {
+                        self.routes.update((*after).clone()).await;
+                        report.routes_changed.push(key.clone());
+                    }
+                }
+                _ => {
+                    self.routes.start((*after).clone()).await;
+                    report.routes_added.push(key.clone());
+                }
+            }
+        }
+        for name in old.components.keys() {
+            if !new.components.contains_key(name) {
+                self.registry.remove(name);
+                report.components_removed.push(name.to_string());
+            }
+        }
+        *self.routing.lock().expect("routing lock") = new;
+        Ok(report)
+    }
+
+    /// Until `shutdown`: follows the activation log, applies edits of the routing file
+    /// and swaps in changed artifact files, and reloads on SIGHUP. A file is acted on
+    /// once it stayed the same for one tick, so a half-written file is not mistaken for
+    /// a broken one.
+    pub async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut routing_seen = file_digest(&self.routing_path);
+        let mut routing_last = routing_seen;
+        let mut artifacts_seen = self.artifact_fingerprints();
+        let mut artifacts_last = artifacts_seen.clone();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+                Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    let _ = self.reload("SIGHUP").await;
+                    routing_seen = file_digest(&self.routing_path);
+                    artifacts_seen = self.artifact_fingerprints();
+                    continue;
+                }
+                _ = tick.tick() => {}
+            }
+            if let Err(err) = self.registry.refresh().await {
+                tracing::warn!(error = %err, "cannot follow the activation log");
+            }
+            let digest = file_digest(&self.routing_path);
+            let settled = digest == routing_last;
+            routing_last = digest;
+            if settled && digest != routing_seen {
+                routing_seen = digest;
+                let _ = self.reload("routing file changed").await;
+                artifacts_seen = self.artifact_fingerprints();
+                artifacts_last = artifacts_seen.clone();
+                continue;
+            }
+            let now = self.artifact_fingerprints();
+            for (name, fingerprint) in &now {
+                let settled = artifacts_last.get(name) == Some(fingerprint);
+                if settled && fingerprint.is_some() && artifacts_seen.get(name) != Some(fingerprint) {
+                    self.swap_from_file(name).await;
+                    artifacts_seen.insert(name.clone(), *fingerprint);
+                }
+            }
+            artifacts_last = now;
+        }
+    }
+
+    /// A component's artifact file changed: deploy it (a bad one is refused and logged).
+    async fn swap_from_file(&self, name: &ComponentName) {
+        let _changing = self.changing.lock().await;
+        let Ok(spec) = self.spec(name.as_str()) else {
+            return;
+        };
+        let bytes = match std::fs::read(&spec.artifact) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!(component = %name, error = %err, "artifact file unreadable");
+                return;
+            }
+        };
+        if self
+            .registry
+            .get(name)
+            .is_some_and(|c| *c.version == crate::runtime::version_of(&bytes))
+        {
+            return;
+        }
+        if let Err(err) = self
+            .registry
+            .deploy_bytes(&spec, &bytes, &file_source(&spec), "file")
+            .await
+        {
+            self.record_rejected_deploy(&err);
+        }
+    }
+
+    /// Size and modification time of each artifact file: cheap to take every tick; a
+    /// change leads to reading and hashing the file, and only a new version swaps.
+    fn artifact_fingerprints(&self) -> BTreeMap<ComponentName, Option<(std::time::SystemTime, u64)>> {
+        self.routing()
+            .components
+            .values()
+            .map(|s| {
+                let meta = std::fs::metadata(&s.artifact).ok();
+                (s.name.clone(), meta.and_then(|m| Some((m.modified().ok()?, m.len()))))
+            })
+            .collect()
+    }
+}
+
+/// The sha256 of a file, None when unreadable. Content, not mtime: a rewrite with the
+/// same bytes is no change, and a change within one mtime tick is still seen.
+fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    std::fs::read(path).ok().map(|bytes| sha2::Sha256::digest(bytes).into())
+}

@@ -1,0 +1,359 @@
+//! The route supervisor: one task per route, each with its own stop signal, started,
+//! stopped, paused and re-tuned while the host runs, and restarted with backoff when it
+//! fails, so one bad route never leaves the host running without it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Route;
+use crate::kafka::dispatch;
+use crate::store::Db;
+
+use super::registry::Registry;
+
+/// First and longest pause before a failed route is restarted.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// A route that ran this long before failing restarts after the shortest pause again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// How a route is named in `status` and the admin API.
+pub fn route_key(route: &Route) -> String {
+    format!("{} -> {}", route.topic, route.component)
+}
+
+/// A route's settings that an edit may change while it runs: read per event, so a new
+/// retry policy, dead-letter topic or concurrency applies from the next event.
+pub struct RouteSettings {
+    route: RwLock<Route>,
+    permits: RwLock<Arc<Semaphore>>,
+}
+
+impl RouteSettings {
+    pub fn new(route: Route) -> RouteSettings {
+        RouteSettings {
+            permits: RwLock::new(Arc::new(Semaphore::new(route.concurrency))),
+            route: RwLock::new(route),
+        }
+    }
+
+    pub fn current(&self) -> Route {
+        self.route.read().expect("route lock").clone()
+    }
+
+    /// The semaphore capping how many partitions run at once. A new concurrency gets a
+    /// new semaphore: permits held on the old one are released into it, harmlessly.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.read().expect("permits lock").clone()
+    }
+
+    fn update(&self, route: Route) {
+        if route.concurrency != self.route.read().expect("route lock").concurrency {
+            *self.permits.write().expect("permits lock") = Arc::new(Semaphore::new(route.concurrency));
+        }
+        *self.route.write().expect("route lock") = route;
+    }
+}
+
+/// What a route is doing, for `status`.
+#[derive(Default)]
+pub struct RouteState {
+    /// Partitions this host owns now.
+    pub assigned: Mutex<BTreeSet<i32>>,
+    /// Assignments received (the first included): a rebalance adds one.
+    pub assignments: AtomicU64,
+    pub restarts: AtomicU32,
+    pub last_error: Mutex<Option<String>>,
+    paused: std::sync::atomic::AtomicBool,
+}
+
+/// A route as `status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RouteStatus {
+    pub key: String,
+    pub topic: String,
+    pub component: String,
+    pub group: String,
+    pub dead_letter: String,
+    pub concurrency: usize,
+    pub retry_attempts: u32,
+    /// `running` or `paused`.
+    pub state: String,
+    pub partitions: Vec<i32>,
+    pub assignments: u64,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+}
+
+struct RunningRoute {
+    settings: Arc<RouteSettings>,
+    state: Arc<RouteState>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// What every route task needs.
+pub struct RouteDeps {
+    pub registry: Arc<Registry>,
+    pub db: Db,
+    pub consumer_base: rdkafka::ClientConfig,
+    pub origin: String,
+}
+
+/// The running routes, by [`route_key`].
+pub struct Routes {
+    deps: Arc<RouteDeps>,
+    running: tokio::sync::Mutex<BTreeMap<String, RunningRoute>>,
+}
+
+impl Routes {
+    pub fn new(deps: RouteDeps) -> Routes {
+        Routes {
+            deps: Arc::new(deps),
+            running: Default::default(),
+        }
+    }
+
+    /// Starts consuming `route` (a no-op if a route of that key runs).
+    pub async fn start(&self, route: Route) {
+        let key = route_key(&route);
+        let mut running = self.running.lock().await;
+        if running.contains_key(&key) {
+            return;
+        }
+        let settings = Arc::new(RouteSettings::new(route));
+        let state = Arc::new(RouteState::default());
+        let (stop, task) = self.spawn(&settings, &state);
+        running.insert(
+            key,
+            RunningRoute {
+                settings,
+                state,
+                stop,
+                task: Some(task),
+            },
+        );
+    }
+
+    fn spawn(&self, settings: &Arc<RouteSettings>, state: &Arc<RouteState>) -> (watch::Sender<bool>, JoinHandle<()>) {
+        let (stop, stopped) = watch::channel(false);
+        let deps = self.deps.clone();
+        let (settings, state) = (settings.clone(), state.clone());
+        let name = route_key(&settings.current());
+        let task = tokio::spawn(async move {
+            let restarts_state = state.clone();
+            restart_until_shutdown(&name, stopped.clone(), &restarts_state, || {
+                dispatch::run_route(
+                    settings.clone(),
+                    state.clone(),
+                    deps.registry.clone(),
+                    deps.db.clone(),
+                    deps.consumer_base.clone(),
+                    deps.origin.clone(),
+                    stopped.clone(),
+                )
+            })
+            .await;
+        });
+        (stop, task)
+    }
+
+    /// Stops `key` for good: each partition finishes its current event, offsets are
+    /// committed and the consumer leaves its group. False when no such route runs.
+    pub async fn remove(&self, key: &str) -> bool {
+        let Some(mut route) = self.running.lock().await.remove(key) else {
+            return false;
+        };
+        let _ = route.stop.send(true);
+        if let Some(task) = route.task.take() {
+            let _ = task.await;
+        }
+        true
+    }
+
+    /// Applies edited settings of a running route from its next event. False when the
+    /// route does not run.
+    pub async fn update(&self, route: Route) -> bool {
+        match self.running.lock().await.get(&route_key(&route)) {
+            Some(running) => {
+                running.settings.update(route);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops consuming `key` but keeps it, with its offsets committed, until [`Routes::resume`].
+    pub async fn pause(&self, key: &str) -> Option<bool> {
+        let task = {
+            let mut running = self.running.lock().await;
+            let route = running.get_mut(key)?;
+            if route.state.paused.swap(true, Ordering::SeqCst) {
+                return Some(false);
+            }
+            let _ = route.stop.send(true);
+            route.task.take()
+        };
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Some(true)
+    }
+
+    /// Consumes a paused route again.
+    pub async fn resume(&self, key: &str) -> Option<bool> {
+        let mut running = self.running.lock().await;
+        let (settings, state) = {
+            let route = running.get(key)?;
+            if !route.state.paused.swap(false, Ordering::SeqCst) {
+                return Some(false);
+            }
+            (route.settings.clone(), route.state.clone())
+        };
+        let (stop, task) = self.spawn(&settings, &state);
+        let route = running.get_mut(key).expect("checked above");
+        route.stop = stop;
+        route.task = Some(task);
+        Some(true)
+    }
+
+    /// Stops every route (shutdown), in parallel.
+    pub async fn stop_all(&self) {
+        let mut running = self.running.lock().await;
+        for route in running.values() {
+            let _ = route.stop.send(true);
+        }
+        for route in running.values_mut() {
+            if let Some(task) = route.task.take() {
+                let _ = task.await;
+            }
+        }
+        running.clear();
+    }
+
+    pub async fn keys(&self) -> BTreeSet<String> {
+        self.running.lock().await.keys().cloned().collect()
+    }
+
+    /// Every route as `status` shows it.
+    pub async fn status(&self) -> Vec<RouteStatus> {
+        let running = self.running.lock().await;
+        running
+            .iter()
+            .map(|(key, r)| {
+                let route = r.settings.current();
+                RouteStatus {
+                    key: key.clone(),
+                    topic: route.topic.to_string(),
+                    component: route.component.to_string(),
+                    group: route.group.clone(),
+                    dead_letter: route.dead_letter.to_string(),
+                    concurrency: route.concurrency,
+                    retry_attempts: route.retry.attempts,
+                    state: if r.state.paused.load(Ordering::SeqCst) {
+                        "paused".into()
+                    } else {
+                        "running".into()
+                    },
+                    partitions: r.state.assigned.lock().expect("state lock").iter().copied().collect(),
+                    assignments: r.state.assignments.load(Ordering::SeqCst),
+                    restarts: r.state.restarts.load(Ordering::SeqCst),
+                    last_error: r.state.last_error.lock().expect("state lock").clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs `run` in a task of its own until `shutdown`; whenever it returns early, fails or
+/// panics, runs it again after a pause that doubles from 0.5 s to 30 s (and starts over
+/// after a run that lasted [`HEALTHY_RUN`]). Returns how many restarts there were.
+async fn restart_until_shutdown<F, Fut>(name: &str, shutdown: watch::Receiver<bool>, state: &RouteState, run: F) -> u32
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut failures: u32 = 0;
+    let mut restarts = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let reason = match tokio::spawn(run()).await {
+            Ok(Ok(())) if *shutdown.borrow() => return restarts,
+            Ok(Ok(())) => "it stopped by itself".to_string(),
+            Ok(Err(err)) => format!("{err:#}"),
+            Err(err) => format!("its task died: {err}"),
+        };
+        if *shutdown.borrow() {
+            return restarts;
+        }
+        failures = if started.elapsed() > HEALTHY_RUN {
+            1
+        } else {
+            failures + 1
+        };
+        let delay = RESTART_BACKOFF
+            .0
+            .saturating_mul(1 << (failures - 1).min(10))
+            .min(RESTART_BACKOFF.1);
+        tracing::error!(route = name, reason = %reason, restart_in_ms = delay.as_millis() as u64, "route failed; restarting");
+        *state.last_error.lock().expect("state lock") = Some(reason);
+        state.assigned.lock().expect("state lock").clear();
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return restarts,
+        }
+        restarts += 1;
+        state.restarts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_or_panicking_route_is_restarted_with_growing_pauses_until_shutdown() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let (stop, shutdown) = watch::channel(false);
+        let counted = runs.clone();
+        let route_shutdown = shutdown.clone();
+        let state = Arc::new(RouteState::default());
+        let seen = state.clone();
+        let supervisor = tokio::spawn(async move {
+            restart_until_shutdown("t -> c", shutdown, &state, move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let mut until = route_shutdown.clone();
+                async move {
+                    match n {
+                        0 => anyhow::bail!("consumer failed"),
+                        1 => panic!("a partition worker panicked"),
+                        2 => Ok(()), // returned early: also restarted
+                        _ => {
+                            // A healthy route runs until shutdown.
+                            let _ = until.wait_for(|stop| *stop).await;
+                            Ok(())
+                        }
+                    }
+                }
+            })
+            .await
+        });
+        // Pauses of 0.5, 1 and 2 s before the 2nd, 3rd and 4th run (real time).
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "the third pause (2 s) is not over yet");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+        assert_eq!(seen.restarts.load(Ordering::SeqCst), 3);
+        assert_eq!(seen.last_error.lock().unwrap().as_deref(), Some("it stopped by itself"));
+        stop.send(true).unwrap();
+        assert_eq!(supervisor.await.unwrap(), 3);
+    }
+}

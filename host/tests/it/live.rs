@@ -1,0 +1,451 @@
+//! Live operations on a running host: hot swaps between two real builds of the probe
+//! (`probe.wasm` stamps "v1", `probe-v2.wasm` stamps "v2") and routing edits, under
+//! traffic, through the admin API the CLI uses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use serde_json::json;
+use switchyard::admin::client::AdminClient;
+use switchyard::config::Routing;
+use switchyard::runtime::version_of;
+use switchyard::service::{self, Options};
+use switchyard::store::Db;
+use tokio::sync::watch;
+
+use crate::common::{Backend, artifact, test_db};
+use crate::kafka::{brokers_for, prefix, producer};
+
+const TOKEN: &str = "test-admin-token";
+
+fn routing_text(p: &str, retry_attempts: u32, added_route: bool) -> String {
+    let probe = artifact("probe").display().to_string();
+    let mut text = format!(
+        r#"
+[topics."{p}.in"]
+partitions = 6
+[topics."{p}.other"]
+partitions = 1
+[topics."{p}.added"]
+partitions = 1
+
+[components.stamp]
+artifact = "{probe}"
+limits = {{ memory-mib = 32, deadline-ms = 5000 }}
+
+[components.other]
+artifact = "{probe}"
+
+[[routes]]
+topic = "{p}.in"
+component = "stamp"
+group = "{p}-stamp"
+concurrency = 6
+retry = {{ attempts = {retry_attempts}, initial-backoff-ms = 50, max-backoff-ms = 200 }}
+
+[[routes]]
+topic = "{p}.other"
+component = "other"
+group = "{p}-other"
+"#
+    );
+    if added_route {
+        text.push_str(&format!(
+            r#"
+[[routes]]
+topic = "{p}.added"
+component = "other"
+group = "{p}-added"
+"#
+        ));
+    }
+    text
+}
+
+/// Replaces the routing file the way editors do: a new file renamed over the old one.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Rows of the inbox of `component` on `topic`: (partition, offset, version, activation, outcome).
+async fn handled(db: &Db, component: &str, topic: &str) -> Vec<(i32, i64, String, i64, String)> {
+    const SQL: &str = "SELECT partition, \"offset\", version, activation, outcome FROM inbox \
+                       WHERE component = $1 AND topic = $2";
+    if let Some(pool) = db.postgres_pool() {
+        sqlx::query_as(SQL)
+            .bind(component)
+            .bind(topic)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    } else {
+        let pool = db.sqlite_pool().unwrap();
+        sqlx::query_as(SQL)
+            .bind(component)
+            .bind(topic)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+}
+
+async fn stamps(db: &Db, component: &str) -> HashMap<String, String> {
+    const SQL: &str = "SELECT key, value FROM kv WHERE component = $1";
+    let rows: Vec<(String, Vec<u8>)> = if let Some(pool) = db.postgres_pool() {
+        sqlx::query_as(SQL).bind(component).fetch_all(pool).await.unwrap()
+    } else {
+        sqlx::query_as(SQL)
+            .bind(component)
+            .fetch_all(db.sqlite_pool().unwrap())
+            .await
+            .unwrap()
+    };
+    rows.into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+        .collect()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const EVENTS: usize = 10_000;
+const SWAPS: usize = 20;
+
+/// 10,000 events over 6 partitions while the component is swapped 20 times between two
+/// builds and the routing file is edited 5 times (a route added, removed and added again,
+/// a retry policy changed twice): every event handled exactly once, by exactly one
+/// version; per partition, activations never go back; the untouched route never
+/// rebalances.
+async fn swaps_and_edits_under_traffic(real: bool, backend: Backend) {
+    let db = test_db(backend).await.unwrap();
+    let db = &db.db;
+    let p = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topics.toml");
+    std::fs::write(&path, routing_text(&p, 3, false)).unwrap();
+    let routing = Routing::load(&path).unwrap();
+    let brokers = brokers_for(real, &routing).await.unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let options = Options {
+        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+        admin_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let host = service::start(&routing, db.clone(), &brokers, options, shutdown)
+        .await
+        .unwrap();
+    let admin = AdminClient::new(&format!("http://{}", host.admin_addr.unwrap()), Some(TOKEN.into()));
+    let running = tokio::spawn(host.run());
+
+    let v1 = std::fs::read(artifact("probe")).unwrap();
+    let v2 = std::fs::read(artifact("probe-v2")).unwrap();
+    let (v1_version, v2_version) = (version_of(&v1), version_of(&v2));
+
+    // Traffic: 10,000 stamps at a steady pace, each event's (partition, offset) recorded.
+    let base = brokers.client_config();
+    let topic_in = format!("{p}.in");
+    let traffic = {
+        let producer = producer(&base);
+        let topic = topic_in.clone();
+        tokio::spawn(async move {
+            let mut sent = HashMap::new();
+            let mut batch = Vec::new();
+            for n in 0..EVENTS {
+                let payload = json!({"steps": [{"op": "stamp", "key": format!("s/{n}")}]}).to_string();
+                let key = n.to_string();
+                let record = FutureRecord::to(&topic)
+                    .partition((n % 6) as i32)
+                    .key(&key)
+                    .payload(&payload);
+                batch.push((n, producer.send_result(record).map_err(|(e, _)| e).unwrap()));
+                if batch.len() == 100 {
+                    for (n, delivery) in batch.drain(..) {
+                        let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+                        let (partition, offset) = (delivered.partition, delivered.offset);
+                        sent.insert((partition, offset), n);
+                    }
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                }
+            }
+            for (n, delivery) in batch.drain(..) {
+                let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+                let (partition, offset) = (delivered.partition, delivered.offset);
+                sent.insert((partition, offset), n);
+            }
+            sent
+        })
+    };
+
+    // 20 swaps between the builds, with a routing edit after every fourth.
+    let topic_added = format!("{p}.added");
+    let side = producer(&base);
+    for swap in 0..SWAPS {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (bytes, version) = if swap % 2 == 0 {
+            (&v2, &v2_version)
+        } else {
+            (&v1, &v1_version)
+        };
+        let swapped = admin.deploy("stamp", bytes.clone()).await.unwrap();
+        assert_eq!(&swapped.to, version);
+        if swap % 4 == 3 {
+            let edit = swap / 4; // 0..5
+            let (attempts, added) = match edit {
+                0 => (3, true),  // a route added
+                1 => (7, true),  // a retry policy changed
+                2 => (7, false), // a route removed
+                3 => (7, true),  // added again: resumes from its committed offsets
+                _ => (3, true),  // the retry policy changed back
+            };
+            write_atomically(&path, &routing_text(&p, attempts, added));
+            let report = admin.reload().await.unwrap();
+            match edit {
+                0 | 3 => assert_eq!(report.routes_added, vec![format!("{p}.added -> other")]),
+                2 => assert_eq!(report.routes_removed, vec![format!("{p}.added -> other")]),
+                _ => assert_eq!(report.routes_changed, vec![format!("{p}.in -> stamp")]),
+            }
+            if added {
+                // Events for the added route; handled before its removal or after it comes back.
+                for k in 0..5 {
+                    let payload = json!({"steps": [{"op": "stamp", "key": format!("a/{edit}/{k}")}]}).to_string();
+                    side.send(
+                        FutureRecord::to(&topic_added).key("k").payload(&payload),
+                        Timeout::Never,
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        }
+    }
+    let sent = traffic.await.unwrap();
+    assert_eq!(sent.len(), EVENTS);
+
+    wait_for("every event handled", Duration::from_secs(180), async || {
+        handled(db, "stamp", &topic_in).await.len() >= EVENTS
+    })
+    .await;
+    wait_for("the added route's events", Duration::from_secs(60), async || {
+        stamps(db, "other").await.keys().filter(|k| k.starts_with("a/")).count() == 20
+    })
+    .await;
+
+    let rows = handled(db, "stamp", &topic_in).await;
+    let stamped = stamps(db, "stamp").await;
+    assert_eq!(rows.len(), EVENTS, "exactly once: one inbox row per event");
+    assert_eq!(stamped.len(), EVENTS, "exactly once: one stamp per event");
+    let mut by_partition: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+    let mut activations = std::collections::BTreeSet::new();
+    for (partition, offset, version, activation, outcome) in &rows {
+        assert_eq!(outcome, "committed", "{partition}/{offset} was {outcome}");
+        let n = sent[&(*partition, *offset)];
+        // The code that ran is the version the host recorded for it.
+        let expected = if *version == v1_version {
+            "v1"
+        } else {
+            assert_eq!(*version, v2_version, "unknown version {version}");
+            "v2"
+        };
+        assert_eq!(
+            stamped[&format!("s/{n}")],
+            expected,
+            "event {n} at {partition}/{offset}"
+        );
+        by_partition.entry(*partition).or_default().push((*offset, *activation));
+        activations.insert(*activation);
+    }
+    for (partition, mut events) in by_partition {
+        events.sort();
+        for pair in events.windows(2) {
+            assert!(
+                pair[1].1 >= pair[0].1,
+                "partition {partition}: offset {} ran on activation {} after offset {} ran on {}",
+                pair[1].0,
+                pair[1].1,
+                pair[0].0,
+                pair[0].1
+            );
+        }
+    }
+    assert!(activations.len() >= 5, "swaps under traffic: only {activations:?} seen");
+
+    let status = admin.status().await.unwrap();
+    let other = status
+        .routes
+        .iter()
+        .find(|r| r.key == format!("{p}.other -> other"))
+        .unwrap();
+    assert_eq!(other.assignments, 1, "an untouched route rebalanced: {other:?}");
+    let stamp_route = status
+        .routes
+        .iter()
+        .find(|r| r.key == format!("{p}.in -> stamp"))
+        .unwrap();
+    assert_eq!((stamp_route.assignments, stamp_route.retry_attempts), (1, 3));
+    let component = status.components.iter().find(|c| c.name == "stamp").unwrap();
+    assert_eq!(component.version, v1_version, "the last swap was to v1");
+    assert!(component.history.len() >= 10);
+
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// A bad artifact and a bad routing edit are refused while traffic goes on; `status`
+/// says why, and the running version and routing keep serving.
+async fn bad_artifacts_and_edits_are_refused(real: bool, backend: Backend) {
+    let db = test_db(backend).await.unwrap();
+    let db = &db.db;
+    let p = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topics.toml");
+    std::fs::write(&path, routing_text(&p, 3, false)).unwrap();
+    let routing = Routing::load(&path).unwrap();
+    let brokers = brokers_for(real, &routing).await.unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let options = Options {
+        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+        admin_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let host = service::start(&routing, db.clone(), &brokers, options, shutdown)
+        .await
+        .unwrap();
+    let url = format!("http://{}", host.admin_addr.unwrap());
+    let admin = AdminClient::new(&url, Some(TOKEN.into()));
+    let running = tokio::spawn(host.run());
+    let before = admin.status().await.unwrap();
+    let version = before
+        .components
+        .iter()
+        .find(|c| c.name == "stamp")
+        .unwrap()
+        .version
+        .clone();
+
+    // No token, wrong token: refused.
+    let err = AdminClient::new(&url, None).status().await.unwrap_err().to_string();
+    assert!(err.contains("Bearer"), "{err}");
+    let err = AdminClient::new(&url, Some("nope".into()))
+        .status()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match"), "{err}");
+
+    let producer = producer(&brokers.client_config());
+    let topic_in = format!("{p}.in");
+    let send = |n: usize| {
+        let payload = json!({"steps": [{"op": "stamp", "key": format!("s/{n}")}]}).to_string();
+        let producer = producer.clone();
+        let topic = topic_in.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&n.to_string()).payload(&payload),
+                    Timeout::Never,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    for n in 0..50 {
+        send(n).await;
+    }
+
+    // Not a component; a core module that is not a component; a component of another world.
+    for (bytes, says) in [
+        (b"not wasm at all".to_vec(), "not a valid Wasm component"),
+        (wat_module(), "not a valid Wasm component"),
+        (wat_component_of_other_world(), "does not fit world"),
+    ] {
+        let err = admin.deploy("stamp", bytes).await.unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+
+    // A broken edit through the file: refused with check's line:column message.
+    write_atomically(
+        &path,
+        &routing_text(&p, 3, false).replace("concurrency = 6", "concurrency = \"six\""),
+    );
+    wait_for("the refused edit in status", Duration::from_secs(10), async || {
+        admin.status().await.unwrap().last_rejected_edit.is_some()
+    })
+    .await;
+    let status = admin.status().await.unwrap();
+    let rejected = status.last_rejected_edit.unwrap().error;
+    assert!(
+        rejected.contains("topics.toml:20:15") && rejected.contains("\"six\""),
+        "{rejected}"
+    );
+    assert_eq!(status.rejected_deploys.len(), 3);
+    // And through `reload`: the same refusal.
+    let err = admin.reload().await.unwrap_err().to_string();
+    assert!(err.contains("topics.toml:20:15"), "{err}");
+
+    for n in 50..100 {
+        send(n).await;
+    }
+    wait_for("traffic handled throughout", Duration::from_secs(60), async || {
+        handled(db, "stamp", &topic_in).await.len() == 100
+    })
+    .await;
+    let rows = handled(db, "stamp", &topic_in).await;
+    assert!(rows.iter().all(|r| r.2 == version && r.4 == "committed"));
+    let status = admin.status().await.unwrap();
+    assert_eq!(
+        status.components.iter().find(|c| c.name == "stamp").unwrap().version,
+        version
+    );
+    assert_eq!(status.routes.len(), 2);
+
+    // Fixing the file applies it and clears the refusal.
+    write_atomically(&path, &routing_text(&p, 3, true));
+    wait_for("the fixed edit applied", Duration::from_secs(10), async || {
+        let status = admin.status().await.unwrap();
+        status.routes.len() == 3 && status.last_rejected_edit.is_none()
+    })
+    .await;
+
+    // Rollback: v2 by file swap, then back to the version before.
+    let v2 = std::fs::read(artifact("probe-v2")).unwrap();
+    let swapped = admin.deploy("stamp", v2).await.unwrap();
+    assert_eq!(swapped.from.as_deref(), Some(version.as_str()));
+    let back = admin.rollback("stamp", None).await.unwrap();
+    assert_eq!(back.to, version);
+    let versions = admin.versions("stamp").await.unwrap();
+    assert_eq!(versions.active, version);
+    assert_eq!(versions.history[0].reason, "rollback");
+    let err = admin
+        .rollback("stamp", Some("0000".into()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no version \"0000\""), "{err}");
+
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// WAT text: the host compiles it like a binary artifact (wasmtime's `wat` feature).
+fn wat_module() -> Vec<u8> {
+    b"(module)".to_vec()
+}
+
+fn wat_component_of_other_world() -> Vec<u8> {
+    br#"(component (import "example:other/thing@1.0.0" (instance)))"#.to_vec()
+}
+
+crate::on_both_stacks!(swaps_and_edits_under_traffic, bad_artifacts_and_edits_are_refused);
