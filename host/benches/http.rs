@@ -154,7 +154,7 @@ async fn stack_rows(real: bool, window: Duration) -> Vec<Row> {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let queries = switchyard::gateway_components::load(&routing, &db).unwrap();
+    let queries = switchyard::gateway_components::load(&routing, &db).await.unwrap();
     let gateway_task = tokio::spawn(gateway::serve_on(
         listener,
         GatewayConfig::from_args(&args).unwrap(),

@@ -2,43 +2,59 @@
 //! implemented on the Wasm runtime: a read runs the component's read-only `query`
 //! export ([`Runtime::query`]), so the gateway never reads a component's storage.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::config::Routing;
+use crate::config::{ComponentName, Routing};
 use crate::gateway::{ComponentQueries, QueryFailure, QueryFuture};
-use crate::runtime::{self, LoadedComponent, QueryError, Runtime};
+use crate::live::registry::Registry;
+use crate::runtime::{QueryError, Runtime};
 use crate::store::Db;
 
-/// The components of a routing file, loaded for queries.
+/// Queries answered by the running version of each component: a hot swap applies to
+/// reads as it does to events.
 pub struct RuntimeQueries {
-    runtime: Runtime,
-    components: HashMap<String, LoadedComponent>,
+    registry: Arc<Registry>,
     db: Db,
 }
 
-/// Loads every component of `routing` for queries against `db`.
-pub fn load(routing: &Routing, db: &Db) -> anyhow::Result<Arc<dyn ComponentQueries>> {
-    let runtime = Runtime::new().context("starting the wasm runtime for gateway queries")?;
-    let loaded = runtime::load_all(&runtime, routing.components.values().cloned())
-        .map_err(|errors| anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
-    let components = loaded.into_iter().map(|c| (c.spec.name.to_string(), c)).collect();
-    Ok(Arc::new(RuntimeQueries {
-        runtime,
-        components,
+/// Queries through a running host's registry (`switchyard run`).
+pub fn from_registry(registry: Arc<Registry>, db: &Db) -> Arc<dyn ComponentQueries> {
+    Arc::new(RuntimeQueries {
+        registry,
         db: db.clone(),
-    }))
+    })
+}
+
+/// Loads every component of `routing` for queries against `db`, at the version the
+/// database says is active, and follows later deploys and rollbacks for as long as the
+/// process runs (`switchyard gateway` on its own).
+pub async fn load(routing: &Routing, db: &Db) -> anyhow::Result<Arc<dyn ComponentQueries>> {
+    let runtime = Arc::new(Runtime::new().context("starting the wasm runtime for gateway queries")?);
+    let registry = Arc::new(Registry::new(runtime, db.clone(), crate::service::default_host_name()));
+    for spec in routing.components.values() {
+        registry.add(spec).await?;
+    }
+    let follower = registry.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(crate::live::FOLLOW_EVERY).await;
+            if let Err(err) = follower.refresh().await {
+                tracing::warn!(error = %err, "cannot follow the activation log");
+            }
+        }
+    });
+    Ok(from_registry(registry, db))
 }
 
 impl ComponentQueries for RuntimeQueries {
     fn query<'a>(&'a self, component: &'a str, name: &'a str, args: Value) -> QueryFuture<'a> {
         Box::pin(async move {
-            let loaded = self
-                .components
-                .get(component)
+            let loaded = ComponentName::try_from(component.to_string())
+                .ok()
+                .and_then(|name| self.registry.get(&name))
                 .ok_or_else(|| QueryFailure::NoComponent(component.to_string()))?;
             let args = serde_json::to_vec(&args).expect("JSON values serialize");
             let failed = |reason: String| QueryFailure::Failed {
@@ -46,7 +62,7 @@ impl ComponentQueries for RuntimeQueries {
                 name: name.to_string(),
                 reason,
             };
-            match self.runtime.query(loaded, &self.db, name, &args).await {
+            match self.registry.runtime().query(&loaded, &self.db, name, &args).await {
                 Ok(answer) => {
                     serde_json::from_slice(&answer).map_err(|e| failed(format!("the answer is not JSON: {e}")))
                 }

@@ -386,8 +386,8 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs, admin_addr: std::net::Sock
         tracing::info!("shutting down: finishing in-flight events");
         let _ = stop.send(true);
     });
-    // The gateway shares the routes' database and relay; both stop on the same signal.
-    let queries = switchyard::gateway_components::load(&routing, &db)?;
+    // The gateway shares the routes' database, relay and components; both stop on the
+    // same signal.
     let admin_token = match &cli.admin_token {
         Some(token) => token.clone(),
         None => switchyard::admin::client::host_token(&cli.data_dir)
@@ -402,6 +402,7 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs, admin_addr: std::net::Sock
     if let Some(addr) = host.admin_addr {
         tracing::info!(%addr, "admin API listening");
     }
+    let queries = switchyard::gateway_components::from_registry(host.live.registry().clone(), &db);
     let (routes, http) = tokio::join!(
         host.run(),
         switchyard::gateway::serve(gateway, db.clone(), brokers.consumer_config(), queries, false, shutdown),
@@ -420,7 +421,7 @@ async fn run_gateway(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
         switchyard::kafka::admin::sync_topics(&brokers.client_config(), &routing).await?;
     }
     let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
-    let queries = switchyard::gateway_components::load(&routing, &db)?;
+    let queries = switchyard::gateway_components::load(&routing, &db).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

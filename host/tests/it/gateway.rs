@@ -35,10 +35,10 @@ fn args(reply_timeout_ms: u64) -> GatewayArgs {
 
 /// A [`switchyard::gateway::ComponentQueries`] over the real components of the shipped
 /// routing.
-fn queries(db: &Db) -> Arc<dyn gateway::ComponentQueries> {
+async fn queries(db: &Db) -> Arc<dyn gateway::ComponentQueries> {
     let dir = tempfile::tempdir().unwrap();
     let routing = crate::common::saga_routing(dir.path(), "routes");
-    switchyard::gateway_components::load(&routing, db).unwrap()
+    switchyard::gateway_components::load(&routing, db).await.unwrap()
 }
 
 /// The gateway's router over a fresh database with the in-process cache.
@@ -66,7 +66,7 @@ impl Routes {
             config,
             db.clone(),
             StatusCache::memory(),
-            queries(&db),
+            queries(&db).await,
             brokers.client_config(),
             shutdown,
         )
@@ -567,7 +567,7 @@ mod lifecycle {
             GatewayConfig::from_args(&args(60_000)).unwrap(),
             db.db.clone(),
             brokers.client_config(),
-            queries(&db.db),
+            queries(&db.db).await,
             true,
             shutdown,
         ));
@@ -990,7 +990,9 @@ pub mod e2e {
                 let config = GatewayConfig::from_args(&a).unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 urls.push(format!("http://{}", listener.local_addr().unwrap()));
-                let queries = switchyard::gateway_components::load(&env.routing, &env.db).unwrap();
+                let queries = switchyard::gateway_components::load(&env.routing, &env.db)
+                    .await
+                    .unwrap();
                 let (db, kafka, shutdown) = (env.db.clone(), env.brokers.client_config(), shutdown.clone());
                 // The routes relay the outbox already; these gateways share their database.
                 tasks.push(tokio::spawn(async move {

@@ -449,3 +449,196 @@ fn wat_component_of_other_world() -> Vec<u8> {
 }
 
 crate::on_both_stacks!(swaps_and_edits_under_traffic, bad_artifacts_and_edits_are_refused);
+
+/// Runs the binary with none of the caller's SWITCHYARD_* settings.
+fn switchyard_cmd(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_")) {
+        command.env_remove(name);
+    }
+    command.current_dir(dir);
+    command
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `switchyard run` on the embedded default, and the operator commands run beside it
+/// with the same settings and no token or broker flags: status, versions, rollback,
+/// reload, dlq and lag all reach the running host; a changed artifact file is a swap; a
+/// SIGHUP reloads instead of ending the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_beside_an_embedded_host_needs_no_extra_step() {
+    let p = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact_path = dir.path().join("stamp.wasm");
+    std::fs::copy(artifact("probe"), &artifact_path).unwrap();
+    let text = routing_text(&p, 1, false).replace(&artifact("probe").display().to_string(), "stamp.wasm");
+    std::fs::write(dir.path().join("topics.toml"), &text).unwrap();
+    let admin_url = format!("http://127.0.0.1:{}", free_port());
+    let admin_addr = admin_url.trim_start_matches("http://").to_string();
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let mut host = switchyard_cmd(dir.path())
+        .args(["run", "--admin-addr", &admin_addr, "--http-addr", &http_addr])
+        .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let out = switchyard_cmd(dir.path())
+            .args(args)
+            .env("SWITCHYARD_ADMIN_URL", &admin_url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let log = || std::fs::read_to_string(dir.path().join("host.log")).unwrap_or_default();
+    let start = Instant::now();
+    while !cli(&["status"]).0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "host did not come up:\n{}",
+            log()
+        );
+        assert!(host.try_wait().unwrap().is_none(), "host exited:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (v1, v2) = (
+        version_of(&std::fs::read(artifact("probe")).unwrap()),
+        version_of(&std::fs::read(artifact("probe-v2")).unwrap()),
+    );
+    let (ok, out) = cli(&["status"]);
+    assert!(
+        ok && out.contains(&format!("{p}.in -> stamp")) && out.contains(&v1),
+        "{out}"
+    );
+
+    // Events, one of which fails for good, through the host's own embedded broker.
+    let (_, json) = cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", status["brokers"].as_str().unwrap());
+    let producer = producer(&config);
+    for (n, steps) in [
+        (0, json!([{"op": "stamp", "key": "s/0"}])),
+        (1, json!([{"op": "fail", "retryable": false, "reason": "bad order"}])),
+    ] {
+        let payload = json!({ "steps": steps }).to_string();
+        producer
+            .send(
+                FutureRecord::to(&format!("{p}.in"))
+                    .key(&n.to_string())
+                    .payload(&payload),
+                Timeout::Never,
+            )
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        let (ok, out) = cli(&["dlq", "list"]);
+        if ok && out.contains("bad order") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no dead letter listed: {out}\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, out) = cli(&["lag"]);
+    assert!(ok && out.contains(&format!("{p}-stamp")), "{out}");
+
+    // The artifact file changes: the host swaps to it.
+    std::fs::copy(artifact("probe-v2"), &artifact_path).unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, out) = cli(&["versions", "stamp"]);
+        if out.contains(&format!("active {v2}")) {
+            assert!(out.contains("file"), "{out}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no swap from the file: {out}\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out) = cli(&["rollback", "stamp"]);
+    assert!(ok && out.contains(&format!("{v2} -> {v1}")), "{out}");
+
+    // An edit applied by `reload`, another by SIGHUP; the host keeps running.
+    std::fs::write(
+        dir.path().join("topics.toml"),
+        text.replace("retry = { attempts = 1", "retry = { attempts = 2"),
+    )
+    .unwrap();
+    let (ok, out) = cli(&["reload"]);
+    assert!(
+        ok && (out.contains("routes_changed") || out.contains("unchanged")),
+        "{out}"
+    );
+    std::fs::write(
+        dir.path().join("topics.toml"),
+        text.replace("retry = { attempts = 1", "retry = { attempts = 4"),
+    )
+    .unwrap();
+    let pid = host.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    loop {
+        let (_, json) = cli(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        let attempts = status["routes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["key"] == format!("{p}.in -> stamp")))
+            .map(|r| r["retry_attempts"].clone());
+        if attempts == Some(json!(4)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "edit not applied: {json}\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(host.try_wait().unwrap().is_none(), "SIGHUP ended the host:\n{}", log());
+    assert!(
+        log().contains("SIGHUP") || log().contains("routing file changed"),
+        "{}",
+        log()
+    );
+
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = host.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", log());
+}
