@@ -642,3 +642,141 @@ async fn the_cli_beside_an_embedded_host_needs_no_extra_step() {
     let status = host.wait().unwrap();
     assert!(status.success(), "{status}\n{}", log());
 }
+
+/// Two hosts on one cluster and one database: a deploy through one reaches both; one
+/// host is SIGKILLed in the middle of a swap; every event is still handled exactly once,
+/// by exactly one version, and within a partition activations never go back, across the
+/// partition's move to the surviving host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_follow_one_deploy_and_survive_a_kill_mid_swap() {
+    const TOTAL: usize = 3000;
+    let (db, url) = crate::common::postgres_database().await.unwrap();
+    let kafka = crate::common::kafka_brokers();
+    let p = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("topics.toml"), routing_text(&p, 3, false)).unwrap();
+    let routing = Routing::load(&dir.path().join("topics.toml")).unwrap();
+    let brokers = brokers_for(true, &routing).await.unwrap();
+
+    let spawn = |name: &str| {
+        let admin_url = format!("http://127.0.0.1:{}", free_port());
+        let data_dir = dir.path().join(name);
+        let child = switchyard_cmd(dir.path())
+            .args([
+                "run",
+                "--admin-addr",
+                admin_url.trim_start_matches("http://"),
+                "--http-addr",
+                &format!("127.0.0.1:{}", free_port()),
+                "--brokers",
+                &kafka,
+                "--database-url",
+                &url,
+                "--data-dir",
+                &data_dir.display().to_string(),
+            ])
+            .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+            .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        (child, AdminClient::new(&admin_url, Some(TOKEN.into())))
+    };
+    let (mut host_a, admin_a) = spawn("a");
+    let (mut host_b, admin_b) = spawn("b");
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
+    for (admin, name) in [(&admin_a, "a"), (&admin_b, "b")] {
+        let start = Instant::now();
+        while admin.status().await.is_err() {
+            assert!(start.elapsed() < Duration::from_secs(60), "host {name} did not come up:\n{}", log(name));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    let v1 = std::fs::read(artifact("probe")).unwrap();
+    let v2 = std::fs::read(artifact("probe-v2")).unwrap();
+    let (v1_version, v2_version) = (version_of(&v1), version_of(&v2));
+    let base = brokers.client_config();
+    let topic_in = format!("{p}.in");
+    let traffic = {
+        let producer = producer(&base);
+        let topic = topic_in.clone();
+        tokio::spawn(async move {
+            let mut sent = HashMap::new();
+            for chunk in 0..TOTAL / 100 {
+                let mut batch = Vec::new();
+                for n in chunk * 100..(chunk + 1) * 100 {
+                    let payload = json!({"steps": [{"op": "stamp", "key": format!("s/{n}")}]}).to_string();
+                    let key = n.to_string();
+                    let record = FutureRecord::to(&topic).partition((n % 6) as i32).key(&key).payload(&payload);
+                    batch.push((n, producer.send_result(record).map_err(|(e, _)| e).unwrap()));
+                }
+                for (n, delivery) in batch {
+                    let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+                    sent.insert((delivered.partition, delivered.offset), n);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sent
+        })
+    };
+
+    // A deploy through A reaches B.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    admin_a.deploy("stamp", v2.clone()).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let status = admin_b.status().await.unwrap();
+        if status.components.iter().any(|c| c.name == "stamp" && c.version == v2_version) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "host b never ran the deploy made through a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // B is killed in the middle of a swap it was asked for.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deploy = tokio::spawn(async move { admin_b.deploy("stamp", v1).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    host_b.kill().unwrap();
+    host_b.wait().unwrap();
+    let _ = deploy.await.unwrap(); // either it answered or the host died first
+
+    let sent = traffic.await.unwrap();
+    wait_for("every event handled by the surviving host", Duration::from_secs(120), async || {
+        handled(&db, "stamp", &topic_in).await.len() >= TOTAL
+    })
+    .await;
+    // Once more through A, after the kill: the log moves on.
+    admin_a.rollback("stamp", Some(v2_version.clone())).await.unwrap();
+
+    let rows = handled(&db, "stamp", &topic_in).await;
+    let stamped = stamps(&db, "stamp").await;
+    assert_eq!(rows.len(), TOTAL, "exactly once: one inbox row per event");
+    assert_eq!(stamped.len(), TOTAL, "exactly once: one stamp per event");
+    let mut by_partition: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+    for (partition, offset, version, activation, _) in &rows {
+        let n = sent[&(*partition, *offset)];
+        let expected = if *version == v1_version { "v1" } else { "v2" };
+        assert!(*version == v1_version || *version == v2_version);
+        assert_eq!(stamped[&format!("s/{n}")], expected, "event {n}");
+        by_partition.entry(*partition).or_default().push((*offset, *activation));
+    }
+    for (partition, mut events) in by_partition {
+        events.sort();
+        assert!(
+            events.windows(2).all(|w| w[1].1 >= w[0].1),
+            "partition {partition}: an event ran on an older activation than one before it"
+        );
+    }
+    let status = admin_a.status().await.unwrap();
+    let route = status.routes.iter().find(|r| r.key == format!("{p}.in -> stamp")).unwrap();
+    assert_eq!(route.partitions, vec![0, 1, 2, 3, 4, 5], "the survivor owns every partition");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &host_a.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(host_a.wait().unwrap().success(), "{}", log("a"));
+}
