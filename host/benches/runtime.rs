@@ -8,7 +8,8 @@
 //! - `runtime`: one invocation through the inbox transaction, no Kafka;
 //! - `throughput`: events/s through a route on the real broker, beside raw rdkafka;
 //! - `hop`: latency of one hop (consume → invoke → commit → relay → produce) at light load;
-//! - `rss`: resident memory of a `switchyard run` process working through a large backlog.
+//! - `rss`: resident memory of a `switchyard run` process working through a large backlog;
+//! - `swap`: hot-swap latency, API call or file write to the first event on the new version.
 //!
 //! Needs `target/components/probe.wasm` (`just handlers`), PostgreSQL
 //! (`SWITCHYARD_TEST_DATABASE_URL`) and Kafka (`SWITCHYARD_TEST_KAFKA_BROKERS`); `just
@@ -18,6 +19,9 @@
 //! the runs.
 
 mod support;
+mod tables {
+    pub mod swap;
+}
 
 #[path = "../tests/it/common.rs"]
 mod common;
@@ -98,6 +102,9 @@ fn bench() -> anyhow::Result<()> {
         if settings.wants("rss") {
             rss_table(&stack, &settings).await?;
         }
+        if settings.wants("swap") {
+            tables::swap::swap_table().await?;
+        }
         anyhow::Ok(())
     }))
 }
@@ -121,7 +128,7 @@ impl Settings {
                     Err(_) => Ok(default),
                 }
             };
-        let known = ["runtime", "throughput", "hop", "rss"];
+        let known = ["runtime", "throughput", "hop", "rss", "swap"];
         let tables: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
         if let Some(unknown) = tables.iter().find(|t| !known.contains(&t.as_str())) {
             bail!("no benchmark table {unknown:?}; the tables are {}", known.join(", "));

@@ -396,6 +396,7 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs, admin_addr: std::net::Sock
     let options = switchyard::service::Options {
         admin_addr: Some(admin_addr),
         admin_token: Some(admin_token),
+        admin_jwt: Some(switchyard::admin::AdminJwt(std::sync::Arc::new(gateway.jwt.clone()))),
         ..Default::default()
     };
     let host = switchyard::service::start(&routing, db.clone(), &brokers, options, shutdown.clone()).await?;

@@ -26,6 +26,8 @@ pub struct Options {
     pub admin_addr: Option<SocketAddr>,
     /// The bearer token the admin API requires.
     pub admin_token: Option<String>,
+    /// Also accept a gateway JWT with the admin role on the admin API.
+    pub admin_jwt: Option<crate::admin::AdminJwt>,
     /// How this host names itself in activation rows and `status`.
     pub host_name: String,
 }
@@ -36,6 +38,7 @@ impl Default for Options {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             admin_addr: None,
             admin_token: None,
+            admin_jwt: None,
             host_name: default_host_name(),
         }
     }
@@ -165,7 +168,7 @@ async fn run(
     }
     let watcher = tokio::spawn(live.clone().watch(shutdown.clone()));
     let admin_task = admin.map(|listener| {
-        let router = crate::admin::router(live.clone(), options.admin_token.clone());
+        let router = crate::admin::router(live.clone(), options.admin_token.clone(), options.admin_jwt.clone());
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let served = axum::serve(listener, router)

@@ -47,14 +47,26 @@ pub struct Changed {
     pub changed: bool,
 }
 
+/// The gateway's JWT keys, when the admin API also accepts a token with the admin role.
+#[derive(Clone)]
+pub struct AdminJwt(pub Arc<crate::gateway::settings::JwtKeys>);
+
+impl std::fmt::Debug for AdminJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminJwt({:?})", self.0.algorithm)
+    }
+}
+
 struct Admin {
     live: Arc<Live>,
     token: Option<String>,
+    jwt: Option<AdminJwt>,
 }
 
-/// The admin API over `live`, guarded by `token`.
-pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
-    let admin = Arc::new(Admin { live, token });
+/// The admin API over `live`, guarded by `token` (or a gateway JWT with the admin role
+/// when `jwt` is given).
+pub fn router(live: Arc<Live>, token: Option<String>, jwt: Option<AdminJwt>) -> Router {
+    let admin = Arc::new(Admin { live, token, jwt });
     let api = Router::new()
         .route("/status", get(status))
         .route("/brokers", get(brokers))
@@ -80,6 +92,13 @@ async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(request).await,
+        Some(token) if admin.jwt.is_some() && token.matches('.').count() == 2 => {
+            let keys = &admin.jwt.as_ref().expect("checked").0;
+            match crate::gateway::auth::verify_token(keys, token).and_then(|user| user.require(crate::gateway::auth::ROLE_ADMIN)) {
+                Ok(()) => next.run(request).await,
+                Err(problem) => problem.into_response(),
+            }
+        }
         Some(_) => Problem::unauthorized("the admin token does not match; use the host's (SWITCHYARD_ADMIN_TOKEN or <data-dir>/admin-token)").into_response(),
         None => Problem::unauthorized("the admin API needs `Authorization: Bearer <admin token>` (SWITCHYARD_ADMIN_TOKEN or <data-dir>/admin-token)").into_response(),
     }

@@ -318,17 +318,25 @@ impl Gateway {
 
     /// Verifies a bearer token: the configured algorithm only, signature, `exp`, `nbf`.
     pub fn verify_token(&self, token: &str) -> Result<AuthUser, Problem> {
-        let mut validation = Validation::new(self.config.jwt.algorithm);
+        verify_token(&self.config.jwt, token)
+    }
+}
+
+/// Verifies a bearer token against `keys`: their algorithm only, signature, `exp`, `nbf`.
+/// Shared by the gateway and the admin API (which accepts a token with the admin role).
+pub fn verify_token(keys: &crate::gateway::settings::JwtKeys, token: &str) -> Result<AuthUser, Problem> {
+    {
+        let mut validation = Validation::new(keys.algorithm);
         validation.set_required_spec_claims(&["sub", "exp", "iat"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.config.jwt.decoding, &validation).map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, &keys.decoding, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind::*;
             let why = match e.kind() {
                 ExpiredSignature => "the token has expired; log in again".to_string(),
                 ImmatureSignature => "the token is not valid yet (nbf)".to_string(),
                 InvalidSignature => "the token's signature does not verify".to_string(),
-                InvalidAlgorithm => format!("the token must be signed with {:?}", self.config.jwt.algorithm),
+                InvalidAlgorithm => format!("the token must be signed with {:?}", keys.algorithm),
                 MissingRequiredClaim(claim) => format!("the token lacks the {claim:?} claim"),
                 _ => "the token is malformed or signed with another algorithm".to_string(),
             };

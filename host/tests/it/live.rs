@@ -487,6 +487,7 @@ async fn the_cli_beside_an_embedded_host_needs_no_extra_step() {
     let mut host = switchyard_cmd(dir.path())
         .args(["run", "--admin-addr", &admin_addr, "--http-addr", &http_addr])
         .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
+        .env("SWITCHYARD_ADMINS", "root")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
         .spawn()
@@ -526,6 +527,47 @@ async fn the_cli_beside_an_embedded_host_needs_no_extra_step() {
         ok && out.contains(&format!("{p}.in -> stamp")) && out.contains(&v1),
         "{out}"
     );
+
+    // A gateway JWT with the admin role opens the admin API too; one without it does not.
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for user in ["root", "bob"] {
+        let account =
+            json!({"username": user, "email": format!("{user}@example.org"), "password": "correct horse battery"});
+        let gateway = format!("http://{http_addr}");
+        http.post(format!("{gateway}/auth/register"))
+            .json(&account)
+            .send()
+            .await
+            .unwrap();
+        let login: serde_json::Value = http
+            .post(format!("{gateway}/auth/login"))
+            .json(&json!({"username": user, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push(
+            login["accessToken"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{login}"))
+                .to_string(),
+        );
+    }
+    assert!(
+        AdminClient::new(&admin_url, Some(tokens[0].clone()))
+            .status()
+            .await
+            .is_ok()
+    );
+    let err = AdminClient::new(&admin_url, Some(tokens[1].clone()))
+        .status()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("admin"), "{err}");
 
     // Events, one of which fails for good, through the host's own embedded broker.
     let (_, json) = cli(&["status", "--json"]);
@@ -689,7 +731,11 @@ async fn two_hosts_follow_one_deploy_and_survive_a_kill_mid_swap() {
     for (admin, name) in [(&admin_a, "a"), (&admin_b, "b")] {
         let start = Instant::now();
         while admin.status().await.is_err() {
-            assert!(start.elapsed() < Duration::from_secs(60), "host {name} did not come up:\n{}", log(name));
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "host {name} did not come up:\n{}",
+                log(name)
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -709,7 +755,10 @@ async fn two_hosts_follow_one_deploy_and_survive_a_kill_mid_swap() {
                 for n in chunk * 100..(chunk + 1) * 100 {
                     let payload = json!({"steps": [{"op": "stamp", "key": format!("s/{n}")}]}).to_string();
                     let key = n.to_string();
-                    let record = FutureRecord::to(&topic).partition((n % 6) as i32).key(&key).payload(&payload);
+                    let record = FutureRecord::to(&topic)
+                        .partition((n % 6) as i32)
+                        .key(&key)
+                        .payload(&payload);
                     batch.push((n, producer.send_result(record).map_err(|(e, _)| e).unwrap()));
                 }
                 for (n, delivery) in batch {
@@ -728,10 +777,17 @@ async fn two_hosts_follow_one_deploy_and_survive_a_kill_mid_swap() {
     let start = Instant::now();
     loop {
         let status = admin_b.status().await.unwrap();
-        if status.components.iter().any(|c| c.name == "stamp" && c.version == v2_version) {
+        if status
+            .components
+            .iter()
+            .any(|c| c.name == "stamp" && c.version == v2_version)
+        {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "host b never ran the deploy made through a");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "host b never ran the deploy made through a"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -744,9 +800,11 @@ async fn two_hosts_follow_one_deploy_and_survive_a_kill_mid_swap() {
     let _ = deploy.await.unwrap(); // either it answered or the host died first
 
     let sent = traffic.await.unwrap();
-    wait_for("every event handled by the surviving host", Duration::from_secs(120), async || {
-        handled(&db, "stamp", &topic_in).await.len() >= TOTAL
-    })
+    wait_for(
+        "every event handled by the surviving host",
+        Duration::from_secs(120),
+        async || handled(&db, "stamp", &topic_in).await.len() >= TOTAL,
+    )
     .await;
     // Once more through A, after the kill: the log moves on.
     admin_a.rollback("stamp", Some(v2_version.clone())).await.unwrap();
@@ -771,12 +829,22 @@ async fn two_hosts_follow_one_deploy_and_survive_a_kill_mid_swap() {
         );
     }
     let status = admin_a.status().await.unwrap();
-    let route = status.routes.iter().find(|r| r.key == format!("{p}.in -> stamp")).unwrap();
-    assert_eq!(route.partitions, vec![0, 1, 2, 3, 4, 5], "the survivor owns every partition");
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &host_a.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    let route = status
+        .routes
+        .iter()
+        .find(|r| r.key == format!("{p}.in -> stamp"))
+        .unwrap();
+    assert_eq!(
+        route.partitions,
+        vec![0, 1, 2, 3, 4, 5],
+        "the survivor owns every partition"
+    );
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &host_a.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     assert!(host_a.wait().unwrap().success(), "{}", log("a"));
 }
