@@ -445,6 +445,21 @@ async fn wait_for_signal() {
 
 async fn topics_sync(cli: &Cli) -> Result<ExitCode> {
     let routing = Routing::load(&cli.config)?;
+    if cli.brokers.is_none() {
+        let client = ops::client(cli);
+        if let Ok(info) = client.brokers().await
+            && info.embedded
+        {
+            // The embedded broker takes no admin requests; the host creates the topics of
+            // its routing file itself, on start and on every applied edit.
+            let report = client.reload().await?;
+            println!(
+                "the running host's embedded broker has the topics of its routing file ({})",
+                if report.is_empty() { "unchanged" } else { "edit applied" }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let brokers = external_brokers(cli, &routing).await?;
     let changes = switchyard::kafka::admin::sync_topics(&brokers.client_config(), &routing).await?;
     println!("{:<40} {:>10}  action", "topic", "partitions");

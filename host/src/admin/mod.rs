@@ -27,6 +27,9 @@ pub const MAX_ARTIFACT_BYTES: usize = 64 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BrokersInfo {
     pub bootstrap_servers: String,
+    /// The host's in-process broker: its topics follow the host's routing file.
+    #[serde(default)]
+    pub embedded: bool,
 }
 
 /// A rollback request: without `to`, the version active before the current one.
@@ -151,6 +154,7 @@ async fn status(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
 async fn brokers(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     Json(BrokersInfo {
         bootstrap_servers: admin.live.status().await.brokers,
+        embedded: admin.live.embedded_brokers(),
     })
 }
 

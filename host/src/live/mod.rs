@@ -146,6 +146,11 @@ impl Live {
         &self.routes
     }
 
+    /// True when the host runs the in-process broker.
+    pub fn embedded_brokers(&self) -> bool {
+        matches!(self.topics, crate::kafka::TopicMaker::Embedded(_))
+    }
+
     pub fn routing(&self) -> Routing {
         self.routing.lock().expect("routing lock").clone()
     }

@@ -605,6 +605,8 @@ async fn the_cli_beside_an_embedded_host_needs_no_extra_step() {
     }
     let (ok, out) = cli(&["lag"]);
     assert!(ok && out.contains(&format!("{p}-stamp")), "{out}");
+    let (ok, out) = cli(&["topics", "sync"]);
+    assert!(ok && out.contains("embedded broker has the topics"), "{out}");
 
     // The artifact file changes: the host swaps to it.
     std::fs::copy(artifact("probe-v2"), &artifact_path).unwrap();
