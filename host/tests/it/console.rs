@@ -112,6 +112,13 @@ impl Browser {
         }
     }
 
+    /// A screenshot with section `id` scrolled to the top of the window.
+    async fn screenshot_of(&self, id: &str, name: &str) {
+        let script = "document.getElementById(arguments[0]).scrollIntoView()";
+        self.client.execute(script, vec![json!(id)]).await.unwrap();
+        self.screenshot(name).await;
+    }
+
     async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
         std::fs::write(self.shots.join(format!("{}-{name}.png", self.stack)), png).unwrap();
@@ -336,11 +343,11 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
             send(&producer, &next, &request_a, &json!({"steps": [{"op": "increment", "key": "late", "delta": 1}]})).await;
         }
         b.text_when(&second_lag, "lag while paused", |t| t == "3").await;
-        b.screenshot("lag-paused").await;
+        b.screenshot_of("lag", "lag-paused").await;
         admin_api.resume(&route_second).await.unwrap();
         b.text_when(&second_lag, "lag after resume", |t| t == "0").await;
         wait_for(db, "second", "late", 3, WAIT).await;
-        b.screenshot("lag").await;
+        b.screenshot_of("lag", "lag").await;
 
         // The dead letter with payload, headers and reason.
         let letter = format!(".letter[data-letter='{dead}[0]@0']");
@@ -354,7 +361,7 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         })
         .await;
         b.text_when(&format!("{letter} td.request-id"), "request id", |t| t == request_b).await;
-        b.screenshot("dead-letters").await;
+        b.screenshot_of("dead-letters", "dead-letters").await;
 
         // Fixed (the setting arrives by a live routing edit), then replayed from the page.
         routing(dir.path(), &p, &ROUTING.replace("{config}", "fixed = \"yes\""));
@@ -371,7 +378,7 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         })
         .await;
         wait_for(db, "first", "fixed", 1, WAIT).await;
-        b.screenshot("replayed").await;
+        b.screenshot_of("dead-letters", "replayed").await;
 
         // Request B's timeline: dead-lettered, then handled by the replay.
         let request = b.client.find(Locator::Id("request-id")).await.unwrap();
@@ -384,7 +391,7 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         assert_eq!(rows[1][3], "first");
         assert_eq!(rows[1][5], "committed", "the replayed dead letter was handled");
         assert_eq!(rows[1][6], format!("{input}[0]@2"));
-        b.screenshot("timeline-replayed").await;
+        b.screenshot_of("timeline", "timeline-replayed").await;
 
         // Request A's timeline: `first`, then `second`, then the three late events, in order.
         request.clear().await.unwrap();
@@ -406,7 +413,7 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         let offsets: Vec<i64> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
         assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "in handled order: {offsets:?}");
         b.text_when("#timeline-status", "timeline count", |t| t.starts_with("5 event(s)")).await;
-        b.screenshot("timeline").await;
+        b.screenshot_of("timeline", "timeline").await;
 
         // An unknown request says so.
         request.clear().await.unwrap();
@@ -423,7 +430,7 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
     // The terminal prints the same timeline.
     let (ok, out, err) = trace(&admin_url, &request_a);
     assert!(ok, "{err}");
-    let lines: Vec<&str> = out.lines().filter(|l| l.contains(&p)).collect();
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(&format!("{p}."))).collect();
     assert_eq!(lines.len(), 5, "{out}");
     assert!(lines[0].contains("first") && lines[0].contains(&format!("{input}[0]@0")), "{out}");
     assert!(lines[1].contains("second") && lines[1].contains(&format!("{next}[0]@0")), "{out}");

@@ -59,13 +59,15 @@ async function loadStatus() {
       el("td", { text: r.key }), el("td", { text: r.state }), el("td", { text: r.group }),
       el("td", { text: r.partitions.join(",") || "-" }), el("td", { class: "num", text: r.concurrency }),
       el("td", { class: "num", text: r.restarts }), el("td", { class: "error", text: r.last_error || "" }))));
-  fill($("components-table").tBodies[0], status.components.map((c) =>
-    el("tr", { "data-component": c.name },
+  fill($("components-table").tBodies[0], status.components.map((c) => {
+    const history = c.history.map((a) => el("li", { class: "mono",
+      text: `#${a.seq} ${short(a.version)} ${a.reason} on ${a.host} at ${when(a.activated_at_ms)}` }));
+    return el("tr", { "data-component": c.name },
       el("td", { text: c.name }),
       el("td", { class: "mono version", title: c.version, text: short(c.version) }),
       el("td", { class: "num", text: c.activation }),
-      el("td", {}, el("ol", { class: "history" }, ...c.history.map((a) =>
-        el("li", { class: "mono", text: `#${a.seq} ${short(a.version)} ${a.reason} on ${a.host} at ${when(a.activated_at_ms)}` }))))));
+      el("td", {}, el("ol", { class: "history" }, ...history)));
+  }));
 }
 
 function sparkline(handled, dead) {
