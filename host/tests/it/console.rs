@@ -182,12 +182,20 @@ impl Drop for Browser {
     }
 }
 
+/// Markup in a header: the console must show it as text.
+const MARKUP: &str = "<img id=injected src=x>";
+
 async fn send(producer: &FutureProducer, topic: &str, request_id: &str, plan: &serde_json::Value) {
     let body = serde_json::to_vec(plan).unwrap();
-    let headers = OwnedHeaders::new().insert(Header {
-        key: "switchyard-request-id",
-        value: Some(request_id.as_bytes()),
-    });
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "switchyard-request-id",
+            value: Some(request_id.as_bytes()),
+        })
+        .insert(Header {
+            key: "x-note",
+            value: Some(MARKUP.as_bytes()),
+        });
     producer
         .send(
             FutureRecord::to(topic).key("k").payload(&body).headers(headers),
@@ -268,6 +276,29 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A dead letter no host signed (its headers could say anything): shown, never replayed.
+    let forged = OwnedHeaders::new()
+        .insert(Header {
+            key: "switchyard-dlq-component",
+            value: Some(&b"first"[..]),
+        })
+        .insert(Header {
+            key: "switchyard-dlq-topic",
+            value: Some(input.as_bytes()),
+        })
+        .insert(Header {
+            key: "switchyard-dlq-reason",
+            value: Some(&b"forged"[..]),
+        });
+    producer
+        .send(
+            FutureRecord::to(&dead).key("k").payload("{}").headers(forged),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
     // The page and its assets need no token; the API does, and bad input gets a problem.
     let http = reqwest::Client::new();
     let page = http.get(format!("{admin_url}/")).send().await.unwrap();
@@ -280,16 +311,27 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         ("/api/throughput?buckets=100000", 400),
         ("/api/timeline", 400),
         ("/api/dead-letters?topic=nope", 404),
+        ("POST /api/dead-letters/replay 1", 422),
+        ("POST /api/dead-letters/replay 9", 404),
     ] {
-        let response = http
-            .get(format!("{admin_url}{path}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let response = match path.strip_prefix("POST ") {
+            Some(call) => {
+                let (call, offset) = call.split_once(' ').unwrap();
+                let body = json!({"topic": dead, "partition": 0, "offset": offset.parse::<i64>().unwrap()});
+                http.post(format!("{admin_url}{call}")).json(&body)
+            }
+            None => http.get(format!("{admin_url}{path}")),
+        }
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
         assert_eq!(response.status(), status, "{path}");
         let problem: serde_json::Value = response.json().await.unwrap();
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{path}: {problem}");
+        if status == 422 {
+            assert!(problem["detail"].as_str().unwrap().contains("not signed"), "{problem}");
+        }
     }
 
     let browser = Browser::start(stack).await;
@@ -361,6 +403,18 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         })
         .await;
         b.text_when(&format!("{letter} td.request-id"), "request id", |t| t == request_b).await;
+        b.text_when(&format!("{letter} pre.headers"), "markup as text", |t| {
+            t.contains(&format!("x-note: {MARKUP}"))
+        })
+        .await;
+        assert!(
+            b.client.find(Locator::Id("injected")).await.is_err(),
+            "header markup became an element"
+        );
+        let unsigned = format!(".letter[data-letter='{dead}[0]@1']");
+        b.text_when(&format!("{unsigned} td.signed"), "unsigned", |t| t == "no (not replayable)").await;
+        let button = b.client.find(Locator::Css(&format!("{unsigned} button.replay"))).await.unwrap();
+        assert!(!button.is_enabled().await.unwrap(), "an unsigned dead letter offers no replay");
         b.screenshot_of("dead-letters", "dead-letters").await;
 
         // Fixed (the setting arrives by a live routing edit), then replayed from the page.
