@@ -55,7 +55,9 @@ pub fn render(timeline: &Timeline) -> String {
 pub async fn trace(cli: &Cli, request_id: &str, json: bool) -> Result<ExitCode> {
     let timeline = match super::ops::client(cli).timeline(request_id).await {
         Ok(timeline) => timeline,
-        Err(ClientError::Refused { status: 404, detail, .. }) => {
+        Err(ClientError::Refused {
+            status: 404, detail, ..
+        }) => {
             eprintln!("{detail}");
             return Ok(ExitCode::FAILURE);
         }

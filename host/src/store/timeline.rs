@@ -65,7 +65,18 @@ impl Db {
         Ok(rows
             .into_iter()
             .map(
-                |(component, event_id, topic, partition, offset, handled_at_ms, version, activation, trace_id, outcome)| {
+                |(
+                    component,
+                    event_id,
+                    topic,
+                    partition,
+                    offset,
+                    handled_at_ms,
+                    version,
+                    activation,
+                    trace_id,
+                    outcome,
+                )| {
                     TimelineEntry {
                         component,
                         event_id,

@@ -66,7 +66,10 @@ impl Browser {
     async fn start(stack: &'static str) -> Browser {
         for tool in ["chromium", "chromedriver"] {
             assert!(
-                Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()),
+                Command::new(tool)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
                 "{tool} is not installed: run scripts/bootstrap.sh (apt packages chromium and chromium-driver)"
             );
         }
@@ -88,15 +91,24 @@ impl Browser {
                 ],
             }
         });
-        let serde_json::Value::Object(capabilities) = capabilities else { unreachable!() };
+        let serde_json::Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
         let url = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         let client = loop {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector).capabilities(capabilities.clone()).connect(&url).await {
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&url)
+                .await
+            {
                 Ok(client) => break client,
                 Err(err) => {
-                    assert!(start.elapsed() < Duration::from_secs(30), "chromedriver at {url}: {err}");
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "chromedriver at {url}: {err}"
+                    );
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -149,7 +161,11 @@ impl Browser {
     async fn rows_when(&self, css: &str, rows: usize) -> Vec<Vec<String>> {
         let start = Instant::now();
         loop {
-            let found = self.client.find_all(Locator::Css(&format!("{css} tbody tr"))).await.unwrap();
+            let found = self
+                .client
+                .find_all(Locator::Css(&format!("{css} tbody tr")))
+                .await
+                .unwrap();
             if found.len() == rows {
                 let mut out = Vec::new();
                 for row in found {
@@ -328,7 +344,10 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         .unwrap();
         assert_eq!(response.status(), status, "{path}");
         let problem: serde_json::Value = response.json().await.unwrap();
-        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{path}: {problem}");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{path}: {problem}"
+        );
         if status == 422 {
             assert!(problem["detail"].as_str().unwrap().contains("not signed"), "{problem}");
         }
@@ -339,13 +358,44 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         let b = &browser;
         b.client.goto(&format!("{admin_url}/")).await.unwrap();
         // A wrong token is refused with the API's reason; the right one opens the console.
-        b.client.find(Locator::Id("token")).await.unwrap().send_keys("wrong").await.unwrap();
-        b.client.find(Locator::Css("#login-form button")).await.unwrap().click().await.unwrap();
-        b.text_when("#login-error", "the refusal", |t| t.contains("does not match")).await;
+        b.client
+            .find(Locator::Id("token"))
+            .await
+            .unwrap()
+            .send_keys("wrong")
+            .await
+            .unwrap();
+        b.client
+            .find(Locator::Css("#login-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.text_when("#login-error", "the refusal", |t| t.contains("does not match"))
+            .await;
         b.screenshot("login").await;
-        b.client.find(Locator::Id("token")).await.unwrap().clear().await.unwrap();
-        b.client.find(Locator::Id("token")).await.unwrap().send_keys(TOKEN).await.unwrap();
-        b.client.find(Locator::Css("#login-form button")).await.unwrap().click().await.unwrap();
+        b.client
+            .find(Locator::Id("token"))
+            .await
+            .unwrap()
+            .clear()
+            .await
+            .unwrap();
+        b.client
+            .find(Locator::Id("token"))
+            .await
+            .unwrap()
+            .send_keys(TOKEN)
+            .await
+            .unwrap();
+        b.client
+            .find(Locator::Css("#login-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
 
         // Routes and components with the active version and its history.
         let route_first = format!("{p}.in -> first");
@@ -357,32 +407,56 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         )
         .await;
         let shown = b
-            .text_when("#components-table tr[data-component='first'] td.version", "version", |t| !t.is_empty())
+            .text_when(
+                "#components-table tr[data-component='first'] td.version",
+                "version",
+                |t| !t.is_empty(),
+            )
             .await;
         assert_eq!(shown, version[..12]);
-        b.text_when("#components-table tr[data-component='first'] ol.history", "history", |t| {
-            t.contains("start")
-        })
+        b.text_when(
+            "#components-table tr[data-component='first'] ol.history",
+            "history",
+            |t| t.contains("start"),
+        )
         .await;
         b.screenshot("routes").await;
 
         // Lag: both events of `first` committed; the sparkline counts the handled one.
         let first_lag = format!(".route-lag[data-route='{route_first}']");
-        b.text_when(&format!("{first_lag} tr[data-partition='0'] td:nth-child(2)"), "committed offset", |t| {
-            t == "2"
+        b.text_when(
+            &format!("{first_lag} tr[data-partition='0'] td:nth-child(2)"),
+            "committed offset",
+            |t| t == "2",
+        )
+        .await;
+        b.text_when(&format!("{first_lag} .handled-total"), "throughput", |t| {
+            t.starts_with("1 handled")
         })
         .await;
-        b.text_when(&format!("{first_lag} .handled-total"), "throughput", |t| t.starts_with("1 handled")).await;
-        assert!(b.client.find(Locator::Css(&format!("{first_lag} svg.spark polyline.handled"))).await.is_ok());
+        assert!(
+            b.client
+                .find(Locator::Css(&format!("{first_lag} svg.spark polyline.handled")))
+                .await
+                .is_ok()
+        );
         // Lag rises while `second` is paused and falls after it resumes.
         admin_api.pause(&route_second).await.unwrap();
         let second_lag = format!(".route-lag[data-route='{route_second}'] tr[data-partition='0'] td.lag");
-        b.text_when(&format!("#routes-table tr[data-route='{route_second}'] td:nth-child(2)"), "paused", |t| {
-            t == "paused"
-        })
+        b.text_when(
+            &format!("#routes-table tr[data-route='{route_second}'] td:nth-child(2)"),
+            "paused",
+            |t| t == "paused",
+        )
         .await;
         for _ in 0..3 {
-            send(&producer, &next, &request_a, &json!({"steps": [{"op": "increment", "key": "late", "delta": 1}]})).await;
+            send(
+                &producer,
+                &next,
+                &request_a,
+                &json!({"steps": [{"op": "increment", "key": "late", "delta": 1}]}),
+            )
+            .await;
         }
         b.text_when(&second_lag, "lag while paused", |t| t == "3").await;
         b.screenshot_of("lag", "lag-paused").await;
@@ -393,16 +467,29 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
 
         // The dead letter with payload, headers and reason.
         let letter = format!(".letter[data-letter='{dead}[0]@0']");
-        b.client.find(Locator::Id("letters-refresh")).await.unwrap().click().await.unwrap();
-        b.text_when(&format!("{letter} td.kind"), "dead letter kind", |t| t == "fatal").await;
-        let reason = b.text_when(&format!("{letter} td.reason"), "reason", |t| !t.is_empty()).await;
+        b.client
+            .find(Locator::Id("letters-refresh"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.text_when(&format!("{letter} td.kind"), "dead letter kind", |t| t == "fatal")
+            .await;
+        let reason = b
+            .text_when(&format!("{letter} td.reason"), "reason", |t| !t.is_empty())
+            .await;
         assert!(reason.contains("fixed"), "{reason}");
-        b.text_when(&format!("{letter} pre.payload"), "payload", |t| t.contains("require-config")).await;
+        b.text_when(&format!("{letter} pre.payload"), "payload", |t| {
+            t.contains("require-config")
+        })
+        .await;
         b.text_when(&format!("{letter} pre.headers"), "headers", |t| {
             t.contains(&format!("switchyard-request-id: {request_b}"))
         })
         .await;
-        b.text_when(&format!("{letter} td.request-id"), "request id", |t| t == request_b).await;
+        b.text_when(&format!("{letter} td.request-id"), "request id", |t| t == request_b)
+            .await;
         b.text_when(&format!("{letter} pre.headers"), "markup as text", |t| {
             t.contains(&format!("x-note: {MARKUP}"))
         })
@@ -412,9 +499,19 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
             "header markup became an element"
         );
         let unsigned = format!(".letter[data-letter='{dead}[0]@1']");
-        b.text_when(&format!("{unsigned} td.signed"), "unsigned", |t| t == "no (not replayable)").await;
-        let button = b.client.find(Locator::Css(&format!("{unsigned} button.replay"))).await.unwrap();
-        assert!(!button.is_enabled().await.unwrap(), "an unsigned dead letter offers no replay");
+        b.text_when(&format!("{unsigned} td.signed"), "unsigned", |t| {
+            t == "no (not replayable)"
+        })
+        .await;
+        let button = b
+            .client
+            .find(Locator::Css(&format!("{unsigned} button.replay")))
+            .await
+            .unwrap();
+        assert!(
+            !button.is_enabled().await.unwrap(),
+            "an unsigned dead letter offers no replay"
+        );
         b.screenshot_of("dead-letters", "dead-letters").await;
 
         // Fixed (the setting arrives by a live routing edit), then replayed from the page.
@@ -437,7 +534,13 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         // Request B's timeline: dead-lettered, then handled by the replay.
         let request = b.client.find(Locator::Id("request-id")).await.unwrap();
         request.send_keys(&request_b).await.unwrap();
-        b.client.find(Locator::Css("#timeline-form button")).await.unwrap().click().await.unwrap();
+        b.client
+            .find(Locator::Css("#timeline-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         let rows = b.rows_when("#timeline-table", 2).await;
         assert_eq!(rows[0][3], "first");
         assert_eq!(rows[0][5], "dead-lettered");
@@ -450,7 +553,13 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         // Request A's timeline: `first`, then `second`, then the three late events, in order.
         request.clear().await.unwrap();
         request.send_keys(&request_a).await.unwrap();
-        b.client.find(Locator::Css("#timeline-form button")).await.unwrap().click().await.unwrap();
+        b.client
+            .find(Locator::Css("#timeline-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         let rows = b.rows_when("#timeline-table", 5).await;
         let components: Vec<&str> = rows.iter().map(|r| r[3].as_str()).collect();
         assert_eq!(components, ["first", "second", "second", "second", "second"]);
@@ -465,15 +574,28 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
             assert_eq!(row[5], "committed", "{row:?}");
         }
         let offsets: Vec<i64> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
-        assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "in handled order: {offsets:?}");
-        b.text_when("#timeline-status", "timeline count", |t| t.starts_with("5 event(s)")).await;
+        assert!(
+            offsets.windows(2).all(|w| w[0] <= w[1]),
+            "in handled order: {offsets:?}"
+        );
+        b.text_when("#timeline-status", "timeline count", |t| t.starts_with("5 event(s)"))
+            .await;
         b.screenshot_of("timeline", "timeline").await;
 
         // An unknown request says so.
         request.clear().await.unwrap();
         request.send_keys("no-such-request").await.unwrap();
-        b.client.find(Locator::Css("#timeline-form button")).await.unwrap().click().await.unwrap();
-        b.text_when("#timeline-status", "not found", |t| t.contains("no handled event carries")).await;
+        b.client
+            .find(Locator::Css("#timeline-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.text_when("#timeline-status", "not found", |t| {
+            t.contains("no handled event carries")
+        })
+        .await;
     };
     let outcome = std::panic::AssertUnwindSafe(scenario).catch_unwind().await;
     browser.close().await;
@@ -486,16 +608,30 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().filter(|l| l.contains(&format!("{p}."))).collect();
     assert_eq!(lines.len(), 5, "{out}");
-    assert!(lines[0].contains("first") && lines[0].contains(&format!("{input}[0]@0")), "{out}");
-    assert!(lines[1].contains("second") && lines[1].contains(&format!("{next}[0]@0")), "{out}");
-    assert!(lines.iter().all(|l| l.contains("committed") && l.contains(&version[..12])), "{out}");
+    assert!(
+        lines[0].contains("first") && lines[0].contains(&format!("{input}[0]@0")),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("second") && lines[1].contains(&format!("{next}[0]@0")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("committed") && l.contains(&version[..12])),
+        "{out}"
+    );
     assert!(out.contains("5 event(s)"), "{out}");
     let (ok, out, err) = trace(&admin_url, &request_b);
     assert!(ok, "{err}");
     assert!(out.contains("dead-lettered") && out.contains("2 event(s)"), "{out}");
     let (ok, _, err) = trace(&admin_url, "no-such-request");
     assert!(!ok);
-    assert!(err.contains("no handled event carries request id \"no-such-request\""), "{err}");
+    assert!(
+        err.contains("no handled event carries request id \"no-such-request\""),
+        "{err}"
+    );
 
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
