@@ -633,6 +633,11 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         "{err}"
     );
 
+    // Reading lag (every 2 s while the page was open) never joined a route's group.
+    let status = admin_api.status().await.unwrap();
+    let first = status.routes.iter().find(|r| r.component == "first").unwrap();
+    assert_eq!(first.assignments, 1, "reading lag rebalanced the route: {first:?}");
+
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
     assert_eq!(counter(db, "first", "fixed").await, 1, "replayed once");
