@@ -202,39 +202,57 @@ async fn lag(State(views): State<Arc<Views>>) -> Result<Json<LagView>, Problem> 
     let routing = views.live.routing();
     let states = views.live.routes().status().await;
     let base = views.live.routes().deps().consumer_base.clone();
+    // The reader's consumer needs the runtime's context (rdkafka's stream consumer).
+    let runtime = tokio::runtime::Handle::current();
     let view = tokio::task::spawn_blocking(move || {
-        let routes = states
-            .into_iter()
-            .filter_map(|status| {
-                let route = routing.routes.iter().find(|r| route_key(r) == status.key)?;
-                let partitions = routing.topics.get(&route.topic).map_or(1, |t| t.partitions);
-                let read = crate::kafka::dispatch::group_lag(&base, route, partitions);
-                let (partitions, error) = match read {
-                    Ok(rows) => (
-                        rows.into_iter()
-                            .map(|(partition, committed, lag)| PartitionLag {
-                                partition,
-                                committed,
-                                high_watermark: committed + lag,
-                                lag,
-                            })
-                            .collect::<Vec<_>>(),
-                        None,
-                    ),
-                    Err(err) => (Vec::new(), Some(format!("{err:#}"))),
-                };
-                Some(RouteLag {
-                    total_lag: partitions.iter().map(|p| p.lag.max(0)).sum(),
-                    key: status.key,
-                    topic: status.topic,
-                    component: status.component,
-                    group: status.group,
-                    state: status.state,
-                    partitions,
-                    error,
+        // One thread per route: each read waits on the group coordinator and the leaders.
+        let routes = std::thread::scope(|scope| {
+            let reads: Vec<_> = states
+                .into_iter()
+                .filter_map(|status| {
+                    let route = routing.routes.iter().find(|r| route_key(r) == status.key)?;
+                    let partitions = routing.topics.get(&route.topic).map_or(1, |t| t.partitions);
+                    let (base, runtime) = (&base, &runtime);
+                    let read = scope.spawn(move || {
+                        let _context = runtime.enter();
+                        crate::kafka::dispatch::group_lag(base, route, partitions)
+                    });
+                    Some((status, read))
                 })
-            })
-            .collect();
+                .collect();
+            reads
+                .into_iter()
+                .map(|(status, read)| {
+                    let read = read
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the lag reader panicked")));
+                    let (partitions, error) = match read {
+                        Ok(rows) => (
+                            rows.into_iter()
+                                .map(|(partition, committed, lag)| PartitionLag {
+                                    partition,
+                                    committed,
+                                    high_watermark: committed + lag,
+                                    lag,
+                                })
+                                .collect::<Vec<_>>(),
+                            None,
+                        ),
+                        Err(err) => (Vec::new(), Some(format!("{err:#}"))),
+                    };
+                    RouteLag {
+                        total_lag: partitions.iter().map(|p| p.lag.max(0)).sum(),
+                        key: status.key,
+                        topic: status.topic,
+                        component: status.component,
+                        group: status.group,
+                        state: status.state,
+                        partitions,
+                        error,
+                    }
+                })
+                .collect()
+        });
         LagView {
             read_at_ms: now_ms(),
             routes,
