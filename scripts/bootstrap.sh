@@ -29,6 +29,11 @@ if command -v apt-get >/dev/null; then
     apt_install build-essential pkg-config python3 python3-pip
 fi
 
+# Headless Chromium and its WebDriver for the console's browser tests (host/tests/it/console.rs).
+if command -v apt-get >/dev/null; then
+    apt_install chromium chromium-driver
+fi
+
 # just: from crates.io's prebuilt-free route is slow, PyPI's `rust-just` wheel is fast.
 if ! command -v just >/dev/null; then
     say "installing just"

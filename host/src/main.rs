@@ -83,6 +83,14 @@ enum Command {
     Reload,
     /// A component's stored versions and activation history.
     Versions { component: String },
+    /// Every event a running host handled under one request id, in order, with
+    /// component, version, outcome, position and time.
+    Trace {
+        request_id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pauses or resumes a route of a running host.
     Route {
         #[command(subcommand)]
@@ -186,6 +194,7 @@ enum DlqCommand {
 
 mod cli_live;
 use cli_live as ops;
+mod cli_trace;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -230,6 +239,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback { component, to } => ops::rollback(&cli, component, to.clone()).await,
         Command::Reload => ops::reload(&cli).await,
         Command::Versions { component } => ops::versions(&cli, component).await,
+        Command::Trace { request_id, json } => cli_trace::trace(&cli, request_id, *json).await,
         Command::Route { command } => match command {
             RouteCommand::Pause { route } => ops::pause(&cli, route, true).await,
             RouteCommand::Resume { route } => ops::pause(&cli, route, false).await,

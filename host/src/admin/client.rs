@@ -137,6 +137,13 @@ impl AdminClient {
         self.call(self.http.post(&url).json(&body), &url).await
     }
 
+    /// Every event handled under `request_id`, in order (`switchyard trace`).
+    pub async fn timeline(&self, request_id: &str) -> Result<super::views::Timeline, ClientError> {
+        let url = self.url("/timeline");
+        self.call(self.http.get(&url).query(&[("request", request_id)]), &url)
+            .await
+    }
+
     pub async fn resume(&self, route: &str) -> Result<super::Changed, ClientError> {
         let url = self.url("/routes/resume");
         let body = super::RouteRequest { route: route.into() };

@@ -1,9 +1,12 @@
 //! The admin API of a running host (default `127.0.0.1:8081`): what `switchyard status`,
 //! `deploy`, `rollback`, `reload` and `versions` call, and how the operator commands find
 //! the host's brokers. Every route under `/api` needs the admin bearer token; errors are
-//! problem details. [`client`] is the CLI's side.
+//! problem details. [`client`] is the CLI's side; [`views`] holds the console's data and
+//! [`console`] the page itself (served at `/` without the token: it asks for it).
 
 pub mod client;
+pub mod console;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -79,9 +82,13 @@ pub fn router(live: Arc<Live>, token: Option<String>, jwt: Option<AdminJwt>) -> 
         .route("/components/{name}/rollback", post(rollback))
         .route("/routes/pause", post(pause))
         .route("/routes/resume", post(resume))
+        .merge(views::router(admin.live.clone()))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ARTIFACT_BYTES))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize));
-    Router::new().nest("/api", api).with_state(admin)
+    Router::new()
+        .nest("/api", api)
+        .merge(console::router())
+        .with_state(admin)
 }
 
 async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {

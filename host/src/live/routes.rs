@@ -119,6 +119,12 @@ impl Routes {
         }
     }
 
+    /// What the route tasks share: the database and the cluster's consumer settings
+    /// (the console reads lag and dead letters with them).
+    pub fn deps(&self) -> &RouteDeps {
+        &self.deps
+    }
+
     /// Starts consuming `route` (a no-op if a route of that key runs).
     pub async fn start(&self, route: Route) {
         let key = route_key(&route);

@@ -12,6 +12,7 @@ mod components;
 mod inbox;
 mod kv;
 mod outbox;
+pub mod timeline;
 mod timers;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod config;
+mod console;
 mod contract;
 mod fault;
 mod gateway;
