@@ -68,6 +68,7 @@ pub async fn serve_with(
         relay_shutdown.clone(),
     ));
     let timer_task = tokio::spawn(relay::run_timers(db.clone(), relay_shutdown.clone()));
+    let delivery_task = tokio::spawn(crate::delivery::run(db.clone(), Default::default(), relay_shutdown.clone()));
     let retention_task = tokio::spawn(relay::run_retention(
         db.clone(),
         options.dedup_window,
@@ -100,6 +101,7 @@ pub async fn serve_with(
     let _ = relay_stop.send(true);
     let _ = relay_task.await;
     let _ = timer_task.await;
+    let _ = delivery_task.await;
     let _ = retention_task.await;
     tracing::info!("switchyard stopped");
     Ok(())

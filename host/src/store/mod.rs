@@ -8,6 +8,7 @@
 //! placeholders, which both drivers accept; where the dialects differ, both texts stand
 //! side by side.
 
+mod effects;
 mod inbox;
 mod kv;
 mod outbox;
@@ -24,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 use tokio::sync::Notify;
 
+pub use effects::{ClaimedEffect, EffectStatus, NewEffect};
 pub use inbox::InboxEntry;
 pub use outbox::{OutboxRow, ParkedRow, RelayLock};
 
@@ -97,6 +99,8 @@ pub struct Signals {
     pub outbox: Notify,
     /// A transaction with new timers committed.
     pub timers: Notify,
+    /// A transaction with outbound effects committed (the delivery worker).
+    pub effects: Notify,
 }
 
 /// One open transaction.
@@ -104,6 +108,7 @@ pub struct Tx {
     pub(crate) inner: TxInner,
     wrote_outbox: bool,
     wrote_timers: bool,
+    wrote_effects: bool,
     signals: Arc<Signals>,
 }
 
@@ -294,6 +299,7 @@ impl Db {
             inner,
             wrote_outbox: false,
             wrote_timers: false,
+            wrote_effects: false,
             signals: self.signals.clone(),
         })
     }
@@ -314,6 +320,7 @@ impl Db {
             inner,
             wrote_outbox: false,
             wrote_timers: false,
+            wrote_effects: false,
             signals: self.signals.clone(),
         })
     }
@@ -371,6 +378,9 @@ impl Tx {
         }
         if self.wrote_timers {
             self.signals.timers.notify_one();
+        }
+        if self.wrote_effects {
+            self.signals.effects.notify_one();
         }
         Ok(())
     }
