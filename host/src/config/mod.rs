@@ -83,9 +83,9 @@ struct RawComponent {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawReach {
     #[serde(default)]
-    http: Vec<HttpPrefix>,
+    http: Vec<Spanned<String>>,
     #[serde(default)]
-    smtp: Vec<SmtpRelay>,
+    smtp: Vec<Spanned<String>>,
     #[serde(default)]
     retry: RawRetry,
 }
@@ -321,9 +321,18 @@ impl Routing {
                     range_check(ms, 1, 600_000, "deadline-ms").map_err(|m| at(ms.span(), m))? as u64,
                 );
             }
+            // Entries are checked here rather than by serde so errors point at the entry.
+            let mut http = Vec::new();
+            for entry in &raw_component.reach.http {
+                http.push(HttpPrefix::try_from(entry.get_ref().clone()).map_err(|m| at(entry.span(), m))?);
+            }
+            let mut smtp = Vec::new();
+            for entry in &raw_component.reach.smtp {
+                smtp.push(SmtpRelay::try_from(entry.get_ref().clone()).map_err(|m| at(entry.span(), m))?);
+            }
             let reach = Reach {
-                http: raw_component.reach.http,
-                smtp: raw_component.reach.smtp,
+                http,
+                smtp,
                 retry: resolve_retry(&raw_component.reach.retry, default_delivery_retry(), &at)?,
             };
             components.insert(

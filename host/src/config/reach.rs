@@ -1,5 +1,5 @@
 //! `reach`: where a component's outbound effects (wit `outbound`) may go. Entries are
-//! validated newtypes, so serde reports a bad one at its exact position in topics.toml.
+//! validated newtypes; config/mod.rs reports a bad one at its exact position.
 //!
 //! ```toml
 //! reach = { http = ["https://hooks.example.com/", "http://127.0.0.1:*"], smtp = ["127.0.0.1:2525"] }
@@ -8,8 +8,6 @@
 use std::fmt;
 
 use reqwest::Url;
-use serde::Deserialize;
-
 use super::RetryPolicy;
 
 /// What a component may reach, and how hard the host tries.
@@ -75,8 +73,7 @@ impl Reach {
 
 /// An allowed URL prefix: scheme, host and port must equal the request's (port `*`: any
 /// port), and the request's path must start with the prefix's path.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPrefix {
     text: String,
     scheme: String,
@@ -109,7 +106,8 @@ impl TryFrom<String> for HttpPrefix {
         };
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(
-                "invalid reach.http entry {text:?}: credentials do not belong in topics.toml; set them in the host's environment (docs/topics.md)"
+                "invalid reach.http entry {:?}: credentials do not belong in topics.toml; set SWITCHYARD_HTTP_<HOST>_<PORT>_AUTHORIZATION in the host's environment (docs/topics.md)",
+                without_credentials(&url)
             ));
         }
         if url.query().is_some() || url.fragment().is_some() {
@@ -148,8 +146,7 @@ impl fmt::Display for HttpPrefix {
 
 /// An SMTP relay: `host:port` or `smtp://host:port` (plain), `smtp://host:port?tls=required`
 /// (STARTTLS required) or `smtps://host:port` (TLS from the start).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpRelay {
     text: String,
     /// The lettre transport URL, without credentials.
@@ -174,7 +171,8 @@ impl TryFrom<String> for SmtpRelay {
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(
-                "invalid reach.smtp relay {text:?}: credentials do not belong in topics.toml; set SWITCHYARD_SMTP_<RELAY>_USER and _PASSWORD (docs/topics.md)"
+                "invalid reach.smtp relay {:?}: credentials do not belong in topics.toml; set SWITCHYARD_SMTP_<HOST>_<PORT>_USER and _PASSWORD in the host's environment (docs/topics.md)",
+                without_credentials(&url)
             ));
         }
         let (Some(host), Some(port)) = (url.host_str(), url.port()) else {
@@ -209,6 +207,14 @@ impl SmtpRelay {
     pub fn env_key(&self) -> String {
         env_key(&self.host, self.port)
     }
+}
+
+/// `url` with user and password left out, so an error message does not spread them.
+fn without_credentials(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
 }
 
 /// `hooks.example.com`, 443 -> `HOOKS_EXAMPLE_COM_443`.
@@ -261,14 +267,19 @@ mod tests {
 
     #[test]
     fn bad_prefixes_and_relays_say_how_to_fix_them() {
-        for bad in ["hooks.example.com", "ftp://x/", "https://u:p@x/", "https://x/?a=1"] {
+        for bad in ["hooks.example.com", "ftp://x/", "https://x/?a=1"] {
             let err = HttpPrefix::try_from(bad.to_string()).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
-        for bad in ["mail.example.com", "imap://x:1", "smtp://u:p@x:25", "smtp://x:25?tls=maybe"] {
+        for bad in ["mail.example.com", "imap://x:1", "smtp://x:25?tls=maybe"] {
             let err = SmtpRelay::try_from(bad.to_string()).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
+        // Credentials are refused without being repeated.
+        let err = HttpPrefix::try_from("https://u:secret@x/".to_string()).unwrap_err();
+        assert!(err.contains("https://x/") && !err.contains("secret"), "{err}");
+        let err = SmtpRelay::try_from("smtp://u:secret@x:25".to_string()).unwrap_err();
+        assert!(err.contains("smtp://x:25") && !err.contains("secret"), "{err}");
         let relay = SmtpRelay::try_from("127.0.0.1:2525".to_string()).unwrap();
         assert_eq!(relay.url(), "smtp://127.0.0.1:2525");
         assert_eq!(relay.env_key(), "127_0_0_1_2525");
