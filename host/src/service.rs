@@ -68,7 +68,11 @@ pub async fn serve_with(
         relay_shutdown.clone(),
     ));
     let timer_task = tokio::spawn(relay::run_timers(db.clone(), relay_shutdown.clone()));
-    let delivery_task = tokio::spawn(crate::delivery::run(db.clone(), Default::default(), relay_shutdown.clone()));
+    let delivery_task = tokio::spawn(crate::delivery::run(
+        db.clone(),
+        Default::default(),
+        relay_shutdown.clone(),
+    ));
     let retention_task = tokio::spawn(relay::run_retention(
         db.clone(),
         options.dedup_window,

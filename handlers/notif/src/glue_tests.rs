@@ -39,7 +39,10 @@ fn email_and_webhook_report_what_the_host_delivered() {
     assert_eq!(deliveries.len(), 2, "one e-mail and one webhook, not repeated");
     assert!(matches!(&deliveries[0].delivery.request, Request::Email(e) if e.recipients == ["alice@example.org"]));
     assert!(matches!(&deliveries[1].delivery.request, Request::Http(h) if h.url == "http://127.0.0.1:9/hook"));
-    assert!(host.published_on::<Value>(topics::NOTIFICATIONS_SENT).is_empty(), "nothing is reported before the outcome");
+    assert!(
+        host.published_on::<Value>(topics::NOTIFICATIONS_SENT).is_empty(),
+        "nothing is reported before the outcome"
+    );
 
     let refused = host.outcome_of(&deliveries[0].id, false, Some("550 mailbox unavailable"));
     let accepted = host.outcome_of(&deliveries[1].id, true, None);
@@ -48,7 +51,11 @@ fn email_and_webhook_report_what_the_host_delivered() {
     let sent: Vec<NotificationSent> = host.published_on(topics::NOTIFICATIONS_SENT);
     assert_eq!(sent.len(), 2);
     assert_eq!(
-        (sent[0].channel.as_str(), sent[0].success, sent[0].failure_reason.as_deref()),
+        (
+            sent[0].channel.as_str(),
+            sent[0].success,
+            sent[0].failure_reason.as_deref()
+        ),
         ("email", false, Some("550 mailbox unavailable"))
     );
     assert_eq!((sent[1].channel.as_str(), sent[1].success), ("webhook", true));
@@ -65,7 +72,10 @@ fn a_webhook_outside_reach_is_reported_as_failed_not_retried() {
     assert!(host.state.deliveries.is_empty());
     let sent: Vec<NotificationSent> = host.published_on(topics::NOTIFICATIONS_SENT);
     assert!(!sent[0].success);
-    assert!(sent[0].failure_reason.as_deref().unwrap().contains("NotAllowed"), "{sent:?}");
+    assert!(
+        sent[0].failure_reason.as_deref().unwrap().contains("NotAllowed"),
+        "{sent:?}"
+    );
 }
 
 #[test]

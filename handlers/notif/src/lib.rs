@@ -69,7 +69,11 @@ fn on_notification(req: NotificationRequested, now: i64) -> Result<(), HandleErr
         let previous = json::get::<Delivery>(&key)?;
         match logic::send(previous.as_ref(), &req, &channel, &settings, now) {
             Send::Repeat => {
-                switchyard_sdk::info!("notification sent before", notificationId = req.notification_id, channel = channel)
+                switchyard_sdk::info!(
+                    "notification sent before",
+                    notificationId = req.notification_id,
+                    channel = channel
+                )
             }
             Send::Report(sent) => {
                 if channel == logic::CHANNEL_LOG {

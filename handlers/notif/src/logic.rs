@@ -298,7 +298,11 @@ pub enum Send {
     Report(Sent),
     /// Ask the host to deliver `request`; store `record` (pending) with the delivery
     /// id, and report when the outcome arrives on [`RESULT_TOPIC`].
-    Deliver { record: Delivery, request: Outbound, context: Context },
+    Deliver {
+        record: Delivery,
+        request: Outbound,
+        context: Context,
+    },
 }
 
 /// Where the host publishes delivery outcomes for this component.
@@ -406,10 +410,7 @@ pub fn on_outcome(record: Option<&Delivery>, outcome: &outbound::Outcome, now: i
     let result = if outcome.success {
         Ok(())
     } else {
-        Err(outcome
-            .reason
-            .clone()
-            .unwrap_or_else(|| "delivery failed".to_string()))
+        Err(outcome.reason.clone().unwrap_or_else(|| "delivery failed".to_string()))
     };
     Some(finish(record.clone(), result, now))
 }
@@ -575,10 +576,18 @@ mod tests {
         assert!(record.success && !record.pending);
         assert_eq!(event.notification_id, "alice:req-1:PAID");
         assert_eq!(
-            (event.channel.as_str(), event.recipient.as_str(), event.success, event.sent_at),
+            (
+                event.channel.as_str(),
+                event.recipient.as_str(),
+                event.success,
+                event.sent_at
+            ),
             ("log", "alice@example.org", true, NOW + 2)
         );
-        assert_eq!(send(Some(&record), &n, "log", &Settings::default(), NOW + 3), Send::Repeat);
+        assert_eq!(
+            send(Some(&record), &n, "log", &Settings::default(), NOW + 3),
+            Send::Repeat
+        );
     }
 
     #[test]
@@ -586,7 +595,12 @@ mod tests {
         let n = notify(update("PAID", &[]));
         let settings = settings("email, webhook");
         assert_eq!(channels(&n, &settings), vec!["email", "webhook"]);
-        let Send::Deliver { record, request, context } = send(None, &n, "email", &settings, NOW) else {
+        let Send::Deliver {
+            record,
+            request,
+            context,
+        } = send(None, &n, "email", &settings, NOW)
+        else {
             panic!("e-mail goes through the host")
         };
         assert!(record.pending);
@@ -601,7 +615,10 @@ mod tests {
             }
         );
         assert_eq!(context.channel, "email");
-        let Send::Deliver { request, record: hook, .. } = send(None, &n, "webhook", &settings, NOW) else {
+        let Send::Deliver {
+            request, record: hook, ..
+        } = send(None, &n, "webhook", &settings, NOW)
+        else {
             panic!("the webhook goes through the host")
         };
         assert!(matches!(request, Outbound::Webhook { url, body } if url == "http://127.0.0.1:9/hook" && body == n));
@@ -624,7 +641,10 @@ mod tests {
         let Some(Sent { record, event }) = on_outcome(Some(&waiting), &refused, NOW + 5) else {
             panic!("the outcome finishes the delivery")
         };
-        assert_eq!((event.success, event.failure_reason.as_deref()), (false, Some("550 no such user")));
+        assert_eq!(
+            (event.success, event.failure_reason.as_deref()),
+            (false, Some("550 no such user"))
+        );
         assert!(!record.pending);
         // A finished record, or another delivery's outcome, changes nothing.
         assert_eq!(on_outcome(Some(&record), &refused, NOW + 6), None);
@@ -663,7 +683,10 @@ mod tests {
     fn subjects_cannot_inject_headers() {
         let mut n = notify(update("PAID", &[]));
         n.subject = "hi\r\nBcc: everyone@example.org".into();
-        let Send::Deliver { request: Outbound::Email { subject, .. }, .. } = send(None, &n, "email", &settings("email"), NOW)
+        let Send::Deliver {
+            request: Outbound::Email { subject, .. },
+            ..
+        } = send(None, &n, "email", &settings("email"), NOW)
         else {
             panic!("expected an e-mail")
         };

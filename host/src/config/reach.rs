@@ -7,8 +7,8 @@
 
 use std::fmt;
 
-use reqwest::Url;
 use super::RetryPolicy;
+use reqwest::Url;
 
 /// What a component may reach, and how hard the host tries.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +87,8 @@ impl TryFrom<String> for HttpPrefix {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        let fix = "write an absolute http(s) URL prefix such as \"https://hooks.example.com/\" or \"http://127.0.0.1:*\"";
+        let fix =
+            "write an absolute http(s) URL prefix such as \"https://hooks.example.com/\" or \"http://127.0.0.1:*\"";
         // `:*` is not URL syntax: parse with a placeholder port and remember "any".
         let (parsable, any_port) = match text.find(":*") {
             Some(at) if text[at + 2..].is_empty() || text[at + 2..].starts_with('/') => {
@@ -159,7 +160,8 @@ impl TryFrom<String> for SmtpRelay {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        let fix = "write \"host:port\", \"smtp://host:port\", \"smtp://host:port?tls=required\" or \"smtps://host:port\"";
+        let fix =
+            "write \"host:port\", \"smtp://host:port\", \"smtp://host:port?tls=required\" or \"smtps://host:port\"";
         let full = if text.contains("://") {
             text.clone()
         } else {
@@ -167,7 +169,9 @@ impl TryFrom<String> for SmtpRelay {
         };
         let url = Url::parse(&full).map_err(|e| format!("invalid reach.smtp relay {text:?}: {e}; {fix}"))?;
         if !matches!(url.scheme(), "smtp" | "smtps") {
-            return Err(format!("invalid reach.smtp relay {text:?}: scheme must be smtp or smtps; {fix}"));
+            return Err(format!(
+                "invalid reach.smtp relay {text:?}: scheme must be smtp or smtps; {fix}"
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(
@@ -176,7 +180,9 @@ impl TryFrom<String> for SmtpRelay {
             ));
         }
         let (Some(host), Some(port)) = (url.host_str(), url.port()) else {
-            return Err(format!("invalid reach.smtp relay {text:?}: give a host and a port; {fix}"));
+            return Err(format!(
+                "invalid reach.smtp relay {text:?}: give a host and a port; {fix}"
+            ));
         };
         if !matches!(url.query(), None | Some("tls=required") | Some("tls=opportunistic")) {
             return Err(format!(

@@ -82,7 +82,9 @@ pub async fn send(client: &reqwest::Client, id: &str, request: &HttpRequest) -> 
         Ok(response) => {
             let status = response.status();
             if status.is_success() {
-                return Attempt::Delivered { status: status.as_u16() };
+                return Attempt::Delivered {
+                    status: status.as_u16(),
+                };
             }
             let body = response.text().await.unwrap_or_default();
             let excerpt: String = body.chars().take(200).collect();

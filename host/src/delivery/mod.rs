@@ -248,7 +248,9 @@ async fn deliver(db: &Db, client: &reqwest::Client, settings: &Settings, effect:
         Next::Finish { outcome, event } => {
             match &event.reason {
                 None => tracing::info!(status = event.status, "delivered"),
-                Some(reason) => tracing::warn!(outcome, status = event.status, reason = %reason, "delivery failed for good"),
+                Some(reason) => {
+                    tracing::warn!(outcome, status = event.status, reason = %reason, "delivery failed for good")
+                }
             }
             let message = OutboundMessage {
                 topic: effect.result_topic.clone(),
@@ -309,7 +311,9 @@ mod tests {
                 reason: "busy".into()
             }
         );
-        assert!(matches!(next(&effect(2), failed(), 0), Next::RetryIn { delay, .. } if delay == Duration::from_millis(150)));
+        assert!(
+            matches!(next(&effect(2), failed(), 0), Next::RetryIn { delay, .. } if delay == Duration::from_millis(150))
+        );
         let Next::Finish { outcome, event } = next(&effect(3), failed(), 7) else {
             panic!("the last attempt must finish")
         };

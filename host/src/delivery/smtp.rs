@@ -36,8 +36,9 @@ pub fn message_id(id: &str) -> String {
 }
 
 fn mailbox(what: &str, text: &str) -> Result<Mailbox, String> {
-    text.parse::<Mailbox>()
-        .map_err(|e| format!("{what} {text:?} is not an e-mail address ({e}); write addr@example.org or Name <addr@example.org>"))
+    text.parse::<Mailbox>().map_err(|e| {
+        format!("{what} {text:?} is not an e-mail address ({e}); write addr@example.org or Name <addr@example.org>")
+    })
 }
 
 /// The MIME message of delivery `id` (also the call's check that it can be built).

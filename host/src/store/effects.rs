@@ -212,8 +212,8 @@ impl Db {
     pub async fn effects_of(&self, component: &str) -> Result<Vec<EffectStatus>, StoreError> {
         const SQL: &str = "SELECT id, component, kind, attempts, last_error, outcome FROM effects \
                            WHERE component = $1 ORDER BY created_at_ms, id";
-        let rows: Vec<(String, String, String, i32, Option<String>, Option<String>)> =
-            on_pool!(self, |p| sqlx::query_as(SQL).bind(component).fetch_all(p).await?);
+        type StatusRow = (String, String, String, i32, Option<String>, Option<String>);
+        let rows: Vec<StatusRow> = on_pool!(self, |p| sqlx::query_as(SQL).bind(component).fetch_all(p).await?);
         Ok(rows
             .into_iter()
             .map(|(id, component, kind, attempts, last_error, outcome)| EffectStatus {
@@ -289,6 +289,9 @@ mod tests {
         assert!(!db.finish_effect(&claimed[0], "delivered", None, &result).await.unwrap());
         assert_eq!(db.unsent_outbox(10).await.unwrap().len(), 1);
         assert!(db.claim_effects(now + 10_000, 1_000, 10).await.unwrap().is_empty());
-        assert_eq!(db.effects_of("notif").await.unwrap()[0].outcome.as_deref(), Some("delivered"));
+        assert_eq!(
+            db.effects_of("notif").await.unwrap()[0].outcome.as_deref(),
+            Some("delivered")
+        );
     }
 }

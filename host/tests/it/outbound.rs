@@ -33,11 +33,7 @@ use crate::saga::eventually;
 
 /// A port nobody listens on yet.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 const SMTP_SERVER: &str = r#"
@@ -89,7 +85,11 @@ impl SmtpServer {
             .expect("starting /usr/bin/python3 with aiosmtpd (run scripts/bootstrap.sh)");
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "aiosmtpd did not start (is python3-aiosmtpd installed?)");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "aiosmtpd did not start (is python3-aiosmtpd installed?)"
+        );
         SmtpServer { child, log }
     }
 
@@ -211,8 +211,10 @@ async fn probe_deliveries(db: &Db) {
     let (hook, port) = Webhook::start().await;
     let mut probe = spec("probe", "probe", &["probe.done"]);
     probe.reach = Reach {
-        http: vec![HttpPrefix::try_from(format!("http://127.0.0.1:{port}/ok/")).unwrap(),
-                   HttpPrefix::try_from(format!("http://127.0.0.1:{port}/down/")).unwrap()],
+        http: vec![
+            HttpPrefix::try_from(format!("http://127.0.0.1:{port}/ok/")).unwrap(),
+            HttpPrefix::try_from(format!("http://127.0.0.1:{port}/down/")).unwrap(),
+        ],
         smtp: vec![],
         retry: RetryPolicy {
             attempts: 3,
@@ -232,23 +234,38 @@ async fn probe_deliveries(db: &Db) {
     // Rolled back: the request was made, then the handler failed.
     let rolled_back = json!({"steps": [post(&format!("http://127.0.0.1:{port}/ok/rolled-back"), None),
                                        {"op": "fail", "retryable": false, "reason": "changed my mind"}]});
-    assert!(matches!(runtime.invoke(&probe, db, &event("e1", rolled_back)).await.unwrap(), Outcome::Failed(_)));
+    assert!(matches!(
+        runtime.invoke(&probe, db, &event("e1", rolled_back)).await.unwrap(),
+        Outcome::Failed(_)
+    ));
     // Outside reach: refused at the call, as a guest error the handler sees.
     let outside = json!({"steps": [post(&format!("http://127.0.0.1:{port}/elsewhere"), Some("refused"))]});
     let outcome = runtime.invoke(&probe, db, &event("e2", outside)).await.unwrap();
     assert!(matches!(outcome, Outcome::Committed(_)), "{outcome:?}");
     let refused = String::from_utf8(db.peek("probe", "refused").await.unwrap().unwrap()).unwrap();
-    assert!(refused.contains("NotAllowed") && refused.contains("/elsewhere"), "{refused}");
+    assert!(
+        refused.contains("NotAllowed") && refused.contains("/elsewhere"),
+        "{refused}"
+    );
     assert!(db.effects_of("probe").await.unwrap().is_empty(), "neither was recorded");
 
     // Ten committed requests, each failing its first attempt, and one that never passes.
-    let many: Vec<Value> = (0..10).map(|i| post(&format!("http://127.0.0.1:{port}/ok/{i}"), None)).collect();
-    let Outcome::Committed(effects) = runtime.invoke(&probe, db, &event("e3", json!({"steps": many}))).await.unwrap() else {
+    let many: Vec<Value> = (0..10)
+        .map(|i| post(&format!("http://127.0.0.1:{port}/ok/{i}"), None))
+        .collect();
+    let Outcome::Committed(effects) = runtime
+        .invoke(&probe, db, &event("e3", json!({"steps": many})))
+        .await
+        .unwrap()
+    else {
         panic!("the requests commit")
     };
     assert_eq!(effects.deliveries.len(), 10);
     let down = json!({"steps": [post(&format!("http://127.0.0.1:{port}/down/x"), None)]});
-    assert!(matches!(runtime.invoke(&probe, db, &event("e4", down)).await.unwrap(), Outcome::Committed(_)));
+    assert!(matches!(
+        runtime.invoke(&probe, db, &event("e4", down)).await.unwrap(),
+        Outcome::Committed(_)
+    ));
 
     let done = eventually("every outcome", || async {
         let done = outcomes(db).await;
@@ -256,24 +273,53 @@ async fn probe_deliveries(db: &Db) {
     })
     .await;
     let hits = hook.hits();
-    assert!(!hits.iter().any(|h| h.path.contains("rolled-back") || h.path.contains("elsewhere")), "{hits:?}");
+    assert!(
+        !hits
+            .iter()
+            .any(|h| h.path.contains("rolled-back") || h.path.contains("elsewhere")),
+        "{hits:?}"
+    );
     for delivery in &effects.deliveries {
-        let attempts: Vec<&Hit> = hits.iter().filter(|h| h.key.as_deref() == Some(delivery.id.as_str())).collect();
+        let attempts: Vec<&Hit> = hits
+            .iter()
+            .filter(|h| h.key.as_deref() == Some(delivery.id.as_str()))
+            .collect();
         // First attempt refused with 503, the retry accepted: same key on both, and no
         // third send although two workers share the table.
-        assert_eq!(attempts.iter().map(|h| h.status).collect::<Vec<_>>(), [503, 200], "{attempts:?}");
+        assert_eq!(
+            attempts.iter().map(|h| h.status).collect::<Vec<_>>(),
+            [503, 200],
+            "{attempts:?}"
+        );
         assert_eq!(attempts[0].body, json!({"hello": "world"}));
         let outcome = &done[&delivery.id];
-        assert_eq!((outcome["success"].as_bool(), outcome["status"].as_u64()), (Some(true), Some(200)));
-        assert_eq!((outcome["attempts"].as_u64(), outcome["context"].as_str()), (Some(2), Some("ctx-1")));
+        assert_eq!(
+            (outcome["success"].as_bool(), outcome["status"].as_u64()),
+            (Some(true), Some(200))
+        );
+        assert_eq!(
+            (outcome["attempts"].as_u64(), outcome["context"].as_str()),
+            (Some(2), Some("ctx-1"))
+        );
     }
     // The one that never passes: a dead letter after its 3 attempts, with the reason.
-    let dead = db.effects_of("probe").await.unwrap().into_iter().find(|e| e.outcome.as_deref() == Some("dead"));
+    let dead = db
+        .effects_of("probe")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.outcome.as_deref() == Some("dead"));
     let dead = dead.expect("a dead letter");
     assert_eq!(dead.attempts, 3);
     let outcome = &done[&dead.id];
     assert_eq!(outcome["success"], false);
-    assert!(outcome["reason"].as_str().unwrap().starts_with("gave up after 3 attempts: HTTP 503"), "{outcome}");
+    assert!(
+        outcome["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up after 3 attempts: HTTP 503"),
+        "{outcome}"
+    );
     assert_eq!(hits.iter().filter(|h| h.path == "/down/x").count(), 3);
 
     stop.send(true).unwrap();
@@ -334,31 +380,57 @@ async fn notifications_reach_smtp_and_webhook(real: bool, backend: Backend) {
             async move {
                 let body = value.to_string();
                 producer
-                    .send(FutureRecord::to(topic).key(&key).payload(&body), Duration::from_secs(10))
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(&body),
+                        Duration::from_secs(10),
+                    )
                     .await
                     .map_err(|(e, _)| e)
                     .unwrap();
             }
         };
         let mut observer = base.clone();
-        observer.set("group.id", format!("{run}-observer")).set("auto.offset.reset", "earliest");
+        observer
+            .set("group.id", format!("{run}-observer"))
+            .set("auto.offset.reset", "earliest");
         let observer: StreamConsumer = observer.create().unwrap();
         observer.subscribe(&["notifications.sent"]).unwrap();
 
         // An order, paid: its notification goes out by e-mail and webhook.
-        send("users.registered", user.clone(), json!({"username": user, "email": email, "registeredAt": 1, "source": "test"})).await;
-        eventually("the account", || async { crate::saga::stored(&db, "billing", &format!("account/{user}")).await }).await;
-        eventually("the profile", || async { crate::saga::stored(&db, "user", &format!("profile/{user}")).await }).await;
-        send("billing.deposits", user.clone(), json!({"requestId": format!("{run}-dep"), "username": user, "amount": 25.0, "requestedAt": 2})).await;
+        send(
+            "users.registered",
+            user.clone(),
+            json!({"username": user, "email": email, "registeredAt": 1, "source": "test"}),
+        )
+        .await;
+        eventually("the account", || async {
+            crate::saga::stored(&db, "billing", &format!("account/{user}")).await
+        })
+        .await;
+        eventually("the profile", || async {
+            crate::saga::stored(&db, "user", &format!("profile/{user}")).await
+        })
+        .await;
+        send(
+            "billing.deposits",
+            user.clone(),
+            json!({"requestId": format!("{run}-dep"), "username": user, "amount": 25.0, "requestedAt": 2}),
+        )
+        .await;
         eventually("the deposit", || async {
             let account = crate::saga::stored(&db, "billing", &format!("account/{user}")).await?;
             (account["balanceMinor"] == 2500).then_some(())
         })
         .await;
         let paid = format!("{run}-paid");
-        send("orders.requests", user.clone(), json!({"requestId": paid, "username": user,
+        send(
+            "orders.requests",
+            user.clone(),
+            json!({"requestId": paid, "username": user,
             "items": [{"productId": "p1", "quantity": 2, "price": 9.99}], "deliveryAddress": "1 Main St",
-            "paymentMethod": "card", "createdAt": 3})).await;
+            "paymentMethod": "card", "createdAt": 3}),
+        )
+        .await;
         // A notification to an address the server refuses, by e-mail only.
         send("notifications.requested", rejected.clone(), json!({"notificationId": format!("{run}-rejected"),
             "requestId": format!("{run}-rej"), "username": rejected, "type": "ORDER_UPDATE", "subject": "s", "content": "c",
@@ -367,7 +439,10 @@ async fn notifications_reach_smtp_and_webhook(real: bool, backend: Backend) {
         // The SMTP server is down: the e-mails fail and wait; then it comes up.
         eventually("a failed e-mail attempt", || async {
             let effects = db.effects_of("notif").await.unwrap();
-            effects.iter().any(|e| e.kind == "email" && e.attempts >= 1 && e.last_error.is_some()).then_some(())
+            effects
+                .iter()
+                .any(|e| e.kind == "email" && e.attempts >= 1 && e.last_error.is_some())
+                .then_some(())
         })
         .await;
         let smtp = SmtpServer::start(dir.path(), smtp_port);
@@ -376,39 +451,79 @@ async fn notifications_reach_smtp_and_webhook(real: bool, backend: Backend) {
         let start = Instant::now();
         while reports.len() < 3 {
             assert!(start.elapsed() < Duration::from_secs(90), "reports so far: {reports:?}");
-            let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), observer.recv()).await else { continue };
-            let Ok(report) = serde_json::from_slice::<Value>(message.payload().unwrap_or_default()) else { continue };
+            let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), observer.recv()).await else {
+                continue;
+            };
+            let Ok(report) = serde_json::from_slice::<Value>(message.payload().unwrap_or_default()) else {
+                continue;
+            };
             let id = report["notificationId"].as_str().unwrap_or_default().to_string();
             if id.contains(&run) {
                 let channel = report["channel"].as_str().unwrap().to_string();
-                assert!(reports.insert((id, channel), report).is_none(), "one report per notification and channel");
+                assert!(
+                    reports.insert((id, channel), report).is_none(),
+                    "one report per notification and channel"
+                );
             }
         }
         let effects = db.effects_of("notif").await.unwrap();
         let paid_id = format!("{user}:{paid}:PAID");
         let mail = &reports[&(paid_id.clone(), "email".to_string())];
-        assert_eq!((mail["success"].as_bool(), mail["recipient"].as_str()), (Some(true), Some(email.as_str())));
+        assert_eq!(
+            (mail["success"].as_bool(), mail["recipient"].as_str()),
+            (Some(true), Some(email.as_str()))
+        );
         let webhook = &reports[&(paid_id.clone(), "webhook".to_string())];
         assert_eq!(webhook["success"], true);
         let refused = &reports[&(format!("{run}-rejected"), "email".to_string())];
         assert_eq!(refused["success"], false);
         let reason = refused["failureReason"].as_str().unwrap();
-        assert!(reason.contains("550") && reason.contains("mailbox unavailable"), "{reason}");
+        assert!(
+            reason.contains("550") && reason.contains("mailbox unavailable"),
+            "{reason}"
+        );
 
         // The mail arrived once, with the delivery id as Message-ID.
         let messages = smtp.messages();
         let to_user: Vec<&Value> = messages.iter().filter(|m| m["to"][0] == email.as_str()).collect();
         assert_eq!(to_user.len(), 1, "{messages:?}");
-        let mail_effect = effects.iter().find(|e| e.kind == "email" && e.outcome.as_deref() == Some("delivered")).unwrap();
-        assert_eq!(to_user[0]["messageId"], format!("<{}@switchyard>", mail_effect.id).as_str());
+        let mail_effect = effects
+            .iter()
+            .find(|e| e.kind == "email" && e.outcome.as_deref() == Some("delivered"))
+            .unwrap();
+        assert_eq!(
+            to_user[0]["messageId"],
+            format!("<{}@switchyard>", mail_effect.id).as_str()
+        );
         let subject = to_user[0]["subject"].as_str().unwrap();
-        assert!(subject.starts_with("Order #") && subject.ends_with(" is paid"), "{subject}");
-        assert!(to_user[0]["body"].as_str().unwrap().contains("we received your payment of 19.98"), "{:?}", to_user[0]);
-        assert!(!messages.iter().any(|m| m["to"].to_string().contains("reject")), "refused mail was not accepted");
+        assert!(
+            subject.starts_with("Order #") && subject.ends_with(" is paid"),
+            "{subject}"
+        );
+        assert!(
+            to_user[0]["body"]
+                .as_str()
+                .unwrap()
+                .contains("we received your payment of 19.98"),
+            "{:?}",
+            to_user[0]
+        );
+        assert!(
+            !messages.iter().any(|m| m["to"].to_string().contains("reject")),
+            "refused mail was not accepted"
+        );
 
         // The webhook: the first attempt refused, the retry with the same key accepted.
-        let hits: Vec<Hit> = hook.hits().into_iter().filter(|h| h.path == format!("/hook/{run}")).collect();
-        assert_eq!(hits.iter().map(|h| h.status).collect::<Vec<_>>(), [503, 200], "{hits:?}");
+        let hits: Vec<Hit> = hook
+            .hits()
+            .into_iter()
+            .filter(|h| h.path == format!("/hook/{run}"))
+            .collect();
+        assert_eq!(
+            hits.iter().map(|h| h.status).collect::<Vec<_>>(),
+            [503, 200],
+            "{hits:?}"
+        );
         assert!(hits[0].key.is_some() && hits[0].key == hits[1].key);
         let hook_effect = effects.iter().find(|e| e.kind == "http").unwrap();
         assert_eq!(hits[0].key.as_deref(), Some(hook_effect.id.as_str()));
@@ -416,7 +531,10 @@ async fn notifications_reach_smtp_and_webhook(real: bool, backend: Backend) {
         assert_eq!(hits[1].authorization, None, "no credentials were configured");
         stop.send(true).unwrap();
     };
-    let (served, ()) = tokio::join!(switchyard::service::serve(&routing, db.clone(), &brokers, shutdown), scenario);
+    let (served, ()) = tokio::join!(
+        switchyard::service::serve(&routing, db.clone(), &brokers, shutdown),
+        scenario
+    );
     served.unwrap();
 }
 

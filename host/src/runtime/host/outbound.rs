@@ -4,9 +4,9 @@
 //! invocation's transaction and carried out by [`crate::delivery`] after the commit.
 
 use crate::config::ComponentSpec;
+use crate::delivery::Request;
 use crate::delivery::http::{HOST_HEADERS, HttpRequest, METHODS};
 use crate::delivery::smtp::{self, Email};
-use crate::delivery::Request;
 use crate::runtime::bindings::outbound::{self as wit, Error, Host};
 use crate::runtime::state::{Delivery, InvocationState};
 use crate::store::NewEffect;
@@ -56,7 +56,11 @@ pub(crate) fn check_http(spec: &ComponentSpec, request: wit::HttpRequest) -> Res
             "URL {:?} is outside reach.http of component {} (allowed: {})",
             request.url,
             spec.name,
-            if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+            if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            }
         )));
     }
     if request.body.len() > MAX_VALUE_BYTES {
@@ -122,7 +126,12 @@ impl Host for InvocationState {
         if let Some(why) = self.refuse_write("outbound deliver") {
             return Err(Error::ReadOnly(why));
         }
-        if !self.component.publishes.iter().any(|t| t.as_str() == delivery.result_topic) {
+        if !self
+            .component
+            .publishes
+            .iter()
+            .any(|t| t.as_str() == delivery.result_topic)
+        {
             return Err(Error::TopicNotAllowed(delivery.result_topic));
         }
         if delivery.context.len() > MAX_CONTEXT_BYTES {
@@ -225,11 +234,22 @@ mod tests {
 
     #[test]
     fn http_requests_stay_inside_reach_and_leave_credentials_to_the_host() {
-        let ok = check_http(&spec(), post("https://hooks.example.com/in/a", &[("content-type", "application/json")]));
+        let ok = check_http(
+            &spec(),
+            post(
+                "https://hooks.example.com/in/a",
+                &[("content-type", "application/json")],
+            ),
+        );
         assert_eq!(ok.unwrap().method, "POST");
         let outside = check_http(&spec(), post("https://evil.example.com/in/a", &[]));
-        assert!(matches!(outside, Err(Error::NotAllowed(m)) if m.contains("evil.example.com") && m.contains("hooks.example.com/in/")));
-        assert!(matches!(check_http(&spec(), post("hooks.example.com/in", &[])), Err(Error::Invalid(_))));
+        assert!(
+            matches!(outside, Err(Error::NotAllowed(m)) if m.contains("evil.example.com") && m.contains("hooks.example.com/in/"))
+        );
+        assert!(matches!(
+            check_http(&spec(), post("hooks.example.com/in", &[])),
+            Err(Error::Invalid(_))
+        ));
         assert!(matches!(
             check_http(&spec(), post("https://u:p@hooks.example.com/in/a", &[])),
             Err(Error::Invalid(_))
@@ -241,7 +261,10 @@ mod tests {
             ));
         }
         assert!(matches!(
-            check_http(&spec(), post("https://hooks.example.com/in/a", &[("x-a", "line\r\nbreak")])),
+            check_http(
+                &spec(),
+                post("https://hooks.example.com/in/a", &[("x-a", "line\r\nbreak")])
+            ),
             Err(Error::Invalid(_))
         ));
         let mut big = post("https://hooks.example.com/in/a", &[]);
