@@ -113,6 +113,8 @@ pub fn on_profile(pending: &Pending, profile: &UserProfileResponse, now: i64) ->
         .unwrap_or(&update.username);
     let kind = notification_type(&update.status);
     let (subject, content) = render(kind, update, name);
+    // The user's own choice of channels travels with the notification.
+    let channel = profile.notify.as_deref().map(str::trim).filter(|c| !c.is_empty());
     ProfileOutcome::Notify(NotificationRequested {
         notification_id: notification_id(&update.username, &update.request_id, &update.status),
         request_id: update.request_id.clone(),
@@ -126,6 +128,7 @@ pub fn on_profile(pending: &Pending, profile: &UserProfileResponse, now: i64) ->
             ("status", update.status.clone()),
         ]
         .into_iter()
+        .chain(channel.map(|c| ("channel", c.to_string())))
         .map(|(k, v)| (k.to_string(), v))
         .collect(),
         scheduled_at: now,
@@ -450,6 +453,7 @@ mod tests {
             email: found.then(|| "alice@example.org".to_string()),
             display_name: found.then(|| "Alice".to_string()),
             responded_at: NOW,
+            notify: None,
         }
     }
 
@@ -551,6 +555,15 @@ mod tests {
             ..profile(true)
         };
         assert!(matches!(on_profile(&pending, &no_email, NOW), ProfileOutcome::Drop(_)));
+        // A user's own channels go with the notification and win over the default.
+        let chooses_webhook = UserProfileResponse {
+            notify: Some("webhook".into()),
+            ..profile(true)
+        };
+        let ProfileOutcome::Notify(n) = on_profile(&pending, &chooses_webhook, NOW) else {
+            panic!("expected a notification")
+        };
+        assert_eq!(channels(&n, &Settings::default()), vec!["webhook"]);
         let someone_else = UserProfileResponse {
             username: "bob".into(),
             ..profile(true)

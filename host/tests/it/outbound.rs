@@ -338,7 +338,7 @@ fn notifying_routing(dir: &Path, run: &str, smtp_port: u16, hook_port: u16) -> s
     let path = dir.join("topics.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let configured = format!(
-        "config = {{ channels = \"email,webhook\", webhook-url = \"http://127.0.0.1:{hook_port}/hook/{run}\", mail-from = \"Shop <shop@example.com>\" }}\n\
+        "config = {{ channels = \"log\", webhook-url = \"http://127.0.0.1:{hook_port}/hook/{run}\", mail-from = \"Shop <shop@example.com>\" }}\n\
          reach = {{ http = [\"http://127.0.0.1:*/hook/\"], smtp = [\"127.0.0.1:{smtp_port}\"], retry = {{ attempts = 50, initial-backoff-ms = 200, max-backoff-ms = 1000 }} }}\n"
     );
     assert!(text.contains("config = { channels = \"log\" }\n"));
@@ -400,7 +400,7 @@ async fn notifications_reach_smtp_and_webhook(real: bool, backend: Backend) {
         send(
             "users.registered",
             user.clone(),
-            json!({"username": user, "email": email, "registeredAt": 1, "source": "test"}),
+            json!({"username": user, "email": email, "registeredAt": 1, "source": "test", "notify": "email,webhook"}),
         )
         .await;
         eventually("the account", || async {
