@@ -130,12 +130,18 @@ async fn bench(backend: common::Backend) {
     worker.await.unwrap().unwrap();
 
     let base = percentiles(direct.clone())[0];
-    println!("\n{} ({RUNS} runs each; ratio of p50 to the direct POST's)\n", db.kind());
+    println!(
+        "\n{} ({RUNS} runs each; ratio of p50 to the direct POST's)\n",
+        db.kind()
+    );
     println!(
         "| {:<48} | {:>11} | {:>11} | {:>11} | {:>8} |",
         "", "p50", "p95", "p99", "vs POST"
     );
-    println!("|{}|-------------|-------------|-------------|----------|", "-".repeat(50));
+    println!(
+        "|{}|-------------|-------------|-------------|----------|",
+        "-".repeat(50)
+    );
     row("POST sent directly (baseline)", percentiles(direct), base);
     row("invocation without delivery (baseline)", percentiles(plain), base);
     row("invocation with deliver -> webhook received", percentiles(effect), base);

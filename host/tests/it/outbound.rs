@@ -224,6 +224,10 @@ async fn probe_deliveries(db: &Db) {
     };
     let runtime = Runtime::new().unwrap();
     let probe = runtime.load(&probe).unwrap();
+    // The receiver's credentials, from the host's environment (this test's port only).
+    let credentials = format!("SWITCHYARD_HTTP_127_0_0_1_{port}_AUTHORIZATION");
+    // SAFETY: set before the workers start; no other test reads this variable.
+    unsafe { std::env::set_var(&credentials, "Bearer probe-secret") };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     // Two workers on one database, as two hosts would be.
     let workers = [
@@ -292,6 +296,7 @@ async fn probe_deliveries(db: &Db) {
             "{attempts:?}"
         );
         assert_eq!(attempts[0].body, json!({"hello": "world"}));
+        assert_eq!(attempts[0].authorization.as_deref(), Some("Bearer probe-secret"));
         let outcome = &done[&delivery.id];
         assert_eq!(
             (outcome["success"].as_bool(), outcome["status"].as_u64()),
