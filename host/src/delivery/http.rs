@@ -24,6 +24,8 @@ pub const HOST_HEADERS: &[&str] = &[
     "trailer",
     "keep-alive",
     "expect",
+    "traceparent",
+    "tracestate",
 ];
 
 /// Methods a component may use.
@@ -59,8 +61,8 @@ pub fn client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// One attempt.
-pub async fn send(client: &reqwest::Client, id: &str, request: &HttpRequest) -> Attempt {
+/// One attempt; `traceparent` continues the trace of the invocation that asked for it.
+pub async fn send(client: &reqwest::Client, id: &str, request: &HttpRequest, traceparent: Option<&str>) -> Attempt {
     let refused = |reason: String| Attempt::Refused { status: None, reason };
     let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else {
         return refused(format!("invalid method {:?}", request.method));
@@ -74,6 +76,9 @@ pub async fn send(client: &reqwest::Client, id: &str, request: &HttpRequest) -> 
         .body(request.body.clone());
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
+    }
+    if let Some(traceparent) = traceparent {
+        builder = builder.header("traceparent", traceparent);
     }
     if let Some(auth) = authorization_env(&url).and_then(|var| std::env::var(var).ok()) {
         builder = builder.header(reqwest::header::AUTHORIZATION, auth);

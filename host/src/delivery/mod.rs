@@ -236,7 +236,14 @@ fn span_of(effect: &ClaimedEffect) -> tracing::Span {
 /// One attempt of `effect`, and its bookkeeping.
 async fn deliver(db: &Db, client: &reqwest::Client, settings: &Settings, effect: ClaimedEffect) {
     let attempt = match serde_json::from_str::<Request>(&effect.request) {
-        Ok(Request::Http(request)) => http::send(client, &effect.id, &request).await,
+        Ok(Request::Http(request)) => {
+            let traceparent = effect
+                .result_headers
+                .iter()
+                .find(|(n, _)| n == headers::TRACEPARENT)
+                .map(|(_, v)| v.as_str());
+            http::send(client, &effect.id, &request, traceparent).await
+        }
         Ok(Request::Email(email)) => smtp::send(&effect.id, &email, settings.smtp_timeout).await,
         Err(err) => Attempt::Refused {
             status: None,

@@ -115,6 +115,7 @@ struct Hit {
     path: String,
     key: Option<String>,
     authorization: Option<String>,
+    traceparent: Option<String>,
     body: Value,
     status: u16,
 }
@@ -140,6 +141,7 @@ impl Webhook {
                         path: uri.path().to_string(),
                         key,
                         authorization: headers.get("authorization").map(|v| v.to_str().unwrap().to_string()),
+                        traceparent: headers.get("traceparent").map(|v| v.to_str().unwrap().to_string()),
                         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
                         status,
                     });
@@ -160,6 +162,8 @@ impl Webhook {
 
 // ---- the probe, on one database ------------------------------------------------------
 
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
 fn event(id: &str, plan: Value) -> InboundEvent {
     let at = LogPosition {
         origin: "test",
@@ -174,6 +178,10 @@ fn event(id: &str, plan: Value) -> InboundEvent {
         vec![
             (headers::EVENT_ID.into(), id.into()),
             (headers::REQUEST_ID.into(), format!("req-{id}")),
+            (
+                headers::TRACEPARENT.into(),
+                format!("00-{TRACE_ID}-00f067aa0ba902b7-01"),
+            ),
         ],
         1_700_000_000_000,
     )
@@ -297,6 +305,11 @@ async fn probe_deliveries(db: &Db) {
         );
         assert_eq!(attempts[0].body, json!({"hello": "world"}));
         assert_eq!(attempts[0].authorization.as_deref(), Some("Bearer probe-secret"));
+        // The request continues the invocation's trace.
+        assert!(
+            attempts[0].traceparent.as_deref().is_some_and(|t| t.contains(TRACE_ID)),
+            "{attempts:?}"
+        );
         let outcome = &done[&delivery.id];
         assert_eq!(
             (outcome["success"].as_bool(), outcome["status"].as_u64()),
