@@ -42,8 +42,8 @@ pub struct ClaimedEffect {
     pub max_backoff_ms: i64,
 }
 
-/// Where a delivery stands (tests, operators).
-#[derive(Debug, Clone, PartialEq)]
+/// Where a delivery stands (tests, `switchyard effects`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EffectStatus {
     pub id: String,
     pub component: String,
