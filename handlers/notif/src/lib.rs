@@ -99,7 +99,7 @@ fn on_notification(req: NotificationRequested, now: i64) -> Result<(), HandleErr
                 // The host could not record it: the event is retried.
                 Err(outbound::Error::Unavailable(why)) => return Err(HandleError::retryable(why)),
                 // Refused by the host (outside reach, a bad address): retrying cannot help.
-                Err(refused) => report(&key, None, logic::finish(record, Err(format!("{refused:?}")), now))?,
+                Err(refused) => report(&key, None, logic::finish(record, Err(outbound::reason(&refused)), now))?,
             },
         }
     }

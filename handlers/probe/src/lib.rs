@@ -192,7 +192,7 @@ fn message(topic: String, key: Option<String>, payload: String) -> publish::Mess
 fn recorded(record: Option<String>, result: Result<String, outbound::Error>) -> Result<(), HandleError> {
     match (record, result) {
         (Some(key), Ok(id)) => storage::put(&key, id.as_bytes())?,
-        (Some(key), Err(err)) => storage::put(&key, format!("error: {err:?}").as_bytes())?,
+        (Some(key), Err(err)) => storage::put(&key, format!("error: {}", outbound::reason(&err)).as_bytes())?,
         (None, result) => {
             result?;
         }

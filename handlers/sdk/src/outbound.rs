@@ -22,6 +22,20 @@ impl From<Error> for HandleError {
     }
 }
 
+/// The host's refusal as a reason to report: its WIT case (`not-allowed`, `invalid`, ...)
+/// and its message.
+pub fn reason(err: &Error) -> String {
+    let (case, message) = match err {
+        Error::NotAllowed(m) => ("not-allowed", m.clone()),
+        Error::Invalid(m) => ("invalid", m.clone()),
+        Error::TopicNotAllowed(t) => ("topic-not-allowed", t.clone()),
+        Error::TooLarge(n) => ("too-large", format!("{n} bytes")),
+        Error::Unavailable(m) => ("unavailable", m.clone()),
+        Error::ReadOnly(m) => ("read-only", m.clone()),
+    };
+    format!("{case}: {message}")
+}
+
 /// What the host publishes to a delivery's result topic once it is over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

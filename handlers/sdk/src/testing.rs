@@ -253,7 +253,11 @@ impl HostState {
                 if let Some(prefixes) = &self.reach_http
                     && !prefixes.iter().any(|p| request.url.starts_with(p.as_str()))
                 {
-                    return Err(OutboundError::NotAllowed(request.url.clone()));
+                    return Err(OutboundError::NotAllowed(format!(
+                        "URL {:?} is outside reach.http (allowed: {})",
+                        request.url,
+                        prefixes.join(", ")
+                    )));
                 }
             }
             Request::Email(email) => {

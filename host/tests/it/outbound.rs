@@ -256,7 +256,7 @@ async fn probe_deliveries(db: &Db) {
     assert!(matches!(outcome, Outcome::Committed(_)), "{outcome:?}");
     let refused = String::from_utf8(db.peek("probe", "refused").await.unwrap().unwrap()).unwrap();
     assert!(
-        refused.contains("NotAllowed") && refused.contains("/elsewhere"),
+        refused.starts_with("error: not-allowed: URL") && refused.contains("/elsewhere"),
         "{refused}"
     );
     assert!(db.effects_of("probe").await.unwrap().is_empty(), "neither was recorded");
