@@ -49,3 +49,7 @@ load RATE="100" DURATION="10" *ARGS: handlers
 # What a read-only query costs beside an event of the same component, as a table.
 bench-query: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench query
+
+# What an outbound effect (webhook) costs from the handler's call to its receipt.
+bench-outbound: handlers services
+    eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench outbound

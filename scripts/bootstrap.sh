@@ -27,6 +27,9 @@ apt_install() {
 # Build tools for librdkafka (compiled from source by rdkafka-sys) and sqlx.
 if command -v apt-get >/dev/null; then
     apt_install build-essential pkg-config python3 python3-pip
+    # A real SMTP server for the outbound-effects tests (host/tests/it/outbound.rs runs
+    # Debian's python3 with it: /usr/bin/python3 -m aiosmtpd or a small handler script).
+    apt_install python3-aiosmtpd
 fi
 
 # Headless Chromium and its WebDriver for the console's browser tests (host/tests/it/console.rs).

@@ -11,6 +11,8 @@
 //!   `runtime/host/` holds one file per WIT interface the host provides.
 //! - [`kafka`]: brokers (real or embedded), route consumers with retries and dead
 //!   letters, the outbox relay and timer pump, and operator tools (topics, DLQ).
+//! - [`delivery`]: the worker that carries out outbound effects (HTTP, SMTP) after
+//!   their invocation committed, at least once, with retries and an outcome event.
 //! - [`service`]: `switchyard run`, wiring all of the above with graceful shutdown.
 //! - [`gateway`]: the HTTP gateway and mini_auth (axum), on the store, Kafka and a
 //!   cache only; [`gateway_components`] connects its query seam to the runtime.
@@ -19,6 +21,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod gateway;
 pub mod gateway_components;

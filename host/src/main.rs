@@ -119,6 +119,16 @@ enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// Lists a component's outbound deliveries (webhooks, e-mails): attempts, outcome
+    /// (`delivered`, `failed`, `dead`, or pending) and the last error.
+    Effects {
+        /// Component name.
+        #[arg(long)]
+        component: String,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validates the routing file and every component it names.
     Check,
     /// Feeds one event from a JSON file to a component and prints its effects.
@@ -250,6 +260,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => topics_sync(&cli).await,
         Command::Dlq { command } => dlq(&cli, command).await,
         Command::Outbox { command } => outbox(&cli, command).await,
+        Command::Effects { component, json } => effects(&cli, component, *json).await,
         Command::Lag => lag(&cli).await,
         Command::Invoke {
             component,
@@ -573,6 +584,34 @@ async fn outbox(cli: &Cli, command: &OutboxCommand) -> Result<ExitCode> {
             let n = db.requeue_parked(*id).await?;
             println!("requeued {n} row(s); a running host relays them now");
         }
+    }
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn effects(cli: &Cli, component: &str, json: bool) -> Result<ExitCode> {
+    let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
+    let rows = db.effects_of(component).await?;
+    if json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+    } else {
+        println!(
+            "{:<38} {:<6} {:>8} {:<10} last error",
+            "delivery id", "kind", "attempts", "outcome"
+        );
+        for r in &rows {
+            println!(
+                "{:<38} {:<6} {:>8} {:<10} {}",
+                r.id,
+                r.kind,
+                r.attempts,
+                r.outcome.as_deref().unwrap_or("pending"),
+                r.last_error.as_deref().unwrap_or("")
+            );
+        }
+        println!("{} deliver(ies)", rows.len());
     }
     db.close().await;
     Ok(ExitCode::SUCCESS)

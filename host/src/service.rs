@@ -156,6 +156,11 @@ async fn run(
         relay_shutdown.clone(),
     ));
     let timer_task = tokio::spawn(relay::run_timers(db.clone(), relay_shutdown.clone()));
+    let delivery_task = tokio::spawn(crate::delivery::run(
+        db.clone(),
+        Default::default(),
+        relay_shutdown.clone(),
+    ));
     let retention_task = tokio::spawn(relay::run_retention(
         db.clone(),
         options.dedup_window,
@@ -195,6 +200,7 @@ async fn run(
     let _ = relay_stop.send(true);
     let _ = relay_task.await;
     let _ = timer_task.await;
+    let _ = delivery_task.await;
     let _ = retention_task.await;
     if let Some(task) = admin_task {
         let _ = task.await;

@@ -334,6 +334,7 @@ mod tests {
             email: "a@x.org".into(),
             registered_at: NOW,
             source: "auth".into(),
+            notify: None,
         }
     }
 

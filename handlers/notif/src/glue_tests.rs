@@ -1,8 +1,11 @@
 //! The glue of lib.rs on the SDK's in-memory host, natively: a status update becomes a
-//! profile request, the profile a notification, the notification one delivery.
+//! profile request, the profile a notification, the notification one delivery per
+//! channel: at once on the log, through the host's outbound effects for e-mail and
+//! webhook, reported from their outcome.
 
 use saga_events::{NotificationRequested, NotificationSent, UserProfileRequested, topics};
 use serde_json::{Value, json};
+use switchyard_sdk::outbound::Request;
 use switchyard_sdk::testing::{TestHost, event};
 
 use super::NotifHandler;
@@ -12,7 +15,71 @@ fn host() -> TestHost {
         topics::USERS_PROFILE,
         topics::NOTIFICATIONS_REQUESTED,
         topics::NOTIFICATIONS_SENT,
+        crate::logic::RESULT_TOPIC,
     ])
+}
+
+fn requested(user: &str) -> Value {
+    json!({"notificationId": format!("{user}:r-1:PAID"), "requestId": "r-1", "username": user, "type": "ORDER_PAID",
+           "subject": "Order #1 is paid", "content": "Hello", "metadata": {"recipient": format!("{user}@example.org")},
+           "scheduledAt": 5})
+}
+
+#[test]
+fn email_and_webhook_report_what_the_host_delivered() {
+    let mut host = host()
+        .with_config("channels", "email,webhook")
+        .with_config("webhook-url", "http://127.0.0.1:9/hook")
+        .allow_reaching(&["http://127.0.0.1:9/"]);
+    for _ in 0..2 {
+        host.deliver::<NotifHandler>(event(topics::NOTIFICATIONS_REQUESTED, &requested("alice")))
+            .unwrap();
+    }
+    let deliveries = host.state.deliveries.clone();
+    assert_eq!(deliveries.len(), 2, "one e-mail and one webhook, not repeated");
+    assert!(matches!(&deliveries[0].delivery.request, Request::Email(e) if e.recipients == ["alice@example.org"]));
+    assert!(matches!(&deliveries[1].delivery.request, Request::Http(h) if h.url == "http://127.0.0.1:9/hook"));
+    assert!(
+        host.published_on::<Value>(topics::NOTIFICATIONS_SENT).is_empty(),
+        "nothing is reported before the outcome"
+    );
+
+    let refused = host.outcome_of(&deliveries[0].id, false, Some("550 mailbox unavailable"));
+    let accepted = host.outcome_of(&deliveries[1].id, true, None);
+    host.deliver::<NotifHandler>(refused).unwrap();
+    host.deliver::<NotifHandler>(accepted).unwrap();
+    let sent: Vec<NotificationSent> = host.published_on(topics::NOTIFICATIONS_SENT);
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        (
+            sent[0].channel.as_str(),
+            sent[0].success,
+            sent[0].failure_reason.as_deref()
+        ),
+        ("email", false, Some("550 mailbox unavailable"))
+    );
+    assert_eq!((sent[1].channel.as_str(), sent[1].success), ("webhook", true));
+}
+
+#[test]
+fn a_webhook_outside_reach_is_reported_as_failed_not_retried() {
+    let mut host = host()
+        .with_config("channels", "webhook")
+        .with_config("webhook-url", "http://elsewhere.example.com/hook")
+        .allow_reaching(&["http://127.0.0.1:9/"]);
+    host.deliver::<NotifHandler>(event(topics::NOTIFICATIONS_REQUESTED, &requested("bob")))
+        .unwrap();
+    assert!(host.state.deliveries.is_empty());
+    let sent: Vec<NotificationSent> = host.published_on(topics::NOTIFICATIONS_SENT);
+    assert!(!sent[0].success);
+    assert!(
+        sent[0]
+            .failure_reason
+            .as_deref()
+            .unwrap()
+            .starts_with("not-allowed: URL \"http://elsewhere.example.com/hook\""),
+        "{sent:?}"
+    );
 }
 
 #[test]
@@ -48,7 +115,8 @@ fn a_paid_order_is_notified_once_by_email() {
     assert_eq!(sent.len(), 1, "a repeated request is delivered once");
     assert!(sent[0].success);
     assert_eq!(sent[0].recipient, "alice@example.org");
-    let _: Value = host.get_json(&format!("sent/{}", sent[0].notification_id)).unwrap();
+    assert_eq!(sent[0].channel, "log", "the default channel needs no server");
+    let _: Value = host.get_json(&format!("sent/{}/log", sent[0].notification_id)).unwrap();
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //!
 //! - notifier: an `OrderStatusUpdated` waits as a pending entry until the user's profile
 //!   arrives, then becomes a `NotificationRequested`;
-//! - sender: a `NotificationRequested` is delivered once (recorded as an outbox entry)
-//!   and reported as `NotificationSent`.
+//! - sender: a `NotificationRequested` goes out once on each of its channels: the log
+//!   (the default, no server needed), an e-mail or a webhook. The last two are outbound
+//!   effects the host carries out after the commit; their outcome comes back on
+//!   [`RESULT_TOPIC`] and becomes the `NotificationSent`, so it reports what happened.
 
 use saga_events::{
     NotificationRequested, NotificationSent, NotificationType, OrderStatus, OrderStatusUpdated, UserProfileRequested,
@@ -11,11 +13,11 @@ use saga_events::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use switchyard_sdk::{keys, money};
+use switchyard_sdk::{keys, money, outbound};
 
 /// `replyTo` of our profile requests.
 pub const REPLY_TO: &str = "notif";
-/// The one delivery channel: every notification goes out as an email.
+/// The e-mail channel (through the host's SMTP delivery).
 pub const CHANNEL_EMAIL: &str = "email";
 /// `NotificationSent.failureReason` values.
 pub const UNSUPPORTED_CHANNEL: &str = "UNSUPPORTED_CHANNEL";
@@ -32,9 +34,9 @@ pub fn pending_key(username: &str, request_id: &str, status: &str) -> String {
     format!("{}{}", pending_prefix(username, request_id), keys::segment(status))
 }
 
-/// Storage key of a delivery (the sender's outbox record).
-pub fn sent_key(notification_id: &str) -> String {
-    format!("sent/{}", keys::segment(notification_id))
+/// Storage key of a notification's delivery on one channel (the sender's record).
+pub fn sent_key(notification_id: &str, channel: &str) -> String {
+    format!("sent/{}/{}", keys::segment(notification_id), keys::segment(channel))
 }
 
 /// The same status of the same request of the same user always yields the same id, so
@@ -111,6 +113,8 @@ pub fn on_profile(pending: &Pending, profile: &UserProfileResponse, now: i64) ->
         .unwrap_or(&update.username);
     let kind = notification_type(&update.status);
     let (subject, content) = render(kind, update, name);
+    // The user's own choice of channels travels with the notification.
+    let channel = profile.notify.as_deref().map(str::trim).filter(|c| !c.is_empty());
     ProfileOutcome::Notify(NotificationRequested {
         notification_id: notification_id(&update.username, &update.request_id, &update.status),
         request_id: update.request_id.clone(),
@@ -119,12 +123,12 @@ pub fn on_profile(pending: &Pending, profile: &UserProfileResponse, now: i64) ->
         subject,
         content,
         metadata: [
-            ("channel", CHANNEL_EMAIL.to_string()),
             ("recipient", email.to_string()),
             ("orderId", update.order_id.to_string()),
             ("status", update.status.clone()),
         ]
         .into_iter()
+        .chain(channel.map(|c| ("channel", c.to_string())))
         .map(|(k, v)| (k.to_string(), v))
         .collect(),
         scheduled_at: now,
@@ -188,8 +192,66 @@ fn format_amount(major: f64) -> String {
     }
 }
 
-/// The sender's outbox record under [`sent_key`]: what was delivered to whom. There is
-/// no mail server in Switchyard, so recording the rendered message is the delivery.
+/// How the component is set up (its `config` in topics.toml).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Channels a notification goes out on when it names none (`channels`, comma
+    /// separated; default `log`, which needs no server).
+    pub channels: Vec<String>,
+    /// Where the webhook channel POSTs (`webhook-url`); must be in `reach.http`.
+    pub webhook_url: Option<String>,
+    /// Sender of e-mails (`mail-from`).
+    pub mail_from: String,
+    /// SMTP relay to use (`smtp-relay`), as written in `reach.smtp`; none: the only one.
+    pub smtp_relay: Option<String>,
+}
+
+impl Settings {
+    /// Reads the settings from config lookups.
+    pub fn from_config(get: impl Fn(&str) -> Option<String>) -> Settings {
+        let channels = get("channels")
+            .map(|c| split_channels(&c))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| vec![CHANNEL_LOG.to_string()]);
+        Settings {
+            channels,
+            webhook_url: get("webhook-url").filter(|u| !u.trim().is_empty()),
+            mail_from: get("mail-from").unwrap_or_else(|| DEFAULT_MAIL_FROM.to_string()),
+            smtp_relay: get("smtp-relay").filter(|r| !r.trim().is_empty()),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_config(|_| None)
+    }
+}
+
+/// Channels: the log (the embedded default), an e-mail through SMTP, a webhook.
+pub const CHANNEL_LOG: &str = "log";
+pub const CHANNEL_WEBHOOK: &str = "webhook";
+pub const DEFAULT_MAIL_FROM: &str = "Switchyard <notifications@switchyard.local>";
+/// `NotificationSent.failureReason` when the webhook channel has no URL configured.
+pub const NO_WEBHOOK_URL: &str = "NO_WEBHOOK_URL";
+
+fn split_channels(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// The channels of one notification: its own `channel` metadata (comma separated), else
+/// the component's default ones.
+pub fn channels(req: &NotificationRequested, settings: &Settings) -> Vec<String> {
+    match req.metadata.get("channel").map(|c| split_channels(c)) {
+        Some(channels) if !channels.is_empty() => channels,
+        _ => settings.channels.clone(),
+    }
+}
+
+/// The sender's record of one notification on one channel, under [`sent_key`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
@@ -197,57 +259,137 @@ pub struct Delivery {
     pub request_id: String,
     pub username: String,
     pub channel: String,
+    /// The e-mail address, or the webhook URL.
     pub recipient: String,
-    /// The message as it would go out (RFC 5322 style headers, blank line, body).
-    pub message: String,
+    /// The host's delivery id while the host delivers (e-mail, webhook).
+    pub delivery_id: Option<String>,
+    /// True until the outcome is known.
+    pub pending: bool,
     pub success: bool,
     pub failure_reason: Option<String>,
     pub sent_at: i64,
 }
 
-/// A delivery: the record to store and the report to publish.
+/// A finished delivery: the record to store and the report to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
     pub record: Delivery,
     pub event: NotificationSent,
 }
 
-/// Delivers a notification once. A notification that cannot be delivered (no address,
-/// unknown channel) is reported as failed rather than retried: retrying cannot fix it.
-/// `None` when `previous` shows it went out before: sending again would spam the user.
-pub fn send(previous: Option<&Delivery>, req: &NotificationRequested, now: i64) -> Option<Sent> {
+/// What the host is asked to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    Email {
+        relay: Option<String>,
+        sender: String,
+        to: String,
+        subject: String,
+        text: String,
+    },
+    /// POST the notification as JSON.
+    Webhook { url: String, body: NotificationRequested },
+}
+
+/// What a notification on one channel comes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Send {
+    /// `previous` shows it went out (or is going out) before: sending again would spam.
+    Repeat,
+    /// Over at once: written to the log, or undeliverable (no address, unknown channel:
+    /// retrying cannot fix it), reported as failed.
+    Report(Sent),
+    /// Ask the host to deliver `request`; store `record` (pending) with the delivery
+    /// id, and report when the outcome arrives on [`RESULT_TOPIC`].
+    Deliver {
+        record: Delivery,
+        request: Outbound,
+        context: Context,
+    },
+}
+
+/// Where the host publishes delivery outcomes for this component.
+pub const RESULT_TOPIC: &str = "notifications.delivered";
+
+/// What a delivery's outcome needs to find its record again (the delivery's context).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Context {
+    pub notification_id: String,
+    pub channel: String,
+}
+
+/// Decides how notification `req` goes out on `channel`.
+pub fn send(
+    previous: Option<&Delivery>,
+    req: &NotificationRequested,
+    channel: &str,
+    settings: &Settings,
+    now: i64,
+) -> Send {
     if previous.is_some() {
-        return None;
+        return Send::Repeat;
     }
-    let channel = req.metadata.get("channel").map(String::as_str).unwrap_or(CHANNEL_EMAIL);
-    let recipient = req
+    let email = req
         .metadata
         .get("recipient")
         .map(|r| one_line(r).trim().to_string())
         .unwrap_or_default();
-    let failure = if channel != CHANNEL_EMAIL {
-        Some(UNSUPPORTED_CHANNEL)
-    } else if recipient.is_empty() {
-        Some(NO_RECIPIENT)
-    } else {
-        None
+    let recipient = match channel {
+        CHANNEL_WEBHOOK => settings.webhook_url.clone().unwrap_or_default(),
+        _ => email.clone(),
     };
-    let message = format!(
-        "To: {recipient}\r\nSubject: {}\r\n\r\n{}\r\n",
-        one_line(&req.subject),
-        req.content
-    );
     let record = Delivery {
         notification_id: req.notification_id.clone(),
         request_id: req.request_id.clone(),
         username: req.username.clone(),
         channel: channel.to_string(),
         recipient,
-        message,
-        success: failure.is_none(),
-        failure_reason: failure.map(String::from),
+        delivery_id: None,
+        pending: true,
+        success: false,
+        failure_reason: None,
         sent_at: now,
     };
+    let context = Context {
+        notification_id: req.notification_id.clone(),
+        channel: channel.to_string(),
+    };
+    match channel {
+        CHANNEL_LOG => Send::Report(finish(record, Ok(()), now)),
+        CHANNEL_EMAIL if email.is_empty() => Send::Report(finish(record, Err(NO_RECIPIENT.into()), now)),
+        CHANNEL_EMAIL => Send::Deliver {
+            request: Outbound::Email {
+                relay: settings.smtp_relay.clone(),
+                sender: settings.mail_from.clone(),
+                to: email,
+                subject: one_line(&req.subject),
+                text: req.content.clone(),
+            },
+            record,
+            context,
+        },
+        CHANNEL_WEBHOOK => match &settings.webhook_url {
+            None => Send::Report(finish(record, Err(NO_WEBHOOK_URL.into()), now)),
+            Some(url) => Send::Deliver {
+                request: Outbound::Webhook {
+                    url: url.clone(),
+                    body: req.clone(),
+                },
+                record,
+                context,
+            },
+        },
+        _ => Send::Report(finish(record, Err(UNSUPPORTED_CHANNEL.into()), now)),
+    }
+}
+
+/// A delivery over: success, or failure with its reason.
+pub fn finish(mut record: Delivery, result: Result<(), String>, now: i64) -> Sent {
+    record.pending = false;
+    record.success = result.is_ok();
+    record.failure_reason = result.err();
+    record.sent_at = now;
     let event = NotificationSent {
         notification_id: record.notification_id.clone(),
         request_id: record.request_id.clone(),
@@ -258,7 +400,22 @@ pub fn send(previous: Option<&Delivery>, req: &NotificationRequested, now: i64) 
         failure_reason: record.failure_reason.clone(),
         sent_at: now,
     };
-    Some(Sent { record, event })
+    Sent { record, event }
+}
+
+/// The host's outcome of a delivery, for the record it belongs to. `None` when the
+/// record is not waiting for this delivery (finished already, or another delivery).
+pub fn on_outcome(record: Option<&Delivery>, outcome: &outbound::Outcome, now: i64) -> Option<Sent> {
+    let record = record?;
+    if !record.pending || record.delivery_id.as_deref() != Some(outcome.delivery_id.as_str()) {
+        return None;
+    }
+    let result = if outcome.success {
+        Ok(())
+    } else {
+        Err(outcome.reason.clone().unwrap_or_else(|| "delivery failed".to_string()))
+    };
+    Some(finish(record.clone(), result, now))
 }
 
 /// Header values must not carry line breaks (they would inject headers).
@@ -296,6 +453,7 @@ mod tests {
             email: found.then(|| "alice@example.org".to_string()),
             display_name: found.then(|| "Alice".to_string()),
             responded_at: NOW,
+            notify: None,
         }
     }
 
@@ -347,7 +505,6 @@ mod tests {
         assert_eq!(
             n.metadata,
             BTreeMap::from([
-                ("channel".to_string(), "email".to_string()),
                 ("recipient".to_string(), "alice@example.org".to_string()),
                 ("orderId".to_string(), "7".to_string()),
                 ("status".to_string(), "PAID".to_string()),
@@ -398,6 +555,15 @@ mod tests {
             ..profile(true)
         };
         assert!(matches!(on_profile(&pending, &no_email, NOW), ProfileOutcome::Drop(_)));
+        // A user's own channels go with the notification and win over the default.
+        let chooses_webhook = UserProfileResponse {
+            notify: Some("webhook".into()),
+            ..profile(true)
+        };
+        let ProfileOutcome::Notify(n) = on_profile(&pending, &chooses_webhook, NOW) else {
+            panic!("expected a notification")
+        };
+        assert_eq!(channels(&n, &Settings::default()), vec!["webhook"]);
         let someone_else = UserProfileResponse {
             username: "bob".into(),
             ..profile(true)
@@ -405,64 +571,146 @@ mod tests {
         assert_eq!(on_profile(&pending, &someone_else, NOW), ProfileOutcome::NotThisOne);
     }
 
-    #[test]
-    fn sender_delivers_once() {
-        let n = notify(update("PAID", &[("amount", json!(1.5))]));
-        let Some(Sent { record, event }) = send(None, &n, NOW + 2) else {
-            panic!("expected a delivery")
-        };
-        assert!(record.success);
-        assert_eq!(record.recipient, "alice@example.org");
-        assert_eq!(
-            record.message,
-            "To: alice@example.org\r\nSubject: Order #7 is paid\r\n\r\n\
-             Hello Alice, we received your payment of 1.50 for order #7.\r\n"
-        );
-        assert_eq!(event.notification_id, "alice:req-1:PAID");
-        assert_eq!(
-            (event.channel.as_str(), event.success, event.sent_at),
-            ("email", true, NOW + 2)
-        );
-        assert_eq!(send(Some(&record), &n, NOW + 3), None);
+    fn settings(channels: &str) -> Settings {
+        Settings::from_config(|key| match key {
+            "channels" => Some(channels.to_string()),
+            "webhook-url" => Some("http://127.0.0.1:9/hook".to_string()),
+            _ => None,
+        })
     }
 
     #[test]
-    fn sender_reports_undeliverable_notifications() {
+    fn the_log_channel_is_the_default_and_reports_at_once() {
+        assert_eq!(Settings::default().channels, vec!["log"]);
+        let n = notify(update("PAID", &[("amount", json!(1.5))]));
+        let Send::Report(Sent { record, event }) = send(None, &n, "log", &Settings::default(), NOW + 2) else {
+            panic!("the log channel is over at once")
+        };
+        assert!(record.success && !record.pending);
+        assert_eq!(event.notification_id, "alice:req-1:PAID");
+        assert_eq!(
+            (
+                event.channel.as_str(),
+                event.recipient.as_str(),
+                event.success,
+                event.sent_at
+            ),
+            ("log", "alice@example.org", true, NOW + 2)
+        );
+        assert_eq!(
+            send(Some(&record), &n, "log", &Settings::default(), NOW + 3),
+            Send::Repeat
+        );
+    }
+
+    #[test]
+    fn email_and_webhook_are_asked_of_the_host_and_reported_from_its_outcome() {
+        let n = notify(update("PAID", &[]));
+        let settings = settings("email, webhook");
+        assert_eq!(channels(&n, &settings), vec!["email", "webhook"]);
+        let Send::Deliver {
+            record,
+            request,
+            context,
+        } = send(None, &n, "email", &settings, NOW)
+        else {
+            panic!("e-mail goes through the host")
+        };
+        assert!(record.pending);
+        assert_eq!(
+            request,
+            Outbound::Email {
+                relay: None,
+                sender: DEFAULT_MAIL_FROM.into(),
+                to: "alice@example.org".into(),
+                subject: "Order #7 is paid".into(),
+                text: "Hello Alice, we received your payment for order #7.".into(),
+            }
+        );
+        assert_eq!(context.channel, "email");
+        let Send::Deliver {
+            request, record: hook, ..
+        } = send(None, &n, "webhook", &settings, NOW)
+        else {
+            panic!("the webhook goes through the host")
+        };
+        assert!(matches!(request, Outbound::Webhook { url, body } if url == "http://127.0.0.1:9/hook" && body == n));
+        assert_eq!(hook.recipient, "http://127.0.0.1:9/hook");
+
+        let waiting = Delivery {
+            delivery_id: Some("d-1".into()),
+            ..record
+        };
+        let refused = outbound::Outcome {
+            delivery_id: "d-1".into(),
+            kind: "email".into(),
+            success: false,
+            status: Some(550),
+            reason: Some("550 no such user".into()),
+            attempts: 1,
+            context: String::new(),
+            finished_at: NOW,
+        };
+        let Some(Sent { record, event }) = on_outcome(Some(&waiting), &refused, NOW + 5) else {
+            panic!("the outcome finishes the delivery")
+        };
+        assert_eq!(
+            (event.success, event.failure_reason.as_deref()),
+            (false, Some("550 no such user"))
+        );
+        assert!(!record.pending);
+        // A finished record, or another delivery's outcome, changes nothing.
+        assert_eq!(on_outcome(Some(&record), &refused, NOW + 6), None);
+        let other = outbound::Outcome {
+            delivery_id: "d-2".into(),
+            ..refused
+        };
+        assert_eq!(on_outcome(Some(&waiting), &other, NOW + 6), None);
+    }
+
+    #[test]
+    fn undeliverable_notifications_are_reported_as_failed() {
         let mut n = notify(update("PAID", &[]));
         n.metadata.remove("recipient");
-        let Some(Sent { event, .. }) = send(None, &n, NOW) else {
+        let Send::Report(Sent { event, .. }) = send(None, &n, "email", &settings("email"), NOW) else {
             panic!("expected a report")
         };
         assert_eq!(
             (event.success, event.failure_reason.as_deref()),
             (false, Some(NO_RECIPIENT))
         );
-        n.metadata.insert("channel".into(), "sms".into());
-        let Some(Sent { event, .. }) = send(None, &n, NOW) else {
+        let Send::Report(Sent { event, .. }) = send(None, &n, "sms", &settings("sms"), NOW) else {
             panic!("expected a report")
         };
         assert_eq!(event.failure_reason.as_deref(), Some(UNSUPPORTED_CHANNEL));
+        let Send::Report(Sent { event, .. }) = send(None, &n, "webhook", &Settings::default(), NOW) else {
+            panic!("expected a report")
+        };
+        assert_eq!(event.failure_reason.as_deref(), Some(NO_WEBHOOK_URL));
+        // A notification may name its own channels.
+        n.metadata.insert("channel".into(), "webhook".into());
+        assert_eq!(channels(&n, &settings("email")), vec!["webhook"]);
     }
 
     #[test]
-    fn headers_cannot_be_injected() {
+    fn subjects_cannot_inject_headers() {
         let mut n = notify(update("PAID", &[]));
         n.subject = "hi\r\nBcc: everyone@example.org".into();
-        let Some(Sent { record, .. }) = send(None, &n, NOW) else {
-            panic!("expected a delivery")
+        let Send::Deliver {
+            request: Outbound::Email { subject, .. },
+            ..
+        } = send(None, &n, "email", &settings("email"), NOW)
+        else {
+            panic!("expected an e-mail")
         };
-        assert!(
-            record
-                .message
-                .starts_with("To: alice@example.org\r\nSubject: hi  Bcc: everyone@example.org\r\n\r\n")
-        );
+        assert_eq!(subject, "hi  Bcc: everyone@example.org");
     }
 
     #[test]
     fn keys_escape_user_text() {
         assert_eq!(pending_prefix("a/b", "r/1"), "pending/a%2Fb/r%2F1/");
         assert_eq!(pending_key("alice", "r/1", "PAID"), "pending/alice/r%2F1/PAID");
-        assert_eq!(sent_key("alice:r/1:PAID"), "sent/alice:r%2F1:PAID");
+        assert_eq!(sent_key("alice:r/1:PAID", "email"), "sent/alice:r%2F1:PAID/email");
     }
 
     #[test]

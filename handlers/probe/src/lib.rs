@@ -8,7 +8,7 @@
 //! [`Step`] lists the operations. The plan itself is plain data, tested natively.
 
 use serde::Deserialize;
-use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, log, publish, storage, timers};
+use switchyard_sdk::{Event, HandleError, Handler, QueryError, config, log, outbound, publish, storage, timers};
 
 /// What the event asks the probe to do, in order.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -117,6 +117,25 @@ pub enum Step {
     Stamp {
         key: String,
     },
+    /// Asks the host to POST `body` to `url` (wit `outbound`). With `record`, the delivery
+    /// id or the error is stored under that key and the plan goes on; without, an error
+    /// fails the event.
+    PostJson {
+        url: String,
+        body: serde_json::Value,
+        result_topic: String,
+        context: String,
+        record: Option<String>,
+    },
+    /// Asks the host to e-mail `to` (wit `outbound`); `record` as for `post-json`.
+    Email {
+        to: Vec<String>,
+        subject: String,
+        text: String,
+        result_topic: String,
+        context: String,
+        record: Option<String>,
+    },
     /// Fails fatally if the sandbox lets the guest read files, see environment
     /// variables, open sockets, or keep state from an earlier invocation.
     SandboxEscape,
@@ -175,6 +194,18 @@ fn message(topic: String, key: Option<String>, payload: String) -> publish::Mess
         payload: payload.into_bytes(),
         headers: Vec::new(),
     }
+}
+
+/// Stores a delivery's id, or its error, under `record`; without one, an error fails.
+fn recorded(record: Option<String>, result: Result<String, outbound::Error>) -> Result<(), HandleError> {
+    match (record, result) {
+        (Some(key), Ok(id)) => storage::put(&key, id.as_bytes())?,
+        (Some(key), Err(err)) => storage::put(&key, format!("error: {}", outbound::reason(&err)).as_bytes())?,
+        (None, result) => {
+            result?;
+        }
+    }
+    Ok(())
 }
 
 /// Carries out one step; `attempt` is the host's delivery attempt of the event.
@@ -291,6 +322,31 @@ fn run(step: Step, attempt: u32) -> Result<(), HandleError> {
             if !storage::compare_and_swap(&key, None, Some(VARIANT.as_bytes()))? {
                 return Err(HandleError::fatal(format!("{key} was stamped before")));
             }
+        }
+        Step::PostJson {
+            url,
+            body,
+            result_topic,
+            context,
+            record,
+        } => recorded(record, outbound::post_json(&url, &body, &result_topic, &context))?,
+        Step::Email {
+            to,
+            subject,
+            text,
+            result_topic,
+            context,
+            record,
+        } => {
+            let email = outbound::Email {
+                relay: None,
+                sender: "Probe <probe@switchyard.test>".into(),
+                recipients: to,
+                reply_to: None,
+                subject,
+                text,
+            };
+            recorded(record, outbound::send_email(email, &result_topic, &context))?
         }
         Step::SandboxEscape => {
             let mut breaches = Vec::new();

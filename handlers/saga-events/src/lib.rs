@@ -186,6 +186,10 @@ pub struct UserRegistered {
     pub email: String,
     pub registered_at: i64,
     pub source: String,
+    /// How the user wants to be notified: channels, comma separated (`email`, `webhook`,
+    /// `log`); absent: the notifier's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// `users.profile`: a request for a user's contact data.
@@ -209,6 +213,10 @@ pub struct UserProfileResponse {
     pub email: Option<String>,
     pub display_name: Option<String>,
     pub responded_at: i64,
+    /// How the user wants to be notified: channels, comma separated (`email`, `webhook`,
+    /// `log`); absent: the notifier's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// `billing.deposits`: money added to a user's account (top-up).

@@ -109,3 +109,14 @@ pub mod log {
         dispatch!(raw::log(level, message, fields), |h| h.log(level, message, fields))
     }
 }
+
+/// Effects outside Kafka: HTTP requests and e-mails (WIT interface `outbound`).
+pub mod outbound {
+    #[cfg(target_arch = "wasm32")]
+    use crate::bindings::switchyard::handler::outbound as raw;
+    pub use crate::bindings::switchyard::handler::outbound::{Delivery, Email, Error, HttpRequest, Request};
+
+    pub fn deliver(delivery: &Delivery) -> Result<String, Error> {
+        dispatch!(raw::deliver(delivery), |h| h.deliver(delivery))
+    }
+}

@@ -10,6 +10,8 @@
 //! - [`late`]: waiting a few retries for an event that may arrive on another topic later.
 //! - [`Router`]: routes an event by topic to a function taking its decoded payload.
 //! - [`info!`] and its siblings: log lines with named fields.
+//! - [`outbound`]: webhooks and e-mails carried out by the host after the commit, and
+//!   the [`outbound::Outcome`] it publishes once they are over.
 //! - [`storage`], [`publish`], [`timers`], [`config`], [`log`]: the host's imports; in a
 //!   native build they reach the in-memory host of [`testing`], so `cargo test` covers a
 //!   handler's glue as well as its logic.
@@ -22,6 +24,7 @@ pub mod json;
 pub mod keys;
 pub mod late;
 pub mod money;
+pub mod outbound;
 pub mod query;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

@@ -1,5 +1,5 @@
 //! An in-memory host for native tests of a handler, glue included: storage with
-//! compare-and-swap, captured publishes and timers, config and logs, with the host's
+//! compare-and-swap, captured publishes, timers and outbound deliveries, config and logs, with the host's
 //! rules (a failed `handle` leaves nothing behind; a query is read-only; keys, values and
 //! topics are checked). Only in native builds; a component always talks to the real host.
 //!
@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::imports::log::Level;
+use crate::imports::outbound::{Delivery, Error as OutboundError};
 use crate::imports::publish::{Error as PublishError, Message};
 use crate::imports::storage::Error as StorageError;
 use crate::{ATTEMPT_HEADER, Event, HandleError, Handler, Header, QueryError};
@@ -48,10 +49,22 @@ pub struct HostState {
     pub timers: Vec<Timer>,
     pub config: BTreeMap<String, String>,
     pub logs: Vec<LogLine>,
+    /// Outbound deliveries recorded (not carried out: the test decides their outcome).
+    pub deliveries: Vec<CapturedDelivery>,
+    /// URL prefixes the component may reach; `None`: any (as `reach.http`).
+    pub reach_http: Option<Vec<String>>,
     /// Topics the component may publish to; `None`: any.
     pub publishes: Option<BTreeSet<String>>,
     read_only: bool,
     next_timer: u64,
+    next_delivery: u64,
+}
+
+/// One outbound delivery a handler asked for.
+#[derive(Debug, Clone)]
+pub struct CapturedDelivery {
+    pub id: String,
+    pub delivery: Delivery,
 }
 
 thread_local! {
@@ -220,6 +233,48 @@ impl HostState {
         Ok(self.timers.len() < before)
     }
 
+    pub(crate) fn deliver(&mut self, delivery: &Delivery) -> Result<String, OutboundError> {
+        use crate::imports::outbound::Request;
+        if self.read_only {
+            return Err(OutboundError::ReadOnly(
+                "read-only query: outbound deliver is not allowed".into(),
+            ));
+        }
+        if let Some(allowed) = &self.publishes
+            && !allowed.contains(&delivery.result_topic)
+        {
+            return Err(OutboundError::TopicNotAllowed(delivery.result_topic.clone()));
+        }
+        match &delivery.request {
+            Request::Http(request) => {
+                if !request.url.starts_with("http://") && !request.url.starts_with("https://") {
+                    return Err(OutboundError::Invalid(format!("URL {:?} is not absolute", request.url)));
+                }
+                if let Some(prefixes) = &self.reach_http
+                    && !prefixes.iter().any(|p| request.url.starts_with(p.as_str()))
+                {
+                    return Err(OutboundError::NotAllowed(format!(
+                        "URL {:?} is outside reach.http (allowed: {})",
+                        request.url,
+                        prefixes.join(", ")
+                    )));
+                }
+            }
+            Request::Email(email) => {
+                if email.recipients.is_empty() || email.recipients.iter().any(|r| !r.contains('@')) {
+                    return Err(OutboundError::Invalid(format!("recipients {:?}", email.recipients)));
+                }
+            }
+        }
+        self.next_delivery += 1;
+        let id = format!("delivery-{}", self.next_delivery);
+        self.deliveries.push(CapturedDelivery {
+            id: id.clone(),
+            delivery: delivery.clone(),
+        });
+        Ok(id)
+    }
+
     pub(crate) fn log(&mut self, level: Level, message: &str, fields: &[(String, String)]) {
         self.logs.push(LogLine {
             level,
@@ -252,8 +307,40 @@ impl TestHost {
         self
     }
 
-    /// Runs `H::handle(event)` like the host: if it fails, its storage writes, publishes
-    /// and timers are dropped (logs stay, as in the host's log).
+    /// Restricts outbound HTTP to URLs starting with `prefixes`, as `reach.http` does.
+    pub fn allow_reaching(mut self, prefixes: &[&str]) -> TestHost {
+        self.state.reach_http = Some(prefixes.iter().map(|p| p.to_string()).collect());
+        self
+    }
+
+    /// The outcome event the host would publish for captured delivery `id`, to feed
+    /// back with [`TestHost::deliver`]: success, or failure with `reason`.
+    pub fn outcome_of(&self, id: &str, success: bool, reason: Option<&str>) -> Event {
+        let captured = self
+            .state
+            .deliveries
+            .iter()
+            .find(|d| d.id == id)
+            .unwrap_or_else(|| panic!("no delivery {id} was recorded"));
+        let kind = match captured.delivery.request {
+            crate::imports::outbound::Request::Http(_) => "http",
+            crate::imports::outbound::Request::Email(_) => "email",
+        };
+        let outcome = crate::outbound::Outcome {
+            delivery_id: id.to_string(),
+            kind: kind.to_string(),
+            success,
+            status: Some(if success { 250 } else { 550 }),
+            reason: reason.map(String::from),
+            attempts: 1,
+            context: captured.delivery.context.clone(),
+            finished_at: 1_700_000_000_000,
+        };
+        event(&captured.delivery.result_topic, &outcome)
+    }
+
+    /// Runs `H::handle(event)` like the host: if it fails, its storage writes, publishes,
+    /// timers and deliveries are dropped (logs stay, as in the host's log).
     pub fn deliver<H: Handler>(&mut self, event: Event) -> Result<(), HandleError> {
         let before = self.state.clone();
         let result = self.run(false, || H::handle(event));

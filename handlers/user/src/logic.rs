@@ -37,6 +37,10 @@ pub struct Profile {
     pub registered_at: i64,
     /// Which part of the system registered the user (`UserRegistered.source`).
     pub source: String,
+    /// How the user wants to be notified: channels, comma separated (`email`, `webhook`,
+    /// `log`); absent: the notifier's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// Creates the profile of a new user; `None` when one exists (a repeated registration
@@ -48,6 +52,7 @@ pub fn create_profile(existing: Option<&Profile>, reg: &UserRegistered) -> Optio
         display_name: reg.username.clone(),
         registered_at: reg.registered_at,
         source: reg.source.clone(),
+        notify: reg.notify.clone(),
     })
 }
 
@@ -82,6 +87,7 @@ pub fn respond(profile: Option<&Profile>, req: &UserProfileRequested, now: i64) 
         email: profile.map(|p| p.email.clone()),
         display_name: profile.map(|p| p.display_name.clone()),
         responded_at: now,
+        notify: profile.and_then(|p| p.notify.clone()),
     }
 }
 
@@ -97,6 +103,7 @@ mod tests {
             email: "alice@example.org".into(),
             registered_at: NOW,
             source: "auth".into(),
+            notify: Some("email".into()),
         }
     }
 
@@ -134,6 +141,7 @@ mod tests {
                 email: Some("alice@example.org".into()),
                 display_name: Some("alice".into()),
                 responded_at: NOW + 3,
+                notify: Some("email".into()),
             }
         );
     }
@@ -152,7 +160,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(profile(Some(stored), "alice").unwrap()).unwrap(),
             serde_json::json!({"username": "alice", "email": "alice@example.org", "displayName": "alice",
-                               "registeredAt": NOW, "source": "auth"})
+                               "registeredAt": NOW, "source": "auth", "notify": "email"})
         );
         assert!(matches!(profile(None, "bob"), Err(QueryError::NotFound(why)) if why.contains("bob")));
     }

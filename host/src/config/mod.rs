@@ -3,6 +3,7 @@
 //! column of the fault and says how to fix it. docs/topics.md documents the format.
 
 mod names;
+mod reach;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use names::{ComponentName, TopicName};
+pub use reach::{HttpPrefix, Reach, SmtpRelay, default_delivery_retry, env_key};
 
 /// A config problem, with where it is.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,20 @@ struct RawComponent {
     config: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     limits: RawLimits,
+    /// Where outbound effects may go (`reach.rs`).
+    #[serde(default)]
+    reach: RawReach,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawReach {
+    #[serde(default)]
+    http: Vec<Spanned<String>>,
+    #[serde(default)]
+    smtp: Vec<Spanned<String>>,
+    #[serde(default)]
+    retry: RawRetry,
 }
 
 #[derive(Deserialize, Default)]
@@ -135,6 +151,8 @@ pub struct ComponentSpec {
     pub artifact_at: Location,
     /// Topics the component may publish to and schedule timers on.
     pub publishes: BTreeSet<TopicName>,
+    /// Where its outbound effects may go, and their retries.
+    pub reach: Reach,
     /// The component's own settings, served by the `config` import.
     pub config: BTreeMap<String, String>,
     pub limits: Limits,
@@ -303,6 +321,20 @@ impl Routing {
                     range_check(ms, 1, 600_000, "deadline-ms").map_err(|m| at(ms.span(), m))? as u64,
                 );
             }
+            // Entries are checked here rather than by serde so errors point at the entry.
+            let mut http = Vec::new();
+            for entry in &raw_component.reach.http {
+                http.push(HttpPrefix::try_from(entry.get_ref().clone()).map_err(|m| at(entry.span(), m))?);
+            }
+            let mut smtp = Vec::new();
+            for entry in &raw_component.reach.smtp {
+                smtp.push(SmtpRelay::try_from(entry.get_ref().clone()).map_err(|m| at(entry.span(), m))?);
+            }
+            let reach = Reach {
+                http,
+                smtp,
+                retry: resolve_retry(&raw_component.reach.retry, default_delivery_retry(), &at)?,
+            };
             components.insert(
                 name.clone(),
                 ComponentSpec {
@@ -314,6 +346,7 @@ impl Routing {
                         column,
                     },
                     publishes,
+                    reach,
                     config,
                     limits,
                 },
@@ -368,30 +401,7 @@ impl Routing {
                 // One group per route: routes of one component rebalance independently.
                 None => format!("switchyard.{component}.{topic}"),
             };
-            let mut retry = RetryPolicy::default();
-            if let Some(attempts) = &raw_route.retry.attempts {
-                retry.attempts = range_check(attempts, 1, 100, "attempts").map_err(|m| at(attempts.span(), m))? as u32;
-            }
-            if let Some(ms) = &raw_route.retry.initial_backoff_ms {
-                retry.initial_backoff = Duration::from_millis(
-                    range_check(ms, 1, 3_600_000, "initial-backoff-ms").map_err(|m| at(ms.span(), m))? as u64,
-                );
-            }
-            if let Some(ms) = &raw_route.retry.max_backoff_ms {
-                retry.max_backoff = Duration::from_millis(
-                    range_check(ms, 1, 3_600_000, "max-backoff-ms").map_err(|m| at(ms.span(), m))? as u64,
-                );
-                if retry.max_backoff < retry.initial_backoff {
-                    return Err(at(
-                        ms.span(),
-                        format!(
-                            "max-backoff-ms {} is below initial-backoff-ms {}: raise it",
-                            retry.max_backoff.as_millis(),
-                            retry.initial_backoff.as_millis()
-                        ),
-                    ));
-                }
-            }
+            let retry = resolve_retry(&raw_route.retry, RetryPolicy::default(), &at)?;
             if let Some(other) = routes.iter().find(|r| r.group == group) {
                 let span = raw_route.group.as_ref().map_or(route_span.clone(), |g| g.span());
                 return Err(at(
@@ -446,6 +456,39 @@ impl Routing {
     pub fn dead_letter_topics(&self) -> BTreeSet<TopicName> {
         self.routes.iter().map(|r| r.dead_letter.clone()).collect()
     }
+}
+
+/// Attempts and backoff of a route or a component's deliveries, over `default`.
+fn resolve_retry(
+    raw: &RawRetry,
+    default: RetryPolicy,
+    at: &impl Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<RetryPolicy, ConfigError> {
+    let mut retry = default;
+    if let Some(attempts) = &raw.attempts {
+        retry.attempts = range_check(attempts, 1, 100, "attempts").map_err(|m| at(attempts.span(), m))? as u32;
+    }
+    if let Some(ms) = &raw.initial_backoff_ms {
+        retry.initial_backoff = Duration::from_millis(
+            range_check(ms, 1, 3_600_000, "initial-backoff-ms").map_err(|m| at(ms.span(), m))? as u64,
+        );
+    }
+    if let Some(ms) = &raw.max_backoff_ms {
+        retry.max_backoff = Duration::from_millis(
+            range_check(ms, 1, 3_600_000, "max-backoff-ms").map_err(|m| at(ms.span(), m))? as u64,
+        );
+        if retry.max_backoff < retry.initial_backoff {
+            return Err(at(
+                ms.span(),
+                format!(
+                    "max-backoff-ms {} is below initial-backoff-ms {}: raise it",
+                    retry.max_backoff.as_millis(),
+                    retry.initial_backoff.as_millis()
+                ),
+            ));
+        }
+    }
+    Ok(retry)
 }
 
 fn range_check(value: &Spanned<i64>, min: i64, max: i64, what: &str) -> Result<i64, String> {

@@ -332,7 +332,10 @@ impl Live {
         for (name, spec) in &new.components {
             if let Some(before) = old.components.get(name)
                 && before.artifact == spec.artifact
-                && (before.publishes != spec.publishes || before.config != spec.config || before.limits != spec.limits)
+                && (before.publishes != spec.publishes
+                    || before.config != spec.config
+                    || before.limits != spec.limits
+                    || before.reach != spec.reach)
             {
                 self.registry.respec(spec)?;
                 report.components_changed.push(name.to_string());

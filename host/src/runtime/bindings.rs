@@ -8,4 +8,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::switchyard::handler::{config, log, publish, storage, timers, types};
+pub use self::switchyard::handler::{config, log, outbound, publish, storage, timers, types};

@@ -27,7 +27,7 @@ use crate::store::{Db, InboxEntry, StoreError, Tx};
 use bindings::{Handler, HandlerPre};
 use output::CappedOutput;
 pub use query::QueryError;
-pub use state::{DeadlineExceeded, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write, caps};
+pub use state::{DeadlineExceeded, Delivery, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write, caps};
 use state::{InvocationState, MemoryCap};
 
 /// How often the epoch advances: the resolution of deadlines.

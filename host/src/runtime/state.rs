@@ -21,6 +21,19 @@ pub struct Effects {
     pub published: Vec<Published>,
     pub timers: Vec<ScheduledTimer>,
     pub cancelled_timers: Vec<String>,
+    /// Outbound effects recorded (wit `outbound`), carried out after the commit.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// One outbound effect recorded.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Delivery {
+    pub id: String,
+    /// `http` or `email`.
+    pub kind: String,
+    /// The URL, or the recipients.
+    pub target: String,
+    pub result_topic: String,
 }
 
 /// One storage change.

@@ -9,6 +9,7 @@
 //! side by side.
 
 mod components;
+mod effects;
 mod inbox;
 mod kv;
 mod outbox;
@@ -27,6 +28,7 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 use tokio::sync::Notify;
 
 pub use components::{Activation, StoredVersion};
+pub use effects::{ClaimedEffect, EffectStatus, NewEffect};
 pub use inbox::InboxEntry;
 pub use outbox::{OutboxRow, ParkedRow, RelayLock};
 
@@ -100,6 +102,8 @@ pub struct Signals {
     pub outbox: Notify,
     /// A transaction with new timers committed.
     pub timers: Notify,
+    /// A transaction with outbound effects committed (the delivery worker).
+    pub effects: Notify,
 }
 
 /// One open transaction.
@@ -107,6 +111,7 @@ pub struct Tx {
     pub(crate) inner: TxInner,
     wrote_outbox: bool,
     wrote_timers: bool,
+    wrote_effects: bool,
     signals: Arc<Signals>,
 }
 
@@ -297,6 +302,7 @@ impl Db {
             inner,
             wrote_outbox: false,
             wrote_timers: false,
+            wrote_effects: false,
             signals: self.signals.clone(),
         })
     }
@@ -317,6 +323,7 @@ impl Db {
             inner,
             wrote_outbox: false,
             wrote_timers: false,
+            wrote_effects: false,
             signals: self.signals.clone(),
         })
     }
@@ -374,6 +381,9 @@ impl Tx {
         }
         if self.wrote_timers {
             self.signals.timers.notify_one();
+        }
+        if self.wrote_effects {
+            self.signals.effects.notify_one();
         }
         Ok(())
     }

@@ -137,6 +137,44 @@ fn count_rows(db: &Path, table: &str) -> i64 {
 }
 
 #[tokio::test]
+async fn outbound_deliveries_are_listed_with_their_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = switchyard::store::Db::open(None, &dir.path().join("data"))
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_effect(&switchyard::store::NewEffect {
+        id: "d-1",
+        component: "notif",
+        kind: "email",
+        request: "{}",
+        result_topic: "notifications.delivered",
+        result_event_id: "r-1",
+        result_headers: &[],
+        context: "",
+        max_attempts: 1,
+        initial_backoff_ms: 1,
+        max_backoff_ms: 1,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    db.close().await;
+    let out = switchyard(
+        &["--data-dir", "data", "effects", "--component", "notif", "--json"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (row["id"].as_str(), row["kind"].as_str(), row["outcome"].as_str()),
+        (Some("d-1"), Some("email"), None)
+    );
+    let out = switchyard(&["--data-dir", "data", "effects", "--component", "notif"], dir.path());
+    assert!(text(&out.stdout).contains("pending"), "{}", text(&out.stdout));
+}
+
+#[tokio::test]
 async fn parked_outbox_rows_are_listed_and_requeued() {
     let dir = tempfile::tempdir().unwrap();
     let db = switchyard::store::Db::open(None, &dir.path().join("data"))

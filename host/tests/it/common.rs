@@ -73,6 +73,7 @@ pub fn spec(name: &str, artifact_name: &str, publishes: &[&str]) -> ComponentSpe
             .iter()
             .map(|t| TopicName::try_from(t.to_string()).unwrap())
             .collect::<BTreeSet<_>>(),
+        reach: Default::default(),
         config: BTreeMap::from([("greeting".to_string(), "hello".to_string())]),
         limits: Limits {
             memory_bytes: 32 << 20,

@@ -30,8 +30,9 @@ fn components_of_another_minor_are_refused_and_patches_are_accepted() {
     // 0.1.0: the import itself does not resolve (the previous minor of the contract).
     let old = load_error(&config_importer("0.1.0"));
     assert!(old.contains("switchyard:handler/config@0.1.0"), "{old}");
-    // 0.2.1: the import resolves to the host's 0.2.0; only the missing exports are wrong.
-    let patch = load_error(&config_importer("0.2.1"));
+    // 0.2.0 (built before `outbound` was added in 0.2.1): the import resolves to the
+    // host's 0.2.1; only the missing exports are wrong.
+    let patch = load_error(&config_importer("0.2.0"));
     assert!(!patch.contains("switchyard:handler/config"), "{patch}");
     assert!(patch.contains("handle") || patch.contains("query"), "{patch}");
 }

@@ -13,6 +13,7 @@ mod gateway;
 mod hostile;
 mod kafka;
 mod live;
+mod outbound;
 mod query;
 mod runtime;
 mod saga;

@@ -138,6 +138,7 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
             column: 1,
         },
         publishes: Default::default(),
+        reach: Default::default(),
         config: Default::default(),
         limits: Limits::default(),
     };

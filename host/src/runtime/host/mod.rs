@@ -3,6 +3,7 @@
 
 mod config;
 mod log;
+mod outbound;
 mod publish;
 mod storage;
 mod timers;

@@ -134,6 +134,7 @@ mod tests {
                 column: 1,
             },
             publishes: BTreeSet::from([TopicName::try_from("orders.created".to_string()).unwrap()]),
+            reach: Default::default(),
             config: BTreeMap::new(),
             limits: Limits::default(),
         }
