@@ -22,6 +22,7 @@ pub mod event;
 pub mod gateway;
 pub mod gateway_components;
 pub mod kafka;
+pub mod observe;
 pub mod protocol;
 pub mod runtime;
 pub mod service;

@@ -76,6 +76,7 @@ pub async fn serve_with(
     ));
 
     let consumer_base = brokers.consumer_config();
+    crate::observe::spawn_samplers(routing, db.clone(), consumer_base.clone(), shutdown.clone());
     let mut routes = JoinSet::new();
     for route in &routing.routes {
         routes.spawn(supervise(

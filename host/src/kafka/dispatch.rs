@@ -348,8 +348,9 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
             event.headers.push((names::ATTEMPT.to_string(), attempt.to_string()));
             let outcome = {
                 let _permit = ctx.permits.acquire().await.expect("semaphore never closes");
-                ctx.runtime.invoke(&ctx.component, &ctx.db, &event).await
+                ctx.runtime.invoke(&ctx.component, &ctx.db, &event).instrument(crate::observe::tracing::process_span(&ctx.route, &event)).await
             };
+            crate::observe::metrics().invoked(&ctx.route, &event, &outcome);
             let failure = match outcome {
                 Ok(Outcome::Committed(_)) => return true,
                 Ok(Outcome::Duplicate) => {
@@ -378,6 +379,7 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
                 if !sleep_unless_shutdown(ctx, delay).await {
                     return false;
                 }
+                crate::observe::metrics().event(&ctx.route, "retried");
                 attempt += 1;
                 continue;
             }
@@ -488,6 +490,7 @@ async fn dead_letter(ctx: &RouteCtx, event: &InboundEvent, failure: &Failure, at
         match ctx.db.dead_letter(&entry, &id, &message).await {
             Ok(queued) => {
                 if queued {
+                    crate::observe::metrics().dead_lettered(&ctx.route);
                     tracing::error!(
                         kind = failure.kind.as_str(),
                         reason = %failure.reason,

@@ -229,6 +229,7 @@ impl Runtime {
             path: path.clone(),
             reason: format!("{e:#}"),
         };
+        crate::observe::component_loaded(spec.name.as_str(), bytes);
         let instance_pre = self.linker.instantiate_pre(&compiled).map_err(world_error)?;
         let pre = HandlerPre::new(instance_pre).map_err(world_error)?;
         Ok(LoadedComponent {
@@ -426,6 +427,7 @@ impl Runtime {
                 Outcome::Failed(classify_trap(&trap, state.memory.exceeded))
             }
         };
+        crate::observe::metrics().handler_duration(spec.name.as_str(), started.elapsed());
         let elapsed_us = started.elapsed().as_micros() as u64;
         match &outcome {
             Outcome::Committed(effects) => tracing::debug!(
