@@ -395,6 +395,6 @@ mod tests {
         assert!(text.contains("switchyard_relay_sent_total{topic=\"orders\"} 1"));
         assert!(text.contains("switchyard_relay_failures_total{topic=\"orders\",reason=\"parked\"} 1"));
         assert!(text.contains("switchyard_instance_memory_peak_bytes 1048576"));
-        assert!(text.contains("# TYPE switchyard_consumer_lag_messages gauge"));
+        assert!(text.contains("# TYPE switchyard_handler_duration_seconds histogram"));
     }
 }

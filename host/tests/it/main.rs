@@ -11,6 +11,7 @@ mod fault;
 mod gateway;
 mod hostile;
 mod kafka;
+mod observe;
 mod query;
 mod runtime;
 mod saga;
