@@ -375,7 +375,12 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert!(answer.status().is_success(), "{:?}", answer.status());
+    // The gateway waits for the saga's answer: paid, or 402 for a new account without funds.
+    assert!(
+        answer.status().is_success() || answer.status() == 402,
+        "{:?}",
+        answer.status()
+    );
 
     let name = |s: &Span| s.name.clone();
     let trace = eventually("the order's trace to reach notifications.sent", || async {
@@ -391,6 +396,7 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
     let trace: Vec<Span> = receiver.spans().into_iter().filter(|s| s.trace_id == root_trace).collect();
     let names: Vec<String> = trace.iter().map(name).collect();
     let by_id = |id: &[u8]| trace.iter().find(|s| s.span_id == id);
+    eprintln!("the order's trace: {} spans: {names:?}", trace.len());
 
     let roots: Vec<&Span> = trace.iter().filter(|s| s.parent_span_id.is_empty()).collect();
     assert_eq!(roots.len(), 1, "one root: {names:?}");
