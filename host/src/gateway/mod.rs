@@ -160,7 +160,10 @@ async fn trace_request(mut request: Request, next: Next) -> Response {
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(|tp| TraceContext::parse(tp, ""));
-    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string());
     let span = tracing::info_span!(
         "http",
         method = %request.method(),

@@ -229,7 +229,14 @@ pub async fn relay_once(db: &Db, producer: &FutureProducer) -> Result<usize, Rel
     let mut settled = sent.len();
     let mut retry = None;
     for (row, v) in verdicts {
-        crate::observe::metrics().relayed(&row.message.topic, match &v { Verdict::Sent => None, Verdict::Park(_) => Some("parked"), Verdict::Retry(_) => Some("retried") });
+        crate::observe::metrics().relayed(
+            &row.message.topic,
+            match &v {
+                Verdict::Sent => None,
+                Verdict::Park(_) => Some("parked"),
+                Verdict::Retry(_) => Some("retried"),
+            },
+        );
         match v {
             Verdict::Sent => {}
             Verdict::Park(reason) => {

@@ -136,8 +136,10 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::default();
-        let histogram = || Family::<ComponentLabels, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets()));
-        let http_histogram = || Family::<HttpLabels, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets()));
+        let histogram =
+            || Family::<ComponentLabels, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets()));
+        let http_histogram =
+            || Family::<HttpLabels, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets()));
         let m = Metrics {
             lag_messages: Family::default(),
             lag_seconds: Family::default(),
@@ -271,15 +273,23 @@ impl Metrics {
 
     /// One invocation of `component` took `elapsed`.
     pub fn handler_duration(&self, component: &str, elapsed: Duration) {
+        if !super::enabled() {
+            return;
+        }
         let labels = ComponentLabels {
             component: component.to_string(),
             version: self.version_of(component),
         };
-        self.handler_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.handler_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts an event of `route` by outcome.
     pub fn event(&self, route: &Route, outcome: &'static str) {
+        if !super::enabled() {
+            return;
+        }
         self.events
             .get_or_create(&OutcomeLabels {
                 topic: route.topic.to_string(),
@@ -292,6 +302,9 @@ impl Metrics {
     /// After one try of `event` on `route`: counts committed and duplicate events and
     /// remembers the event's timestamp for the lag in seconds.
     pub fn invoked(&self, route: &Route, event: &InboundEvent, outcome: &Result<Outcome, InvokeError>) {
+        if !super::enabled() {
+            return;
+        }
         let name = match outcome {
             Ok(Outcome::Committed(_)) => "committed",
             Ok(Outcome::Duplicate) => "duplicate",
@@ -326,6 +339,9 @@ impl Metrics {
 
     /// `route` dead-lettered an event (to its dead-letter topic).
     pub fn dead_lettered(&self, route: &Route) {
+        if !super::enabled() {
+            return;
+        }
         self.event(route, "dead_lettered");
         self.dead_letters
             .get_or_create(&TopicLabels {
@@ -336,19 +352,31 @@ impl Metrics {
 
     /// A component called a host function of `interface`.
     pub fn host_call(&self, interface: &'static str) {
+        if !super::enabled() {
+            return;
+        }
         self.host_calls.get_or_create(&InterfaceLabels { interface }).inc();
     }
 
     /// An instance asked for `bytes` of linear memory.
     pub fn memory_grew(&self, bytes: usize) {
+        if !super::enabled() {
+            return;
+        }
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         self.memory_peak.inner().fetch_max(bytes, Ordering::Relaxed);
     }
 
     /// The broker's answer to one relayed row: `None` when it took it.
     pub fn relayed(&self, topic: &str, failure: Option<&'static str>) {
+        if !super::enabled() {
+            return;
+        }
         match failure {
-            None => self.relay_sent.get_or_create(&TopicLabels { topic: topic.into() }).inc(),
+            None => self
+                .relay_sent
+                .get_or_create(&TopicLabels { topic: topic.into() })
+                .inc(),
             Some(reason) => self
                 .relay_failures
                 .get_or_create(&FailureLabels {
@@ -388,8 +416,14 @@ mod tests {
         m.memory_grew(1 << 20);
         m.memory_grew(1 << 10);
         let text = m.encode();
-        assert!(text.contains("switchyard_component_info{component=\"order\",version=\"def\"} 1"), "{text}");
-        assert!(!text.contains("version=\"abc\""), "a replaced version is no longer active: {text}");
+        assert!(
+            text.contains("switchyard_component_info{component=\"order\",version=\"def\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("version=\"abc\""),
+            "a replaced version is no longer active: {text}"
+        );
         assert!(text.contains("switchyard_handler_duration_seconds_count{component=\"order\",version=\"def\"} 1"));
         assert!(text.contains("switchyard_host_calls_total{interface=\"storage\"} 1"));
         assert!(text.contains("switchyard_relay_sent_total{topic=\"orders\"} 1"));

@@ -10,6 +10,7 @@ pub mod sampler;
 pub mod tracing;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -21,6 +22,20 @@ use tokio::sync::watch;
 pub use metrics::{metrics, router};
 pub use sampler::spawn_samplers;
 pub use tracing::{TracingGuard, init_tracing};
+
+/// Whether metrics are recorded and spans made; on unless a benchmark turns it off to
+/// measure what they cost (`just bench-observe`).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns recording metrics and making spans on or off for the whole process.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// See [`set_enabled`].
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// A version label for a component artifact: the first 12 hex digits of its SHA-256.
 pub fn artifact_version(bytes: &[u8]) -> String {
@@ -35,6 +50,9 @@ pub fn component_loaded(component: &str, bytes: &[u8]) {
 
 /// Axum middleware timing each gateway request by method, route template and status.
 pub async fn track_http(request: Request, next: Next) -> Response {
+    if !enabled() {
+        return next.run(request).await;
+    }
     let method = request.method().to_string();
     let route = request
         .extensions()

@@ -28,7 +28,12 @@ pub fn interval() -> Duration {
 }
 
 /// Samples lag and backlogs every [`interval`] until `shutdown`.
-pub fn spawn_samplers(routing: &Routing, db: Db, consumer_base: rdkafka::ClientConfig, shutdown: watch::Receiver<bool>) {
+pub fn spawn_samplers(
+    routing: &Routing,
+    db: Db,
+    consumer_base: rdkafka::ClientConfig,
+    shutdown: watch::Receiver<bool>,
+) {
     let routes: Vec<(Route, u32)> = routing
         .routes
         .iter()

@@ -23,7 +23,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, dynamic_filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -35,7 +35,7 @@ static EXPORTING: OnceLock<bool> = OnceLock::new();
 
 /// True when spans go out over OTLP.
 pub fn exporting() -> bool {
-    EXPORTING.get().copied().unwrap_or(false)
+    EXPORTING.get().copied().unwrap_or(false) && super::enabled()
 }
 
 /// Flushes and stops the exporter when dropped (at the end of `main`).
@@ -81,7 +81,17 @@ pub fn init_tracing(json: bool) -> TracingGuard {
             .with_level(false)
             .with_threads(false)
             .with_location(false)
-            .with_filter(filter_fn(|meta| meta.is_span() && meta.fields().field("otel.kind").is_some()))
+            .with_filter(
+                // Which callsites are exported is decided once; whether now, per span
+                // (a benchmark turns it off and on).
+                dynamic_filter_fn(|_, _| super::enabled()).with_callsite_filter(|meta| {
+                    if meta.is_span() && meta.fields().field("otel.kind").is_some() {
+                        tracing::subscriber::Interest::sometimes()
+                    } else {
+                        tracing::subscriber::Interest::never()
+                    }
+                }),
+            )
     });
     let _ = EXPORTING.set(provider.is_some());
     tracing_subscriber::registry()
@@ -116,7 +126,9 @@ fn remote(trace: &TraceContext) -> Option<Context> {
     let flags = TraceFlags::new(u8::from_str_radix(&trace.flags, 16).ok()?);
     let state = trace.tracestate.parse::<TraceState>().unwrap_or_default();
     let context = SpanContext::new(trace_id, span_id, flags, true, state);
-    context.is_valid().then(|| Context::new().with_remote_span_context(context))
+    context
+        .is_valid()
+        .then(|| Context::new().with_remote_span_context(context))
 }
 
 /// The W3C trace context naming `span` as the parent, if it is exported.

@@ -21,7 +21,10 @@ use crate::saga::eventually;
 const SECRET: &str = "a-test-secret-that-is-32-bytes-or-more";
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// A `switchyard run` process, stopped with SIGTERM (so it flushes its spans) when dropped.
@@ -86,7 +89,9 @@ impl Host {
     }
 
     fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
             if self.child.try_wait().unwrap().is_some() {
@@ -130,7 +135,10 @@ impl Scrape {
                     (k.to_string(), v.trim_matches('"').to_string())
                 })
                 .collect();
-            if labels.iter().all(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v)) {
+            if labels
+                .iter()
+                .all(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
+            {
                 *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
             }
         }
@@ -178,7 +186,10 @@ async fn metrics_follow_retries_dead_letters_and_lag() {
     let route = [("topic", topic.as_str()), ("component", "probe")];
     let partition = [("topic", topic.as_str()), ("component", "probe"), ("partition", "0")];
     eventually("the lag gauge of the route", || async {
-        host.scrape().await.value("switchyard_consumer_lag_messages", &partition).filter(|v| *v == 0.0)
+        host.scrape()
+            .await
+            .value("switchyard_consumer_lag_messages", &partition)
+            .filter(|v| *v == 0.0)
     })
     .await;
 
@@ -191,7 +202,10 @@ async fn metrics_follow_retries_dead_letters_and_lag() {
         async move {
             let body = serde_json::to_vec(&payload).unwrap();
             producer
-                .send(FutureRecord::<str, [u8]>::to(&topic).payload(&body), Duration::from_secs(10))
+                .send(
+                    FutureRecord::<str, [u8]>::to(&topic).payload(&body),
+                    Duration::from_secs(10),
+                )
                 .await
                 .unwrap();
         }
@@ -210,31 +224,70 @@ async fn metrics_follow_retries_dead_letters_and_lag() {
     })
     .await;
     assert_eq!(
-        held_up.value("switchyard_events_total", &[route[0], route[1], ("outcome", "committed")]),
+        held_up.value(
+            "switchyard_events_total",
+            &[route[0], route[1], ("outcome", "committed")]
+        ),
         None,
         "nothing behind the retrying event is handled yet"
     );
     eventually("lag in seconds while held up", || async {
-        host.scrape().await.at_least("switchyard_consumer_lag_seconds", &partition, 0.5).then_some(())
+        host.scrape()
+            .await
+            .at_least("switchyard_consumer_lag_seconds", &partition, 0.5)
+            .then_some(())
     })
     .await;
     let after = eventually("lag to fall once the event is dead-lettered", || async {
         let scrape = host.scrape().await;
         (scrape.value("switchyard_consumer_lag_messages", &partition) == Some(0.0)
-            && scrape.at_least("switchyard_events_total", &[route[0], route[1], ("outcome", "committed")], 20.0))
+            && scrape.at_least(
+                "switchyard_events_total",
+                &[route[0], route[1], ("outcome", "committed")],
+                20.0,
+            ))
         .then_some(scrape)
     })
     .await;
     let dlq = format!("{p}.in.dlq");
-    assert_eq!(after.value("switchyard_events_total", &[route[0], route[1], ("outcome", "retried")]), Some(3.0));
-    assert_eq!(after.value("switchyard_events_total", &[route[0], route[1], ("outcome", "dead_lettered")]), Some(1.0));
-    assert_eq!(after.value("switchyard_events_total", &[route[0], route[1], ("outcome", "committed")]), Some(20.0));
-    assert_eq!(after.value("switchyard_dead_letters_total", &[("topic", dlq.as_str())]), Some(1.0));
+    assert_eq!(
+        after.value("switchyard_events_total", &[route[0], route[1], ("outcome", "retried")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        after.value(
+            "switchyard_events_total",
+            &[route[0], route[1], ("outcome", "dead_lettered")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        after.value(
+            "switchyard_events_total",
+            &[route[0], route[1], ("outcome", "committed")]
+        ),
+        Some(20.0)
+    );
+    assert_eq!(
+        after.value("switchyard_dead_letters_total", &[("topic", dlq.as_str())]),
+        Some(1.0)
+    );
     assert_eq!(after.value("switchyard_consumer_lag_seconds", &partition), Some(0.0));
     // 4 failed tries + 20 handled events, each timed.
-    assert_eq!(after.value("switchyard_handler_duration_seconds_count", &[("component", "probe")]), Some(24.0));
-    assert!(after.at_least("switchyard_handler_duration_seconds_bucket", &[("component", "probe"), ("le", "+Inf")], 24.0));
-    assert!(after.at_least("switchyard_handler_duration_seconds_sum", &[("component", "probe")], 0.0001));
+    assert_eq!(
+        after.value("switchyard_handler_duration_seconds_count", &[("component", "probe")]),
+        Some(24.0)
+    );
+    assert!(after.at_least(
+        "switchyard_handler_duration_seconds_bucket",
+        &[("component", "probe"), ("le", "+Inf")],
+        24.0
+    ));
+    assert!(after.at_least(
+        "switchyard_handler_duration_seconds_sum",
+        &[("component", "probe")],
+        0.0001
+    ));
     assert!(after.at_least("switchyard_host_calls_total", &[("interface", "storage")], 20.0));
     assert!(after.at_least("switchyard_host_calls_total", &[("interface", "publish")], 20.0));
     assert!(after.at_least("switchyard_instance_memory_peak_bytes", &[], 65536.0));
@@ -306,7 +359,14 @@ impl Receiver {
 }
 
 fn attribute(span: &Span, key: &str) -> Option<String> {
-    let value = span.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.as_ref()?;
+    let value = span
+        .attributes
+        .iter()
+        .find(|a| a.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?;
     Some(match value {
         AnyValue::StringValue(s) => s.clone(),
         AnyValue::IntValue(i) => i.to_string(),
@@ -387,13 +447,20 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
         let spans = receiver.spans();
         let root = spans.iter().find(|s| s.name == "POST /orders")?;
         let trace: Vec<Span> = spans.iter().filter(|s| s.trace_id == root.trace_id).cloned().collect();
-        trace.iter().any(|s| s.name == "send notifications.sent").then_some(trace)
+        trace
+            .iter()
+            .any(|s| s.name == "send notifications.sent")
+            .then_some(trace)
     })
     .await;
     // Spans of the last hop end a little after the send of NotificationSent.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let root_trace = trace[0].trace_id.clone();
-    let trace: Vec<Span> = receiver.spans().into_iter().filter(|s| s.trace_id == root_trace).collect();
+    let trace: Vec<Span> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == root_trace)
+        .collect();
     let names: Vec<String> = trace.iter().map(name).collect();
     let by_id = |id: &[u8]| trace.iter().find(|s| s.span_id == id);
     eprintln!("the order's trace: {} spans: {names:?}", trace.len());
@@ -404,7 +471,11 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
     assert_eq!(attribute(roots[0], "http.route").as_deref(), Some("/orders"));
     for span in &trace {
         if !span.parent_span_id.is_empty() {
-            assert!(by_id(&span.parent_span_id).is_some(), "{} has a parent outside the trace: {names:?}", span.name);
+            assert!(
+                by_id(&span.parent_span_id).is_some(),
+                "{} has a parent outside the trace: {names:?}",
+                span.name
+            );
         }
     }
     for hop in [
@@ -431,9 +502,16 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
                 "switchyard.component",
                 "switchyard.component.version",
             ] {
-                assert!(attribute(span, key).is_some_and(|v| !v.is_empty()), "process {hop} lacks {key}");
+                assert!(
+                    attribute(span, key).is_some_and(|v| !v.is_empty()),
+                    "process {hop} lacks {key}"
+                );
             }
-            assert!(attribute(span, "messaging.consumer.group.name").unwrap().starts_with(&run));
+            assert!(
+                attribute(span, "messaging.consumer.group.name")
+                    .unwrap()
+                    .starts_with(&run)
+            );
         }
     }
     for send in trace.iter().filter(|s| s.name.starts_with("send ")) {
@@ -445,7 +523,10 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
             parent.name
         );
     }
-    assert!(names.iter().any(|n| n == "storage.put"), "host calls are spans: {names:?}");
+    assert!(
+        names.iter().any(|n| n == "storage.put"),
+        "host calls are spans: {names:?}"
+    );
 }
 
 on_both_stacks!(one_order_is_one_trace);
