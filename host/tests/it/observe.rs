@@ -179,7 +179,7 @@ async fn metrics_follow_retries_dead_letters_and_lag() {
     )
     .unwrap();
     let brokers = kafka_brokers();
-    let (_db, url) = postgres_database().await.unwrap();
+    let (db, url) = postgres_database().await.unwrap();
     let host = Host::start(&config, Some(&brokers), Some(&url), &[]);
     host.ready().await;
     let topic = format!("{p}.in");
@@ -303,6 +303,28 @@ async fn metrics_follow_retries_dead_letters_and_lag() {
     .await;
     assert_eq!(relayed.value("switchyard_outbox_oldest_age_seconds", &[]), Some(0.0));
     assert_eq!(relayed.value("switchyard_timers_pending", &[]), Some(0.0));
+    // A row no broker takes (written by hand: components cannot publish this much) is
+    // parked, and counted as a relay failure of its topic.
+    let mut tx = db.begin().await.unwrap();
+    let too_big = switchyard::store::OutboundMessage {
+        topic: format!("{p}.out"),
+        key: None,
+        payload: vec![b'x'; 5 << 20],
+        headers: vec![],
+    };
+    tx.insert_outbox("too-big", "probe", &too_big).await.unwrap();
+    tx.commit().await.unwrap();
+    eventually("the refused row to be counted", || async {
+        host.scrape()
+            .await
+            .value(
+                "switchyard_relay_failures_total",
+                &[("topic", &format!("{p}.out")), ("reason", "parked")],
+            )
+            .filter(|v| *v == 1.0)
+    })
+    .await;
+    db.close().await;
     // The gateway's requests, by route template and status.
     reqwest::get(format!("{}/orders/some-id", host.http)).await.unwrap();
     let gateway = host.scrape().await;
@@ -393,7 +415,7 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
         base.set("bootstrap.servers", &brokers);
         switchyard::kafka::admin::sync_topics(&base, &routing).await.unwrap();
         crate::common::start_groups_at_the_end(&base, &routing);
-        let (_db, url) = postgres_database().await.unwrap();
+        let (db, url) = postgres_database().await.unwrap();
         (Some(brokers), Some(url))
     } else {
         (None, None)
