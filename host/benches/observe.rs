@@ -12,7 +12,6 @@
 mod support;
 
 #[path = "../tests/it/common.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;

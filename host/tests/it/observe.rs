@@ -415,7 +415,7 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
         base.set("bootstrap.servers", &brokers);
         switchyard::kafka::admin::sync_topics(&base, &routing).await.unwrap();
         crate::common::start_groups_at_the_end(&base, &routing);
-        let (db, url) = postgres_database().await.unwrap();
+        let (_db, url) = postgres_database().await.unwrap();
         (Some(brokers), Some(url))
     } else {
         (None, None)
