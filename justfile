@@ -39,6 +39,7 @@ lint:
 bench *TABLES: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench runtime -- {{TABLES}}
     if [ -z "{{TABLES}}" ]; then eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench http; fi
+    if [ -z "{{TABLES}}" ]; then eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench observe; fi
 
 # Embedded broker + SQLite unless --brokers / --database-url (or SWITCHYARD_BROKERS /
 # SWITCHYARD_DATABASE_URL) are given; docs/benchmarks.md explains the figures.
@@ -53,3 +54,7 @@ bench-query: handlers services
 # What an outbound effect (webhook) costs from the handler's call to its receipt.
 bench-outbound: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench outbound
+
+# What metrics and tracing cost per event: on versus off in one run, embedded and real (also part of `just bench`).
+bench-observe: handlers services
+    eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench observe

@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod gateway_components;
 pub mod kafka;
 pub mod live;
+pub mod observe;
 pub mod protocol;
 pub mod runtime;
 pub mod service;

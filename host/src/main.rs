@@ -43,6 +43,10 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics while `run` runs (until the admin
+    /// listener serves them).
+    #[arg(long, global = true, env = "SWITCHYARD_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -208,7 +212,9 @@ mod cli_trace;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // Logs, and OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when dropped,
+    // after the async runtime.
+    let _tracing = switchyard::observe::init_tracing(matches!(cli.log_format, LogFormat::Json));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -222,21 +228,6 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    // Colours only for a person at a terminal; files and pipes get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -407,6 +398,14 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs, admin_addr: std::net::Sock
         tracing::info!("shutting down: finishing in-flight events");
         let _ = stop.send(true);
     });
+    if let Some(addr) = cli.metrics_addr {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = switchyard::observe::serve_metrics(addr, stop).await {
+                tracing::error!("{err:#}");
+            }
+        });
+    }
     // The gateway shares the routes' database, relay and components; both stop on the
     // same signal.
     let admin_token = match &cli.admin_token {

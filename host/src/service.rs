@@ -131,7 +131,7 @@ pub async fn start(
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let run = run(live.clone(), db, base, origin, options, admin, shutdown);
+    let run = run(live.clone(), db, base, brokers.consumer_config(), origin, options, admin, shutdown);
     Ok(Host {
         live,
         admin_addr,
@@ -139,10 +139,12 @@ pub async fn start(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     live: Arc<Live>,
     db: Db,
     base: rdkafka::ClientConfig,
+    consumer_base: rdkafka::ClientConfig,
     origin: String,
     options: Options,
     admin: Option<tokio::net::TcpListener>,
@@ -168,6 +170,7 @@ async fn run(
         relay_shutdown,
     ));
     let routing = live.routing();
+    crate::observe::spawn_samplers(&routing, db.clone(), consumer_base, shutdown.clone());
     for route in &routing.routes {
         live.routes().start(route.clone()).await;
     }

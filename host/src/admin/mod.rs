@@ -89,6 +89,8 @@ pub fn router(live: Arc<Live>, token: Option<String>, jwt: Option<AdminJwt>) -> 
         .nest("/api", api)
         .merge(console::router())
         .with_state(admin)
+        // Prometheus scrapes without the admin token (docs/observability.md).
+        .merge(crate::observe::router())
 }
 
 async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {

@@ -148,30 +148,42 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(gw.config.body_limit))
         .layer(middleware::from_fn(trace_request))
+        .layer(middleware::from_fn(crate::observe::track_http))
         .with_state(gw)
 }
 
 /// One span per request with its trace id (from `traceparent`, else a new trace) and,
 /// once known, the username and `requestId`.
 async fn trace_request(mut request: Request, next: Next) -> Response {
-    let trace = request
+    let incoming = request
         .headers()
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(|tp| TraceContext::parse(tp, ""))
-        .map(|t| t.child())
-        .unwrap_or_else(TraceContext::new_root);
+        .and_then(|tp| TraceContext::parse(tp, ""));
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string());
     let span = tracing::info_span!(
         "http",
         method = %request.method(),
         path = %request.uri().path(),
-        trace_id = %trace.trace_id,
+        trace_id = tracing::field::Empty,
         request_id = tracing::field::Empty,
         username = tracing::field::Empty,
+        otel.name = %format_args!("{} {}", request.method(), route.as_deref().unwrap_or("")),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route.as_deref().unwrap_or(""),
+        http.response.status_code = tracing::field::Empty,
     );
+    // The request's trace context is its exported span when traces are on.
+    let trace = crate::observe::tracing::request_trace(&span, incoming);
+    span.record("trace_id", tracing::field::display(&trace.trace_id));
     request.extensions_mut().insert(trace);
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
@@ -201,7 +213,8 @@ pub async fn publish(
             (headers::EVENT_ID.to_string(), event_id.clone()),
             (headers::REQUEST_ID.to_string(), request_id.to_string()),
             (headers::SOURCE.to_string(), OUTBOX_SOURCE.to_string()),
-            (headers::TRACEPARENT.to_string(), trace.child().traceparent()),
+            // The request's own span is the parent of the events it causes.
+            (headers::TRACEPARENT.to_string(), trace.traceparent()),
             ("X-Username".to_string(), user.username.clone()),
             ("X-Roles".to_string(), user.roles_header()),
         ],

@@ -394,8 +394,13 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
             let outcome = {
                 let permits = ctx.settings.permits();
                 let _permit = permits.acquire().await.expect("semaphore never closes");
-                ctx.registry.runtime().invoke(&component, &ctx.db, &event).await
+                ctx.registry
+                    .runtime()
+                    .invoke(&component, &ctx.db, &event)
+                    .instrument(crate::observe::tracing::process_span(&route, &component.version, &event))
+                    .await
             };
+            crate::observe::metrics().invoked(&route, &event, &outcome);
             let failure = match outcome {
                 Ok(Outcome::Committed(_)) => return true,
                 Ok(Outcome::Duplicate) => {
@@ -424,6 +429,7 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
                 if !sleep_unless_shutdown(ctx, delay).await {
                     return false;
                 }
+                crate::observe::metrics().event(&route, "retried");
                 attempt += 1;
                 continue;
             }
@@ -547,6 +553,7 @@ async fn dead_letter(
         match ctx.db.dead_letter(&entry, &id, &message).await {
             Ok(queued) => {
                 if queued {
+                    crate::observe::metrics().dead_lettered(route);
                     tracing::error!(
                         kind = failure.kind.as_str(),
                         reason = %failure.reason,

@@ -189,6 +189,7 @@ pub async fn relay_once(db: &Db, producer: &FutureProducer) -> Result<usize, Rel
     for row in &rows {
         let message = &row.message;
         let mut headers = message.headers.clone();
+        let _send = crate::observe::tracing::send_span(&message.topic, &mut headers);
         signer.seal(&message.topic, message.key.as_deref(), &message.payload, &mut headers);
         let kafka_headers = to_kafka_headers(&headers);
         let mut record = FutureRecord::to(&message.topic)
@@ -228,6 +229,14 @@ pub async fn relay_once(db: &Db, producer: &FutureProducer) -> Result<usize, Rel
     let mut settled = sent.len();
     let mut retry = None;
     for (row, v) in verdicts {
+        crate::observe::metrics().relayed(
+            &row.message.topic,
+            match &v {
+                Verdict::Sent => None,
+                Verdict::Park(_) => Some("parked"),
+                Verdict::Retry(_) => Some("retried"),
+            },
+        );
         match v {
             Verdict::Sent => {}
             Verdict::Park(reason) => {

@@ -279,6 +279,7 @@ impl Registry {
         let to = loaded.version.to_string();
         slots.insert(name.clone(), Arc::new(loaded));
         drop(slots);
+        crate::observe::metrics().component_loaded(name.as_str(), &to);
         tracing::info!(
             component = %name,
             from = from.as_ref().map(|(v, _)| v.as_str()).unwrap_or(""),

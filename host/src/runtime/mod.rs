@@ -518,6 +518,7 @@ impl Runtime {
                 Outcome::Failed(classify_trap(&trap, state.memory.exceeded))
             }
         };
+        crate::observe::metrics().handler_duration(spec.name.as_str(), &component.version, started.elapsed());
         let elapsed_us = started.elapsed().as_micros() as u64;
         match &outcome {
             Outcome::Committed(effects) => tracing::debug!(

@@ -85,6 +85,7 @@ pub struct DeadlineExceeded(pub u128);
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        crate::observe::metrics().memory_grew(desired);
         if desired > self.max_bytes {
             self.exceeded = true;
             return Err(MemoryCapExceeded {

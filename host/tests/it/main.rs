@@ -14,6 +14,7 @@ mod hostile;
 mod kafka;
 mod live;
 mod outbound;
+mod observe;
 mod query;
 mod runtime;
 mod saga;

@@ -12,7 +12,9 @@ fn clip(s: &str) -> &str {
 }
 
 impl Host for InvocationState {
+    #[tracing::instrument(level = "debug", name = "log.log", skip_all, fields(otel.kind = "internal"))]
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        crate::observe::metrics().host_call("log");
         self.used.log_calls += 1;
         if self.used.log_calls > caps::MAX_LOG_CALLS {
             return; // counted; reported once after the call

@@ -50,7 +50,7 @@ pub(crate) fn host_headers(
     request_id: Option<&str>,
     trace: &TraceContext,
 ) -> Vec<(String, String)> {
-    let child = trace.child();
+    let child = crate::observe::tracing::outgoing(trace);
     let mut all = vec![
         (headers::EVENT_ID.to_string(), event_id.to_string()),
         (headers::SOURCE.to_string(), component.to_string()),
@@ -95,7 +95,9 @@ impl InvocationState {
 }
 
 impl Host for InvocationState {
+    #[tracing::instrument(level = "debug", name = "publish.send", skip_all, fields(otel.kind = "internal"))]
     async fn send(&mut self, msg: Message) -> Result<(), Error> {
+        crate::observe::metrics().host_call("publish");
         if let Some(why) = self.refuse_write("publish") {
             return Err(Error::ReadOnly(why));
         }

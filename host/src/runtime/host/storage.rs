@@ -38,14 +38,18 @@ impl InvocationState {
 }
 
 impl Host for InvocationState {
+    #[tracing::instrument(level = "debug", name = "storage.get", skip_all, fields(otel.kind = "internal"))]
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
+        crate::observe::metrics().host_call("storage");
         check_key(&key)?;
         let ns = self.namespace();
         let result = self.tx.get(&ns, &key).await;
         result.map_err(|e| self.storage_error(e))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.put", skip_all, fields(otel.kind = "internal"))]
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
+        crate::observe::metrics().host_call("storage");
         if let Some(why) = self.refuse_write("storage put") {
             return Err(Error::ReadOnly(why));
         }
@@ -60,7 +64,9 @@ impl Host for InvocationState {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.delete", skip_all, fields(otel.kind = "internal"))]
     async fn delete(&mut self, key: String) -> Result<bool, Error> {
+        crate::observe::metrics().host_call("storage");
         if let Some(why) = self.refuse_write("storage delete") {
             return Err(Error::ReadOnly(why));
         }
@@ -75,12 +81,14 @@ impl Host for InvocationState {
         Ok(existed)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.list-prefix", skip_all, fields(otel.kind = "internal"))]
     async fn list_prefix(
         &mut self,
         prefix: String,
         start_after: Option<String>,
         limit: u32,
     ) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        crate::observe::metrics().host_call("storage");
         if prefix.len() > MAX_KEY_BYTES {
             return Err(Error::InvalidKey(format!("prefix longer than {MAX_KEY_BYTES} bytes")));
         }
@@ -100,7 +108,9 @@ impl Host for InvocationState {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.increment", skip_all, fields(otel.kind = "internal"))]
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, Error> {
+        crate::observe::metrics().host_call("storage");
         if let Some(why) = self.refuse_write("storage increment") {
             return Err(Error::ReadOnly(why));
         }
@@ -116,12 +126,14 @@ impl Host for InvocationState {
         Ok(value)
     }
 
+    #[tracing::instrument(level = "debug", name = "storage.compare-and-swap", skip_all, fields(otel.kind = "internal"))]
     async fn compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Result<bool, Error> {
+        crate::observe::metrics().host_call("storage");
         if let Some(why) = self.refuse_write("storage compare-and-swap") {
             return Err(Error::ReadOnly(why));
         }

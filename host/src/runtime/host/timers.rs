@@ -7,7 +7,9 @@ use crate::store::now_ms;
 const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 
 impl Host for InvocationState {
+    #[tracing::instrument(level = "debug", name = "timers.schedule", skip_all, fields(otel.kind = "internal"))]
     async fn schedule(&mut self, delay_ms: u64, msg: Message) -> Result<String, Error> {
+        crate::observe::metrics().host_call("timers");
         if let Some(why) = self.refuse_write("timer schedule") {
             return Err(Error::ReadOnly(why));
         }
@@ -28,7 +30,9 @@ impl Host for InvocationState {
         Ok(id)
     }
 
+    #[tracing::instrument(level = "debug", name = "timers.cancel", skip_all, fields(otel.kind = "internal"))]
     async fn cancel(&mut self, id: String) -> Result<bool, Error> {
+        crate::observe::metrics().host_call("timers");
         if let Some(why) = self.refuse_write("timer cancel") {
             return Err(Error::ReadOnly(why));
         }

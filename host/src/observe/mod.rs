@@ -1,0 +1,91 @@
+//! Observability: Prometheus metrics ([`metrics`]), sampled gauges ([`sampler`]) and
+//! OpenTelemetry traces over OTLP ([`tracing`]). Every metric family and span is
+//! described in `docs/observability.md`.
+//!
+//! Code elsewhere calls in here with one line per place it instruments, so the hot
+//! paths stay readable: `observe::metrics().event(&route, "retried")`.
+
+pub mod metrics;
+pub mod sampler;
+pub mod tracing;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use sha2::Digest;
+use tokio::sync::watch;
+
+pub use metrics::{metrics, router};
+pub use sampler::spawn_samplers;
+pub use tracing::{TracingGuard, init_tracing};
+
+/// Whether metrics are recorded and spans made; on unless a benchmark turns it off to
+/// measure what they cost (`just bench-observe`).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns recording metrics and making spans on or off for the whole process.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// See [`set_enabled`].
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// A version label for a component artifact: the first 12 hex digits of its SHA-256.
+pub fn artifact_version(bytes: &[u8]) -> String {
+    hex::encode(&sha2::Sha256::digest(bytes)[..6])
+}
+
+/// Records that `component` was loaded from `bytes` (its version for labels and the
+/// info metric).
+pub fn component_loaded(component: &str, bytes: &[u8]) {
+    metrics().component_loaded(component, &artifact_version(bytes));
+}
+
+/// Axum middleware timing each gateway request by method, route template and status.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    if !enabled() {
+        return next.run(request).await;
+    }
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics()
+        .http_duration
+        .get_or_create(&metrics::HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves [`router`] on `addr` until `shutdown` (until the admin listener mounts it).
+pub async fn serve_metrics(addr: SocketAddr, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener to {addr} (choose a free --metrics-addr)"))?;
+    tracing_log_bound(listener.local_addr().unwrap_or(addr));
+    axum::serve(listener, router())
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("serving /metrics")
+}
+
+fn tracing_log_bound(addr: SocketAddr) {
+    ::tracing::info!(%addr, "metrics at http://{addr}/metrics");
+}

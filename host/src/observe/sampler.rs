@@ -1,0 +1,161 @@
+//! Gauges sampled by a periodic task rather than computed on the hot path: consumer lag
+//! per route and partition (from the broker's watermarks and the group's committed
+//! offsets) and the outbox and timer backlogs (from the database).
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::metrics::{PartitionLabels, metrics};
+use crate::config::{Route, Routing};
+use crate::store::{Db, now_ms, on_pool};
+
+/// How often the gauges are sampled unless `SWITCHYARD_METRICS_INTERVAL_MS` says otherwise.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest wait for one answer of the broker.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The sampling interval: `SWITCHYARD_METRICS_INTERVAL_MS`, else 5 s.
+pub fn interval() -> Duration {
+    std::env::var("SWITCHYARD_METRICS_INTERVAL_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_INTERVAL)
+}
+
+/// Samples lag and backlogs every [`interval`] until `shutdown`.
+pub fn spawn_samplers(
+    routing: &Routing,
+    db: Db,
+    consumer_base: rdkafka::ClientConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let routes: Vec<(Route, u32)> = routing
+        .routes
+        .iter()
+        .map(|r| (r.clone(), routing.topics.get(&r.topic).map_or(1, |t| t.partitions)))
+        .collect();
+    tokio::spawn(sample_until_shutdown(routes, db, consumer_base, shutdown));
+}
+
+async fn sample_until_shutdown(
+    routes: Vec<(Route, u32)>,
+    db: Db,
+    base: ClientConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = interval();
+    // One offsets-reading consumer per route, made once: it never joins the group.
+    let consumers: Vec<(Route, u32, Option<BaseConsumer>)> = routes
+        .into_iter()
+        .map(|(route, partitions)| {
+            let consumer = crate::kafka::dispatch::consumer_config(&base, &route)
+                .set("client.id", "switchyard-metrics")
+                .create::<BaseConsumer>()
+                .map_err(|err| tracing::warn!(topic = %route.topic, error = %err, "cannot sample the lag of a route"))
+                .ok();
+            (route, partitions, consumer)
+        })
+        .collect();
+    let consumers = std::sync::Arc::new(consumers);
+    loop {
+        if let Err(err) = sample_backlogs(&db).await {
+            tracing::debug!(error = %err, "sampling the outbox and timers failed");
+        }
+        let sampled = consumers.clone();
+        let lag = tokio::task::spawn_blocking(move || {
+            for (route, partitions, consumer) in sampled.iter() {
+                if let Some(consumer) = consumer
+                    && let Err(err) = sample_lag(consumer, route, *partitions)
+                {
+                    tracing::debug!(topic = %route.topic, error = %err, "sampling lag failed");
+                }
+            }
+        });
+        tokio::select! {
+            _ = lag => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Lag of one route on each of its partitions, in messages and in seconds.
+fn sample_lag(consumer: &BaseConsumer, route: &Route, partitions: u32) -> Result<(), rdkafka::error::KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        list.add_partition(route.topic.as_str(), p);
+    }
+    let committed = consumer.committed_offsets(list, BROKER_TIMEOUT)?;
+    let m = metrics();
+    for element in committed.elements() {
+        let partition = element.partition();
+        let (low, high) = consumer.fetch_watermarks(route.topic.as_str(), partition, BROKER_TIMEOUT)?;
+        // No committed offset yet: the group starts from the earliest event.
+        let at = match element.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        let lag = (high - at).max(0);
+        let labels = PartitionLabels {
+            topic: route.topic.to_string(),
+            component: route.component.to_string(),
+            partition,
+        };
+        m.lag_messages.get_or_create(&labels).set(lag);
+        let seconds = if lag == 0 {
+            0.0
+        } else {
+            // Behind by the age of the newest message handled; never handled here: by
+            // how long the oldest waiting message has waited is unknown, so count from
+            // the first sample that saw the lag.
+            let since = m.handled_at(&labels).unwrap_or_else(|| first_seen(&labels));
+            ((now_ms() - since).max(0) as f64) / 1000.0
+        };
+        if lag == 0 {
+            forget_first_seen(&labels);
+        }
+        m.lag_seconds.get_or_create(&labels).set(seconds);
+    }
+    Ok(())
+}
+
+static FIRST_SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PartitionLabels, i64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn first_seen(labels: &PartitionLabels) -> i64 {
+    *FIRST_SEEN
+        .lock()
+        .expect("first-seen lock")
+        .entry(labels.clone())
+        .or_insert_with(now_ms)
+}
+
+fn forget_first_seen(labels: &PartitionLabels) {
+    FIRST_SEEN.lock().expect("first-seen lock").remove(labels);
+}
+
+/// Outbox backlog and the age of its oldest row; timers pending.
+async fn sample_backlogs(db: &Db) -> Result<(), sqlx::Error> {
+    let (backlog, oldest): (i64, Option<i64>) = on_pool!(db, |p| {
+        sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at_ms) FROM outbox WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL",
+        )
+        .fetch_one(p)
+        .await
+    })?;
+    let (timers,): (i64,) = on_pool!(db, |p| sqlx::query_as("SELECT COUNT(*) FROM timers").fetch_one(p).await)?;
+    let m = metrics();
+    m.outbox_backlog.set(backlog);
+    m.outbox_oldest_age
+        .set(oldest.map_or(0.0, |at| ((now_ms() - at).max(0) as f64) / 1000.0));
+    m.timers_pending.set(timers);
+    Ok(())
+}
