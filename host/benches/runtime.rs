@@ -928,6 +928,7 @@ async fn watch_host(
     let log_file = std::fs::File::create(log)?;
     let mut child = command
         .arg("run")
+        .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
         .env("SWITCHYARD_LOG", "warn")
         .stdout(log_file.try_clone()?)
         .stderr(log_file)

@@ -131,7 +131,16 @@ pub async fn start(
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let run = run(live.clone(), db, base, brokers.consumer_config(), origin, options, admin, shutdown);
+    let run = run(
+        live.clone(),
+        db,
+        base,
+        brokers.consumer_config(),
+        origin,
+        options,
+        admin,
+        shutdown,
+    );
     Ok(Host {
         live,
         admin_addr,

@@ -16,7 +16,6 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use sha2::Digest;
 use tokio::sync::watch;
 
 pub use metrics::{metrics, router};
@@ -35,17 +34,6 @@ pub fn set_enabled(on: bool) {
 /// See [`set_enabled`].
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
-}
-
-/// A version label for a component artifact: the first 12 hex digits of its SHA-256.
-pub fn artifact_version(bytes: &[u8]) -> String {
-    hex::encode(&sha2::Sha256::digest(bytes)[..6])
-}
-
-/// Records that `component` was loaded from `bytes` (its version for labels and the
-/// info metric).
-pub fn component_loaded(component: &str, bytes: &[u8]) {
-    metrics().component_loaded(component, &artifact_version(bytes));
 }
 
 /// Axum middleware timing each gateway request by method, route template and status.

@@ -51,7 +51,7 @@ fn start_host(config: &Path, brokers: &str, url: &str, log: &Path) -> Child {
             "--database-url",
             url,
         ])
-        .args(["run", "--http-addr", "127.0.0.1:0"])
+        .args(["run", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
         .env("SWITCHYARD_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::options().create(true).append(true).open(log).unwrap())

@@ -648,6 +648,7 @@ mod process {
             .env_remove("SWITCHYARD_REDIS_URL")
             .env("SWITCHYARD_DATA_DIR", data.path())
             .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("SWITCHYARD_ADMIN_ADDR", "127.0.0.1:0")
             .env("SWITCHYARD_JWT_SECRET", SECRET)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

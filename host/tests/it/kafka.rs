@@ -458,7 +458,7 @@ impl HostProcess {
             ])
             .arg("run")
             // Several hosts at once: each its own free HTTP port.
-            .args(["--http-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .env("SWITCHYARD_LOG", "warn,switchyard::kafka::dispatch=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())

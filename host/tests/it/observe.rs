@@ -50,6 +50,7 @@ impl Host {
             .args(["run"])
             .env("SWITCHYARD_DATA_DIR", data.path())
             .env("SWITCHYARD_HTTP_ADDR", http.to_string())
+            .env("SWITCHYARD_ADMIN_ADDR", "127.0.0.1:0")
             .env("SWITCHYARD_METRICS_ADDR", metrics.to_string())
             .env("SWITCHYARD_JWT_SECRET", SECRET)
             .env("SWITCHYARD_METRICS_INTERVAL_MS", "200")
@@ -469,10 +470,13 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
         let spans = receiver.spans();
         let root = spans.iter().find(|s| s.name == "POST /orders")?;
         let trace: Vec<Span> = spans.iter().filter(|s| s.trace_id == root.trace_id).cloned().collect();
-        trace
-            .iter()
-            .any(|s| s.name == "send notifications.sent")
-            .then_some(trace)
+        // Complete: the last hop sent, and every span's parent exported too (the batch
+        // exporter may deliver a parent after its children on a loaded machine).
+        let complete = trace.iter().any(|s| s.name == "send notifications.sent")
+            && trace
+                .iter()
+                .all(|s| s.parent_span_id.is_empty() || trace.iter().any(|p| p.span_id == s.parent_span_id));
+        complete.then_some(trace)
     })
     .await;
     // Spans of the last hop end a little after the send of NotificationSent.

@@ -158,4 +158,95 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
         db.peek("audit", "seen/audit.in").await.unwrap().as_deref(),
         Some(&b"1"[..])
     );
+
+    // The guide's last step: the handler hot-swapped into a running host. `switchyard run`
+    // on the embedded default; the handler edited and rebuilt with the guide's command;
+    // the host swaps to the new build by itself; `status` and `rollback` as the guide says.
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let admin_url = format!("http://127.0.0.1:{}", port());
+    let switchyard = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_")) {
+            command.env_remove(name);
+        }
+        command
+            .args(args)
+            .current_dir(&copy)
+            .env("SWITCHYARD_ADMIN_URL", &admin_url);
+        command
+    };
+    let mut host = switchyard(&[
+        "run",
+        "--admin-addr",
+        admin_url.trim_start_matches("http://"),
+        "--http-addr",
+        &format!("127.0.0.1:{}", port()),
+    ])
+    .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(scratch.path().join("host.log")).unwrap())
+    .spawn()
+    .unwrap();
+    let log = || std::fs::read_to_string(scratch.path().join("host.log")).unwrap_or_default();
+    let audit_version = || {
+        let out = switchyard(&["status", "--json"]).output().unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["components"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "audit"))
+            .and_then(|c| c["version"].as_str().map(str::to_string))
+    };
+    let start = std::time::Instant::now();
+    let first = loop {
+        if let Some(version) = audit_version() {
+            break version;
+        }
+        assert!(host.try_wait().unwrap().is_none(), "host exited:\n{}", log());
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "host did not come up:\n{}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let logic = copy.join("handlers/audit/src/logic.rs");
+    let edited = std::fs::read_to_string(&logic)
+        .unwrap()
+        .replace("\"seen/{topic}\"", "\"count/{topic}\"");
+    std::fs::write(&logic, edited).unwrap();
+    ok(
+        &cargo(&copy, &["xtask", "handlers", "audit"], &target_dir, &wasm_dir),
+        "cargo xtask handlers audit (the edit)",
+    );
+    let start = std::time::Instant::now();
+    let second = loop {
+        match audit_version() {
+            Some(version) if version != first => break version,
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no hot swap:\n{}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let rollback = switchyard(&["rollback", "audit"]).output().unwrap();
+    let said = ok(&rollback, "switchyard rollback audit");
+    assert!(said.contains(&format!("{second} -> {first}")), "{said}");
+    assert_eq!(audit_version().as_deref(), Some(first.as_str()));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &host.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(host.wait().unwrap().success(), "{}", log());
 }
