@@ -179,7 +179,8 @@ async fn run(
         relay_shutdown,
     ));
     let routing = live.routing();
-    crate::observe::spawn_samplers(&routing, db.clone(), consumer_base, shutdown.clone());
+    let sampled = live.clone();
+    crate::observe::spawn_samplers(move || sampled.routing(), db.clone(), consumer_base, shutdown.clone());
     for route in &routing.routes {
         live.routes().start(route.clone()).await;
     }

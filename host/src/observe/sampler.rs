@@ -2,6 +2,8 @@
 //! per route and partition (from the broker's watermarks and the group's committed
 //! offsets) and the outbox and timer backlogs (from the database).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -27,48 +29,38 @@ pub fn interval() -> Duration {
         .unwrap_or(DEFAULT_INTERVAL)
 }
 
-/// Samples lag and backlogs every [`interval`] until `shutdown`.
+/// Samples lag and backlogs every [`interval`] until `shutdown`. `routing` is read at
+/// every sample, so routes a live edit adds are sampled from then on and the series of
+/// removed ones go away.
 pub fn spawn_samplers(
-    routing: &Routing,
+    routing: impl Fn() -> Routing + Send + 'static,
     db: Db,
     consumer_base: rdkafka::ClientConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let routes: Vec<(Route, u32)> = routing
-        .routes
-        .iter()
-        .map(|r| (r.clone(), routing.topics.get(&r.topic).map_or(1, |t| t.partitions)))
-        .collect();
-    tokio::spawn(sample_until_shutdown(routes, db, consumer_base, shutdown));
+    tokio::spawn(sample_until_shutdown(routing, db, consumer_base, shutdown));
 }
 
+/// A route being sampled, with its offsets-reading consumer (made once per route: it
+/// never joins the group).
+type Sampled = (Route, u32, Option<Arc<BaseConsumer>>);
+
 async fn sample_until_shutdown(
-    routes: Vec<(Route, u32)>,
+    routing: impl Fn() -> Routing,
     db: Db,
     base: ClientConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = interval();
-    // One offsets-reading consumer per route, made once: it never joins the group.
-    let consumers: Vec<(Route, u32, Option<BaseConsumer>)> = routes
-        .into_iter()
-        .map(|(route, partitions)| {
-            let consumer = crate::kafka::dispatch::consumer_config(&base, &route)
-                .set("client.id", "switchyard-metrics")
-                .create::<BaseConsumer>()
-                .map_err(|err| tracing::warn!(topic = %route.topic, error = %err, "cannot sample the lag of a route"))
-                .ok();
-            (route, partitions, consumer)
-        })
-        .collect();
-    let consumers = std::sync::Arc::new(consumers);
+    let mut sampled: HashMap<String, Sampled> = HashMap::new();
     loop {
         if let Err(err) = sample_backlogs(&db).await {
             tracing::debug!(error = %err, "sampling the outbox and timers failed");
         }
-        let sampled = consumers.clone();
+        sampled = follow(&routing(), sampled, &base);
+        let now: Vec<Sampled> = sampled.values().cloned().collect();
         let lag = tokio::task::spawn_blocking(move || {
-            for (route, partitions, consumer) in sampled.iter() {
+            for (route, partitions, consumer) in &now {
                 if let Some(consumer) = consumer
                     && let Err(err) = sample_lag(consumer, route, *partitions)
                 {
@@ -85,6 +77,38 @@ async fn sample_until_shutdown(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
+}
+
+/// The routes of `routing`, keyed by group, keeping the consumers of routes sampled
+/// before; the lag series of routes no longer there are removed.
+fn follow(routing: &Routing, mut before: HashMap<String, Sampled>, base: &ClientConfig) -> HashMap<String, Sampled> {
+    let mut next = HashMap::new();
+    for route in &routing.routes {
+        let partitions = routing.topics.get(&route.topic).map_or(1, |t| t.partitions);
+        let consumer = match before.remove(&route.group) {
+            Some((old, _, consumer)) if old.topic == route.topic => consumer,
+            _ => crate::kafka::dispatch::consumer_config(base, route)
+                .set("client.id", "switchyard-metrics")
+                .create::<BaseConsumer>()
+                .map_err(|err| tracing::warn!(topic = %route.topic, error = %err, "cannot sample the lag of a route"))
+                .ok()
+                .map(Arc::new),
+        };
+        next.insert(route.group.clone(), (route.clone(), partitions, consumer));
+    }
+    let m = metrics();
+    for (route, partitions, _) in before.into_values() {
+        for partition in 0..partitions as i32 {
+            let labels = PartitionLabels {
+                topic: route.topic.to_string(),
+                component: route.component.to_string(),
+                partition,
+            };
+            m.lag_messages.remove(&labels);
+            m.lag_seconds.remove(&labels);
+        }
+    }
+    next
 }
 
 /// Lag of one route on each of its partitions, in messages and in seconds.

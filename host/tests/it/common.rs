@@ -181,6 +181,15 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Tests that run the saga on the real broker share its topics (the components publish to
+/// fixed names), so each would also handle every other one's orders, and the retries those
+/// foreign events cause would hold its own up: they take turns. Hold the guard for the
+/// whole test, and take it before [`start_groups_at_the_end`].
+pub async fn saga_topics(real: bool) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    static SHARED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if real { Some(SHARED.lock().await) } else { None }
+}
+
 /// The shipped routing, with consumer groups unique to this run so that a new group
 /// starts at the beginning of the topics.
 pub fn saga_routing(dir: &std::path::Path, run: &str) -> Routing {

@@ -908,11 +908,13 @@ pub mod e2e {
         pub real: bool,
         _dir: tempfile::TempDir,
         _db: TestDb,
+        _saga: Option<tokio::sync::MutexGuard<'static, ()>>,
     }
 
     impl Env {
         /// `real`: Kafka, PostgreSQL and Redis; else the embedded broker and SQLite.
         pub async fn new(real: bool) -> Env {
+            let saga = crate::common::saga_topics(real).await;
             let dir = tempfile::tempdir().unwrap();
             let run = format!("gw{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
             let routing = crate::common::saga_routing(dir.path(), &run);
@@ -937,6 +939,7 @@ pub mod e2e {
                 real,
                 _dir: dir,
                 _db: test_db,
+                _saga: saga,
             }
         }
 

@@ -147,7 +147,8 @@ async fn swaps_and_edits_under_traffic(real: bool, backend: Backend) {
     let host = service::start(&routing, db.clone(), &brokers, options, shutdown)
         .await
         .unwrap();
-    let admin = AdminClient::new(&format!("http://{}", host.admin_addr.unwrap()), Some(TOKEN.into()));
+    let host_addr = host.admin_addr.unwrap();
+    let admin = AdminClient::new(&format!("http://{host_addr}"), Some(TOKEN.into()));
     let running = tokio::spawn(host.run());
 
     let v1 = std::fs::read(artifact("probe")).unwrap();
@@ -234,7 +235,7 @@ async fn swaps_and_edits_under_traffic(real: bool, backend: Backend) {
     let sent = traffic.await.unwrap();
     assert_eq!(sent.len(), EVENTS);
 
-    wait_for("every event handled", Duration::from_secs(180), async || {
+    wait_for("every event handled", Duration::from_secs(600), async || {
         handled(db, "stamp", &topic_in).await.len() >= EVENTS
     })
     .await;
@@ -298,6 +299,16 @@ async fn swaps_and_edits_under_traffic(real: bool, backend: Backend) {
     let component = status.components.iter().find(|c| c.name == "stamp").unwrap();
     assert_eq!(component.version, v1_version, "the last swap was to v1");
     assert!(component.history.len() >= 10);
+
+    // The route an edit added has its lag sampled too (the sampler follows the routing),
+    // and /metrics answers on the admin listener without the token.
+    let metrics_url = format!("http://{host_addr}/metrics");
+    let series = format!("switchyard_consumer_lag_messages{{topic=\"{p}.added\"");
+    wait_for("the added route's lag series", Duration::from_secs(20), async || {
+        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        text.contains(&series)
+    })
+    .await;
 
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();

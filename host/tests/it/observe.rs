@@ -404,6 +404,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 /// that wrote the message (the request, or a host call of an invocation), all sharing
 /// the request's trace id.
 async fn one_order_is_one_trace(real: bool, _backend: Backend) {
+    let _saga = crate::common::saga_topics(real).await;
     let receiver = Receiver::default();
     let endpoint = receiver.start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -365,6 +365,7 @@ fn notifying_routing(dir: &Path, run: &str, smtp_port: u16, hook_port: u16) -> s
 }
 
 async fn notifications_reach_smtp_and_webhook(real: bool, backend: Backend) {
+    let _saga = crate::common::saga_topics(real).await;
     use rdkafka::Message;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::producer::{FutureProducer, FutureRecord};

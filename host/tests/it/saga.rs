@@ -60,6 +60,7 @@ async fn order_status(db: &Db, user: &str, request_id: &str) -> Option<String> {
 }
 
 async fn saga(real: bool, backend: Backend) {
+    let _saga = crate::common::saga_topics(real).await;
     let dir = tempfile::tempdir().unwrap();
     let run = format!("saga{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let routing = saga_routing(dir.path(), &run);
