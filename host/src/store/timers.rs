@@ -30,6 +30,17 @@ impl Tx {
         Ok(())
     }
 
+    /// Whether timer `id` of `component` is still pending.
+    pub async fn timer_exists(&mut self, component: &str, id: &str) -> Result<bool, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM timers WHERE component = $1 AND id = $2";
+        let (n,): (i64,) = on_conn!(self, |c| sqlx::query_as(SQL)
+            .bind(component)
+            .bind(id)
+            .fetch_one(c)
+            .await?);
+        Ok(n > 0)
+    }
+
     /// Cancels a pending timer of `component`; false if it fired or never existed.
     pub async fn cancel_timer(&mut self, component: &str, id: &str) -> Result<bool, StoreError> {
         const SQL: &str = "DELETE FROM timers WHERE component = $1 AND id = $2";

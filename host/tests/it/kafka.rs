@@ -557,6 +557,90 @@ async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
     );
 }
 
+/// The transaction id of a group commit of the host in flight: a transaction of another
+/// session of this database that has written inbox rows and not committed yet.
+async fn group_commit_in_flight(pool: &sqlx::PgPool) -> Option<String> {
+    const SQL: &str = "SELECT a.backend_xid::text FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
+                       WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+                       AND a.backend_xid IS NOT NULL AND l.locktype = 'relation' \
+                       AND l.relation = 'inbox'::regclass AND l.mode = 'RowExclusiveLock' LIMIT 1";
+    sqlx::query_as::<_, (String,)>(SQL)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .map(|(xid,)| xid)
+}
+
+/// SIGKILL lands while one of the host's group commits is open in PostgreSQL (seen in
+/// `pg_locks`, and proven afterwards: no row carries that transaction's id). After a
+/// restart every event's effects are there exactly once, and events did share commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_group_commit_loses_and_repeats_nothing() {
+    let Some(servers) = real_brokers() else { return };
+    let Some((db, url)) = crate::common::postgres_database().await else {
+        return;
+    };
+    let pool = db.postgres_pool().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, STREAM);
+    let brokers = brokers_for(true, &routing).await.unwrap();
+    const N: i64 = 2000;
+    send_stream(&brokers, &p, N as usize).await;
+
+    let config = dir.path().join("topics.toml");
+    let mut killed_mid_commit = None;
+    for attempt in 0..5 {
+        let mut host = HostProcess::start(
+            &config,
+            &servers,
+            &url,
+            &dir.path().join(format!("killed-{attempt}.log")),
+        );
+        let start = Instant::now();
+        let xid = loop {
+            if let Some(xid) = group_commit_in_flight(&pool).await {
+                break xid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "no group commit was ever seen in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        host.kill();
+        // The server notices the dropped connection and rolls the transaction back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM inbox WHERE xmin::text = $1")
+            .bind(&xid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if rows == 0 {
+            killed_mid_commit = Some(xid);
+            break;
+        }
+        // That commit finished before the signal landed: try again.
+    }
+    let done = counter(&db, "worker", "count").await;
+    assert!(
+        killed_mid_commit.is_some(),
+        "the kill never landed inside a group commit"
+    );
+    assert!(done < N, "the kill came too late to prove anything ({done})");
+
+    let _host = HostProcess::start(&config, &servers, &url, &dir.path().join("restarted.log"));
+    wait_for(&db, "worker", "count", N, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // room for any duplicate
+    assert_exactly_once(&db, N).await;
+    let (largest,): (i64,) =
+        sqlx::query_as("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM inbox GROUP BY xmin::text) AS commits")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(largest > 1, "every event committed alone: no group commit happened");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     let Some(servers) = real_brokers() else { return };
