@@ -1,7 +1,7 @@
 //! Component key-value storage: one namespace per component, inside the invocation's
 //! transaction.
 
-use super::{StoreError, Tx, on_conn};
+use super::{StoreError, Tx, TxInner, on_conn};
 
 impl Tx {
     pub async fn get(&mut self, component: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -73,6 +73,33 @@ impl Tx {
             }
         });
         Ok(Some(out))
+    }
+
+    /// PostgreSQL only: takes the namespace lock `namespace` (exclusive or shared) and
+    /// then the key locks `keys` (in the order given, sorted, so two hosts cannot wait
+    /// on each other over one unit), all held until the transaction ends.
+    pub(crate) async fn advisory_locks(
+        &mut self,
+        namespace: i64,
+        exclusive: bool,
+        keys: &[i64],
+    ) -> Result<(), StoreError> {
+        let TxInner::Postgres(tx) = &mut self.inner else {
+            return Ok(());
+        };
+        let sql = if exclusive {
+            "SELECT pg_advisory_xact_lock($1)"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared($1)"
+        };
+        sqlx::query(sql).bind(namespace).execute(&mut **tx).await?;
+        if !keys.is_empty() {
+            sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS u(k)")
+                .bind(keys)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Adds `delta` to the decimal counter under `key` (absent is 0) and returns it.

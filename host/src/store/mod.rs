@@ -121,6 +121,8 @@ pub struct Signals {
 /// One open transaction.
 pub struct Tx {
     pub(crate) inner: TxInner,
+    /// A snapshot (see [`Db::begin_snapshot`]): it takes no locks.
+    pub(crate) read_only: bool,
     wrote_outbox: bool,
     wrote_timers: bool,
     wrote_effects: bool,
@@ -342,6 +344,7 @@ impl Db {
         };
         Ok(Tx {
             inner,
+            read_only: false,
             wrote_outbox: false,
             wrote_timers: false,
             wrote_effects: false,
@@ -363,6 +366,7 @@ impl Db {
         };
         Ok(Tx {
             inner,
+            read_only: true,
             wrote_outbox: false,
             wrote_timers: false,
             wrote_effects: false,

@@ -132,6 +132,9 @@ impl Unit {
     /// Checks the unit's reads against `tx`, then claims its event and applies it.
     pub(crate) async fn apply(&self, tx: &mut Tx) -> Result<Applied, StoreError> {
         let component = self.inbox.component.as_str();
+        if tx.is_postgres() {
+            self.lock(tx).await?;
+        }
         for check in &self.checks {
             if !check.holds(tx, component).await? {
                 return Ok(Applied::Conflict);
@@ -175,6 +178,46 @@ impl Unit {
         }
         Ok(Applied::Committed)
     }
+}
+
+impl Unit {
+    /// On PostgreSQL, where other hosts commit at the same time: locks (until commit)
+    /// every key the unit read or writes, so no other host's commit can slip between
+    /// this unit's checks and its writes. A unit that listed keys locks its whole
+    /// namespace; the others share that lock. (SQLite needs none: one writer at a time.)
+    async fn lock(&self, tx: &mut Tx) -> Result<(), StoreError> {
+        let component = self.inbox.component.as_str();
+        let listed = self.checks.iter().any(|c| matches!(c, Check::Listing { .. }));
+        let mut keys: Vec<i64> = self
+            .checks
+            .iter()
+            .filter_map(|c| match c {
+                Check::Key { key, .. } => Some(key),
+                _ => None,
+            })
+            .chain(self.writes.iter().map(|(key, _)| key))
+            .map(|key| lock_id(component, Some(key)))
+            .collect();
+        if keys.is_empty() && !listed {
+            return Ok(());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        tx.advisory_locks(lock_id(component, None), listed, &keys).await
+    }
+}
+
+/// The advisory lock id of `component`'s key (or, for None, of its namespace).
+fn lock_id(component: &str, key: Option<&str>) -> i64 {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(component.as_bytes());
+    if let Some(key) = key {
+        hash.update([0]);
+        hash.update(key.as_bytes());
+    }
+    let digest = hash.finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// What applying one unit inside a group's transaction did.

@@ -30,15 +30,23 @@ impl Tx {
         Ok(())
     }
 
-    /// Whether timer `id` of `component` is still pending.
+    /// Whether timer `id` of `component` is still pending. In a writing transaction on
+    /// PostgreSQL the row stays locked until commit, so the timer pump (which skips
+    /// locked rows) cannot fire a timer this transaction is about to cancel.
     pub async fn timer_exists(&mut self, component: &str, id: &str) -> Result<bool, StoreError> {
-        const SQL: &str = "SELECT COUNT(*) FROM timers WHERE component = $1 AND id = $2";
-        let (n,): (i64,) = on_conn!(self, |c| sqlx::query_as(SQL)
+        const SQL: &str = "SELECT id FROM timers WHERE component = $1 AND id = $2";
+        const SQL_PG: &str = "SELECT id FROM timers WHERE component = $1 AND id = $2 FOR UPDATE";
+        let sql = if self.is_postgres() && !self.read_only {
+            SQL_PG
+        } else {
+            SQL
+        };
+        let row: Option<(String,)> = on_conn!(self, |c| sqlx::query_as(sql)
             .bind(component)
             .bind(id)
-            .fetch_one(c)
+            .fetch_optional(c)
             .await?);
-        Ok(n > 0)
+        Ok(row.is_some())
     }
 
     /// Cancels a pending timer of `component`; false if it fired or never existed.
