@@ -14,6 +14,7 @@ mod effects;
 pub mod group;
 mod inbox;
 mod kv;
+mod multirow;
 mod outbox;
 pub mod staged;
 pub mod timeline;
@@ -123,9 +124,9 @@ pub struct Tx {
     pub(crate) inner: TxInner,
     /// A snapshot (see [`Db::begin_snapshot`]): it takes no locks.
     pub(crate) read_only: bool,
-    wrote_outbox: bool,
-    wrote_timers: bool,
-    wrote_effects: bool,
+    pub(crate) wrote_outbox: bool,
+    pub(crate) wrote_timers: bool,
+    pub(crate) wrote_effects: bool,
     signals: Arc<Signals>,
 }
 

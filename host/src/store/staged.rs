@@ -208,7 +208,7 @@ impl Unit {
 }
 
 /// The advisory lock id of `component`'s key (or, for None, of its namespace).
-fn lock_id(component: &str, key: Option<&str>) -> i64 {
+pub(crate) fn lock_id(component: &str, key: Option<&str>) -> i64 {
     use sha2::Digest;
     let mut hash = sha2::Sha256::new();
     hash.update(component.as_bytes());

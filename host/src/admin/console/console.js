@@ -112,14 +112,21 @@ async function loadLag() {
   }));
 }
 
+// Reading dead letters from the broker takes a while; a slow earlier read must not
+// replace the cards of a later one (and the replay outcome shown on them).
+let lettersRead = 0;
+
 async function loadLetters() {
+  const read = ++lettersRead;
   $("letters-status").textContent = "Reading dead letters…";
   try {
     const view = await api("/dead-letters");
+    if (read !== lettersRead) return;
     $("letters-status").textContent = `${view.letters.length} dead letter(s) in ${view.topics.join(", ") || "no topic"}` +
       (view.unread ? ` — ${view.unread} not read in time, the list is incomplete` : "");
     $("letters").replaceChildren(...view.letters.map(letterCard));
   } catch (err) {
+    if (read !== lettersRead) return;
     $("letters-status").textContent = `Could not read the dead letters: ${err.message}`;
   }
 }
