@@ -417,7 +417,53 @@ async fn timers_fire_once_and_survive_a_restart(real: bool, backend: Backend) {
     assert_eq!(db.count(Table::Timers).await.unwrap(), 0);
 }
 
+const PARALLEL: &str = r#"
+[topics."{p}.in"]
+partitions = 2
+[components.worker]
+artifact = "{probe}"
+limits = { deadline-ms = 10000 }
+[[routes]]
+topic = "{p}.in"
+component = "worker"
+group = "{p}-worker"
+"#;
+
+/// While an event of partition 0 is in the middle of its run (blocked 4 s in a host
+/// call), partition 1's events commit: on SQLite too, the run holds no write lock.
+async fn a_running_event_holds_up_no_other_partition(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, PARALLEL);
+    let Some(brokers) = brokers_for(real, &routing).await else {
+        return;
+    };
+    let Some(db) = test_db(backend).await else { return };
+    let db = db.db.clone();
+    with_service(&routing, &db, &brokers, async {
+        let producer = producer(&brokers.client_config());
+        let slow = json!({"steps": [{"op": "put", "key": "slow-started", "value": "1"}, {"op": "sleep", "ms": 4000}, increment("slow")]});
+        send(&producer, &format!("{p}.in"), "a", Some(0), &slow).await;
+        for _ in 0..5 {
+            send(&producer, &format!("{p}.in"), "b", Some(1), &json!({"steps": [increment("others")]})).await;
+        }
+        wait_for(&db, "worker", "others", 5, Duration::from_secs(60)).await;
+        assert_eq!(
+            counter(&db, "worker", "slow").await,
+            0,
+            "partition 1 finished while partition 0's event was still running"
+        );
+        wait_for(&db, "worker", "slow", 1, Duration::from_secs(60)).await;
+    })
+    .await;
+    assert_eq!(
+        db.peek("worker", "slow-started").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
 on_both_stacks!(
+    a_running_event_holds_up_no_other_partition,
     event_flows_through_two_components_once,
     poison_event_is_dead_lettered_and_replayed_after_a_fix,
     retries_back_off_and_block_only_their_partition,
