@@ -127,18 +127,13 @@ impl Db {
         }
         let mut results = Vec::with_capacity(chains.len());
         for chain in chains {
-            let mut out = Vec::with_capacity(chain.len());
-            let mut broken = false;
+            let mut out = ChainResults::with_capacity(chain.len());
             for unit in chain {
-                if broken {
-                    out.push(UnitResult::NotRun);
-                    continue;
+                if out.decide_next() {
+                    out.push(unit.apply(&mut tx).await?.into());
                 }
-                let applied = unit.apply(&mut tx).await?;
-                broken = applied != Applied::Committed;
-                out.push(applied.into());
             }
-            results.push(out);
+            results.push(out.into_vec());
         }
         tx.commit().await?;
         Ok(results)
@@ -146,11 +141,9 @@ impl Db {
 
     /// A chain's units, each in its own transaction, after a group failed on some data.
     async fn commit_one_by_one(&self, chain: &[Unit]) -> ChainResult {
-        let mut out = Vec::with_capacity(chain.len());
-        let mut broken = false;
+        let mut out = ChainResults::with_capacity(chain.len());
         for unit in chain {
-            if broken {
-                out.push(UnitResult::NotRun);
+            if !out.decide_next() {
                 continue;
             }
             let mut tx = self.begin().await?;
@@ -169,10 +162,42 @@ impl Db {
                 }
                 Err(err) => return Err(err),
             };
-            broken = result != UnitResult::Committed;
             out.push(result);
         }
-        Ok(out)
+        Ok(out.into_vec())
+    }
+}
+
+/// A chain's results as its units are decided in order: after one that did not commit,
+/// the rest are [`UnitResult::NotRun`] without being looked at.
+pub(crate) struct ChainResults {
+    results: Vec<UnitResult>,
+    broken: bool,
+}
+
+impl ChainResults {
+    pub(crate) fn with_capacity(units: usize) -> ChainResults {
+        ChainResults {
+            results: Vec::with_capacity(units),
+            broken: false,
+        }
+    }
+
+    /// True when the next unit is to be decided; false when it is recorded as not run.
+    pub(crate) fn decide_next(&mut self) -> bool {
+        if self.broken {
+            self.results.push(UnitResult::NotRun);
+        }
+        !self.broken
+    }
+
+    pub(crate) fn push(&mut self, result: UnitResult) {
+        self.broken = result != UnitResult::Committed;
+        self.results.push(result);
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<UnitResult> {
+        self.results
     }
 }
 

@@ -3,6 +3,23 @@
 
 use super::{StoreError, Tx, TxInner, on_conn};
 
+/// The decimal counter `current` (absent is 0) under `key` plus `delta`.
+pub(crate) fn incremented(key: &str, current: Option<&[u8]>, delta: i64) -> Result<i64, StoreError> {
+    let value = match current {
+        None => 0,
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            text.trim().parse::<i64>().map_err(|_| StoreError::NotANumber {
+                key: key.to_string(),
+                found: text.clone(),
+            })?
+        }
+    };
+    value
+        .checked_add(delta)
+        .ok_or_else(|| StoreError::Overflow { key: key.to_string() })
+}
+
 impl Tx {
     pub async fn get(&mut self, component: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         const SQL: &str = "SELECT value FROM kv WHERE component = $1 AND key = $2";
@@ -108,19 +125,7 @@ impl Tx {
     pub async fn increment(&mut self, component: &str, key: &str, delta: i64) -> Result<i64, StoreError> {
         loop {
             let current = self.get(component, key).await?;
-            let value = match &current {
-                None => 0,
-                Some(bytes) => {
-                    let text = String::from_utf8_lossy(bytes).into_owned();
-                    text.trim().parse::<i64>().map_err(|_| StoreError::NotANumber {
-                        key: key.to_string(),
-                        found: text.clone(),
-                    })?
-                }
-            };
-            let next = value
-                .checked_add(delta)
-                .ok_or_else(|| StoreError::Overflow { key: key.to_string() })?;
+            let next = incremented(key, current.as_deref(), delta)?;
             let next_text = next.to_string();
             if self
                 .compare_and_swap(component, key, current.as_deref(), Some(next_text.as_bytes()))

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{Postgres, Transaction};
 
-use super::group::UnitResult;
+use super::group::{ChainResults, UnitResult};
 use super::outbox::OUTBOX_CHANNEL;
 use super::staged::{Check, Unit, lock_id};
 use super::{StoreError, Tx, TxInner, encode_headers, now_ms};
@@ -121,11 +121,9 @@ async fn apply_pg(
     let mut results = Vec::with_capacity(chains.len());
     let mut accepted: Vec<&Unit> = Vec::new();
     for chain in chains {
-        let mut out = Vec::with_capacity(chain.len());
-        let mut broken = false;
+        let mut out = ChainResults::with_capacity(chain.len());
         for unit in chain {
-            if broken {
-                out.push(UnitResult::NotRun);
+            if !out.decide_next() {
                 continue;
             }
             let component = &unit.inbox.component;
@@ -137,7 +135,6 @@ async fn apply_pg(
                 Check::Listing { .. } => false,
             });
             if !holds {
-                broken = true;
                 out.push(UnitResult::Conflict);
                 continue;
             }
@@ -153,7 +150,7 @@ async fn apply_pg(
             accepted.push(unit);
             out.push(UnitResult::Committed);
         }
-        results.push(out);
+        results.push(out.into_vec());
     }
     if accepted.is_empty() {
         return Ok(Some(results));

@@ -406,19 +406,8 @@ impl Staged {
 
     /// Adds `delta` to the decimal counter under `key` (absent is 0) and returns it.
     pub async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, StoreError> {
-        let value = match self.get(key).await? {
-            None => 0,
-            Some(bytes) => {
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                text.trim().parse::<i64>().map_err(|_| StoreError::NotANumber {
-                    key: key.to_string(),
-                    found: text.clone(),
-                })?
-            }
-        };
-        let next = value
-            .checked_add(delta)
-            .ok_or_else(|| StoreError::Overflow { key: key.to_string() })?;
+        let current = self.get(key).await?;
+        let next = super::kv::incremented(key, current.as_deref(), delta)?;
         self.put(key, next.to_string().as_bytes());
         Ok(next)
     }
