@@ -214,7 +214,7 @@ mod tests {
             tx.commit().await.unwrap();
         }
         let sent: Vec<i64> = db.unsent_outbox(1000).await.unwrap().iter().map(|r| r.id).collect();
-        db.mark_sent(&sent).await.unwrap();
+        db.mark_sent(&sent, "test").await.unwrap();
         let mut tx = db.begin().await.unwrap();
         tx.insert_outbox("unsent", "a", &message).await.unwrap();
         tx.commit().await.unwrap();

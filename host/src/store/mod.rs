@@ -35,7 +35,7 @@ pub use components::{Activation, StoredVersion};
 pub use effects::{ClaimedEffect, EffectStatus, NewEffect};
 pub use group::{ChainResult, UnitResult};
 pub use inbox::InboxEntry;
-pub use outbox::{OutboxRow, ParkedRow, RelayLock};
+pub use outbox::{OutboxRow, ParkedRow, RELAY_SHARDS, RelayLock, shard_of};
 pub use staged::{InboxRecord, Overlay, Staged, StagedEffect, Unit};
 
 use crate::protocol::Signer;

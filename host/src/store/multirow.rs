@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::{Postgres, Transaction};
 
 use super::group::{ChainResults, UnitResult};
-use super::outbox::OUTBOX_CHANNEL;
+use super::outbox::{OUTBOX_CHANNEL, shard_of};
 use super::staged::{Check, Unit, lock_id};
 use super::{StoreError, Tx, TxInner, encode_headers, now_ms};
 
@@ -281,9 +281,9 @@ async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Resu
         // Ids follow the rows' order (WITH ORDINALITY), so the relay sends them in the
         // order the events ran.
         sqlx::query(
-            "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms) \
-             SELECT e, c, t, k, p, h, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], \
-             $5::bytea[], $6::text[]) WITH ORDINALITY AS u(e, c, t, k, p, h, n) ORDER BY n",
+            "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms, shard) \
+             SELECT e, c, t, k, p, h, $7, s FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], \
+             $5::bytea[], $6::text[], $8::int2[]) WITH ORDINALITY AS u(e, c, t, k, p, h, s, n) ORDER BY n",
         )
         .bind(outbox.iter().map(|(_, (id, _))| id.clone()).collect::<Vec<_>>())
         .bind(outbox.iter().map(|(c, _)| (*c).clone()).collect::<Vec<_>>())
@@ -297,6 +297,12 @@ async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Resu
                 .collect::<Vec<_>>(),
         )
         .bind(now)
+        .bind(
+            outbox
+                .iter()
+                .map(|(_, (id, m))| shard_of(&m.topic, m.key.as_deref(), id))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut **tx)
         .await?;
         sqlx::query("SELECT pg_notify($1, '')")

@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].event_id, "t1");
         assert_eq!(rows[0].message, message);
-        db.mark_sent(&[rows[0].id]).await.unwrap();
+        db.mark_sent(&[rows[0].id], "test").await.unwrap();
         assert!(db.unsent_outbox(10).await.unwrap().is_empty());
     }
 }

@@ -750,6 +750,36 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
         in_first > 0 && in_second > 0,
         "shares: first {in_first}, second {in_second}"
     );
+    // Both hosts relay the outbox, each its own shards: every shard's rows so far were
+    // sent by one host, and both hosts sent some.
+    let relayed = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (i16, String)>(
+            "SELECT DISTINCT shard, relayed_by FROM outbox WHERE relayed_by IS NOT NULL ORDER BY shard",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let start = Instant::now();
+    let shares = loop {
+        let shares = relayed(db.postgres_pool().unwrap().clone()).await;
+        let hosts: std::collections::BTreeSet<&String> = shares.iter().map(|(_, by)| by).collect();
+        if hosts.len() == 2 {
+            break shares;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "one host relayed everything: {shares:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut shards: Vec<i16> = shares.iter().map(|(shard, _)| *shard).collect();
+    shards.dedup();
+    assert_eq!(
+        shards.len(),
+        shares.len(),
+        "a shard was relayed by both hosts: {shares:?}"
+    );
     first.terminate(); // leaves the group; the other host takes its partitions over
     wait_for(&db, "worker", "count", N, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
