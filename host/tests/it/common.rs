@@ -218,37 +218,43 @@ pub fn saga_routing(dir: &std::path::Path, run: &str) -> Routing {
 /// collide with this run's fresh database: start this run's groups after them.
 pub fn start_groups_at_the_end(base: &rdkafka::ClientConfig, routing: &Routing) {
     for route in &routing.routes {
-        let mut config = base.clone();
-        config.set("group.id", &route.group);
-        let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
-        let mut offsets = rdkafka::TopicPartitionList::new();
-        for partition in 0..routing.topics[&route.topic].partitions as i32 {
-            // Right after the topics are created a partition leader may not serve offset
-            // requests yet (NotLeaderForPartition): ask again for a while.
-            let start = Instant::now();
-            let high = loop {
-                match consumer.fetch_watermarks(route.topic.as_str(), partition, Duration::from_secs(10)) {
-                    Ok((_, high)) => break high,
-                    Err(err) if start.elapsed() < Duration::from_secs(30) => {
-                        eprintln!("watermarks of {}[{partition}] not ready: {err}", route.topic);
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    Err(err) => panic!("watermarks of {}[{partition}]: {err}", route.topic),
-                }
-            };
-            offsets
-                .add_partition_offset(route.topic.as_str(), partition, rdkafka::Offset::Offset(high))
-                .unwrap();
-        }
+        let partitions = routing.topics[&route.topic].partitions;
+        start_group_at_the_end(base, &route.group, route.topic.as_str(), partitions);
+    }
+}
+
+/// Commits `group`'s offsets on `topic` at the current end, so a new group (a gateway's
+/// `orders.status` readers too) does not first read every earlier run's messages.
+pub fn start_group_at_the_end(base: &rdkafka::ClientConfig, group: &str, topic: &str, partitions: u32) {
+    let mut config = base.clone();
+    config.set("group.id", group);
+    let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        // Right after the topics are created a partition leader may not serve offset
+        // requests yet (NotLeaderForPartition): ask again for a while.
         let start = Instant::now();
-        while let Err(err) = consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "committing start offsets of {}: {err}",
-                route.group
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let high = loop {
+            match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+                Ok((_, high)) => break high,
+                Err(err) if start.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("watermarks of {topic}[{partition}] not ready: {err}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(err) => panic!("watermarks of {topic}[{partition}]: {err}"),
+            }
+        };
+        offsets
+            .add_partition_offset(topic, partition, rdkafka::Offset::Offset(high))
+            .unwrap();
+    }
+    let start = Instant::now();
+    while let Err(err) = consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "committing start offsets of {group}: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

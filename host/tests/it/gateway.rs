@@ -990,6 +990,20 @@ pub mod e2e {
                 a.gateway_group = format!("{}-{}", env.run, replica.group);
                 if env.real {
                     a.redis_url = Some(crate::common::service("SWITCHYARD_TEST_REDIS_URL"));
+                    // orders.status holds every earlier run's statuses on a shared broker:
+                    // a new group reading them all first missed the 60 s reply timeout.
+                    let status = env
+                        .routing
+                        .topics
+                        .keys()
+                        .find(|t| t.as_str() == "orders.status")
+                        .unwrap();
+                    crate::common::start_group_at_the_end(
+                        &env.brokers.client_config(),
+                        &a.gateway_group,
+                        status.as_str(),
+                        env.routing.topics[status].partitions,
+                    );
                 }
                 let config = GatewayConfig::from_args(&a).unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
