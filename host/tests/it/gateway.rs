@@ -992,17 +992,17 @@ pub mod e2e {
                     a.redis_url = Some(crate::common::service("SWITCHYARD_TEST_REDIS_URL"));
                     // orders.status holds every earlier run's statuses on a shared broker:
                     // a new group reading them all first missed the 60 s reply timeout.
-                    let status = env
+                    let (status, topic) = env
                         .routing
                         .topics
-                        .keys()
-                        .find(|t| t.as_str() == "orders.status")
+                        .iter()
+                        .find(|(name, _)| name.as_str() == "orders.status")
                         .unwrap();
                     crate::common::start_group_at_the_end(
                         &env.brokers.client_config(),
                         &a.gateway_group,
                         status.as_str(),
-                        env.routing.topics[status].partitions,
+                        topic.partitions,
                     );
                 }
                 let config = GatewayConfig::from_args(&a).unwrap();
