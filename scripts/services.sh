@@ -79,7 +79,7 @@ proc_cmdline_has() {
   local pid=$1 cmd needle
   shift
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || return 1
   [[ -n $cmd ]] || return 1
   for needle in "$@"; do [[ $cmd == *"$needle"* ]] || return 1; done
 }

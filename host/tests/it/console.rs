@@ -161,27 +161,63 @@ impl Browser {
     async fn rows_when(&self, css: &str, rows: usize) -> Vec<Vec<String>> {
         let start = Instant::now();
         loop {
-            let found = self
-                .client
-                .find_all(Locator::Css(&format!("{css} tbody tr")))
-                .await
-                .unwrap();
-            if found.len() == rows {
-                let mut out = Vec::new();
-                for row in found {
-                    let mut cells = Vec::new();
-                    for cell in row.find_all(Locator::Css("td")).await.unwrap() {
-                        cells.push(cell.text().await.unwrap());
-                    }
-                    out.push(cells);
-                }
-                return out;
+            // A refresh may replace the rows while they are read: then read them again.
+            let found = self.rows(css).await;
+            if let Ok(found) = &found
+                && found.len() == rows
+            {
+                return found.clone();
             }
             if start.elapsed() > WAIT {
                 self.screenshot("timeout-rows").await;
-                panic!("timed out waiting for {rows} rows in {css}; {} shown", found.len());
+                panic!("timed out waiting for {rows} rows in {css}; it shows {found:?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn rows(&self, css: &str) -> Result<Vec<Vec<String>>, fantoccini::error::CmdError> {
+        let mut out = Vec::new();
+        for row in self.client.find_all(Locator::Css(&format!("{css} tbody tr"))).await? {
+            let mut cells = Vec::new();
+            for cell in row.find_all(Locator::Css("td")).await? {
+                cells.push(cell.text().await?);
+            }
+            out.push(cells);
+        }
+        Ok(out)
+    }
+
+    /// Whether the element at `css` is enabled, asked again if a refresh replaced it.
+    async fn enabled(&self, css: &str) -> bool {
+        let start = Instant::now();
+        loop {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(element) => match element.is_enabled().await {
+                    Ok(enabled) => return enabled,
+                    Err(err) if start.elapsed() > WAIT => panic!("{css}: {err}"),
+                    Err(_) => {}
+                },
+                Err(err) if start.elapsed() > WAIT => panic!("{css}: {err}"),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Clicks the element at `css`, found again if a refresh replaced it.
+    async fn click(&self, css: &str) {
+        let start = Instant::now();
+        loop {
+            let clicked = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => element.click().await.map(|_| ()),
+                Err(err) => Err(err),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(err) if start.elapsed() > WAIT => panic!("clicking {css}: {err}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 
@@ -503,13 +539,8 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
             t == "no (not replayable)"
         })
         .await;
-        let button = b
-            .client
-            .find(Locator::Css(&format!("{unsigned} button.replay")))
-            .await
-            .unwrap();
         assert!(
-            !button.is_enabled().await.unwrap(),
+            !b.enabled(&format!("{unsigned} button.replay")).await,
             "an unsigned dead letter offers no replay"
         );
         b.screenshot_of("dead-letters", "dead-letters").await;
@@ -517,13 +548,7 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
         // Fixed (the setting arrives by a live routing edit), then replayed from the page.
         routing(dir.path(), &p, &ROUTING.replace("{config}", "fixed = \"yes\""));
         admin_api.reload().await.unwrap();
-        b.client
-            .find(Locator::Css(&format!("{letter} button.replay")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click(&format!("{letter} button.replay")).await;
         b.text_when(&format!("{letter} .replay-outcome"), "replay outcome", |t| {
             t == format!("replayed to {input}[0] for first")
         })
