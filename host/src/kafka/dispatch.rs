@@ -1,9 +1,10 @@
 //! Consuming a route: one consumer group member per route, one worker task per
-//! partition. A partition's events are handled one at a time in offset order; partitions
-//! run in parallel, so a retrying event blocks only its own partition. The offset of an
+//! partition. A partition's events run one at a time in offset order, and those waiting
+//! run as a chain that commits together (see [`crate::store::group`]); partitions run
+//! in parallel, so a retrying event blocks only its own partition. The offset of an
 //! event is stored only after its effects (or its dead letter) are committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,8 +22,8 @@ use crate::event::{InboundEvent, LogPosition};
 use crate::live::registry::Registry;
 use crate::live::routes::{RouteSettings, RouteState};
 use crate::protocol::{DeadLetterRecord, names};
-use crate::runtime::{Failure, FailureKind, InvokeError, LoadedComponent, Outcome};
-use crate::store::{Db, InboxEntry, OutboundMessage, now_ms};
+use crate::runtime::{Failure, FailureKind, InvokeError, LoadedComponent, Outcome, Ran};
+use crate::store::{Db, InboxEntry, OutboundMessage, Overlay, UnitResult, now_ms};
 
 use super::headers_of;
 
@@ -291,6 +292,11 @@ fn partition_list(topic: &TopicName, partition: i32) -> TopicPartitionList {
     list
 }
 
+/// Events of one partition that run before their group commits, at most. A backlog
+/// fills chains (and chains of several partitions share a commit, see
+/// [`crate::store::group`]); a lone event is a chain of one, committed at once.
+const MAX_CHAIN: usize = 64;
+
 async fn partition_worker(
     ctx: Arc<RouteCtx>,
     partition: i32,
@@ -299,9 +305,26 @@ async fn partition_worker(
 ) {
     // Assignments seen when the registry last followed the activation log.
     let mut refreshed_at = 0;
-    while let Some((message, generation)) = receiver.recv().await {
+    // Received, not yet finished, in offset order.
+    let mut pending: VecDeque<Queued> = VecDeque::new();
+    // Chain length: halved when a chain ran into another partition's writes (a hot key),
+    // so re-runs stay cheap, and doubled back after each chain that committed whole.
+    let mut limit = MAX_CHAIN;
+    loop {
+        if pending.is_empty() {
+            match receiver.recv().await {
+                Some(next) => pending.push_back(next),
+                None => return,
+            }
+        }
+        while pending.len() < limit {
+            match receiver.try_recv() {
+                Ok(next) => pending.push_back(next),
+                Err(_) => break,
+            }
+        }
         if *ctx.shutdown.borrow() {
-            return; // not handled, offset not stored: it is redelivered after restart
+            return; // not handled, offsets not stored: redelivered after restart
         }
         // A partition just assigned may come from a host that ran a newer version: catch
         // up with the activation log before its first event, so no event runs on an
@@ -315,66 +338,233 @@ async fn partition_worker(
                 }
             }
         }
-        if generation != ctx.consumer.context().generation(partition) {
-            // Revoked since it was queued: its next owner (maybe this host again) reads it anew.
-            queued.fetch_sub(1, Ordering::AcqRel);
+        // Revoked since they were queued: their next owner (maybe this host again) reads them anew.
+        let generation = ctx.consumer.context().generation(partition);
+        let before = pending.len();
+        pending.retain(|(_, g)| *g == generation);
+        queued.fetch_sub(before - pending.len(), Ordering::AcqRel);
+        if pending.is_empty() {
             continue;
         }
-        let offset = message.offset;
-        if handle_message(&ctx, message).await {
-            // Stores offset+1 for the next commit; fails harmlessly if the partition was
-            // revoked meanwhile (the new owner's inbox then skips the event).
-            if let Err(err) = ctx.consumer.store_offset(ctx.topic.as_str(), partition, offset) {
-                tracing::debug!(partition, offset, error = %err, "offset not stored");
-            }
+
+        let chain = pending.len().min(limit);
+        let ChainEnd {
+            mut finished,
+            head,
+            conflicted,
+        } = run_chain(&ctx, pending.range(..chain)).await;
+        limit = if conflicted {
+            (limit / 2).max(1)
         } else {
-            return;
+            (limit * 2).min(MAX_CHAIN)
+        };
+        if finished == 0 {
+            // The first event failed (or the host did): retries, backoff and dead
+            // letter, one event at a time.
+            let (message, _) = pending.front().expect("not empty");
+            if let Some(event) = prepare(&ctx, message)
+                && !handle_event(&ctx, event, head).await
+            {
+                return;
+            }
+            finished = 1;
         }
-        queued.fetch_sub(1, Ordering::AcqRel);
+        let last = pending.drain(..finished).next_back().expect("finished > 0").0.offset;
+        // Stores last+1 for the next commit, which covers the events before it; fails
+        // harmlessly if the partition was revoked meanwhile (the new owner's inbox then
+        // skips the events).
+        if let Err(err) = ctx.consumer.store_offset(ctx.topic.as_str(), partition, last) {
+            tracing::debug!(partition, offset = last, error = %err, "offset not stored");
+        }
+        queued.fetch_sub(finished, Ordering::AcqRel);
     }
 }
 
-/// Handles one message to the end: committed, skipped as duplicate, or dead-lettered.
-/// False only when shutdown interrupted it before that.
-async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
-    let Received {
-        topic,
-        partition,
-        offset,
-        key,
-        payload,
-        mut headers,
-        timestamp_ms,
-    } = message;
+/// The event of `message`, or None when it is not this component's to handle (a replay
+/// meant for another).
+fn prepare(ctx: &RouteCtx, message: &Received) -> Option<InboundEvent> {
+    let mut headers = message.headers.clone();
     // Only the host's own (signed) switchyard-* headers steer it; forged ones are dropped.
-    let dropped = ctx.db.signer().screen(&topic, key.as_deref(), &payload, &mut headers);
+    let dropped = ctx
+        .db
+        .signer()
+        .screen(&message.topic, message.key.as_deref(), &message.payload, &mut headers);
     if let Some((_, target)) = headers.iter().find(|(n, _)| n == names::REPLAY_FOR)
         && target != ctx.component.as_str()
     {
-        return true; // a replay meant for another component
+        return None;
+    }
+    if !dropped.is_empty() {
+        tracing::warn!(
+            topic = %message.topic,
+            partition = message.partition,
+            offset = message.offset,
+            ?dropped,
+            "unsigned switchyard-* headers ignored: only the host sets them (the event id falls back to the log position)"
+        );
     }
     let at = LogPosition {
         origin: &ctx.origin,
-        topic: &topic,
-        partition,
-        offset,
+        topic: &message.topic,
+        partition: message.partition,
+        offset: message.offset,
     };
-    let mut event = InboundEvent::from_message(&at, key, payload, headers, timestamp_ms);
-    let span = tracing::info_span!(
+    Some(InboundEvent::from_message(
+        &at,
+        message.key.clone(),
+        message.payload.clone(),
+        headers,
+        message.timestamp_ms,
+    ))
+}
+
+fn event_span(event: &InboundEvent) -> tracing::Span {
+    tracing::info_span!(
         "event",
         event_id = %event.id,
         partition = event.partition,
         offset = event.offset,
         request_id = event.request_id.as_deref().unwrap_or(""),
         trace_id = %event.trace.trace_id,
-    );
-    async move {
-        if !dropped.is_empty() {
-            tracing::warn!(
-                ?dropped,
-                "unsigned switchyard-* headers ignored: only the host sets them (the event id falls back to the log position)"
-            );
+    )
+}
+
+/// How a finished event of a chain ended.
+enum Slot {
+    /// Not this component's (a replay for another).
+    Skipped,
+    /// Handled before.
+    Duplicate(InboundEvent),
+    /// Ran ok; its unit is in the chain.
+    Staged(InboundEvent),
+}
+
+/// How far a chain got.
+struct ChainEnd {
+    /// Events from the front that are finished (committed, duplicate or skipped).
+    finished: usize,
+    /// When none is: the first event's try, if it ran, for [`handle_event`] to carry on from.
+    head: Option<Result<Outcome, InvokeError>>,
+    /// An event read what another partition changed before it committed.
+    conflicted: bool,
+}
+
+/// Runs the given events of a partition in order, each over the writes of the ones
+/// before, until one fails, and commits them as one chain.
+async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>) -> ChainEnd {
+    let route = ctx.settings.current();
+    let events: Vec<Option<InboundEvent>> = pending.map(|(m, _)| prepare(ctx, m)).collect();
+    let ids: Vec<String> = events.iter().flatten().map(|e| e.id.clone()).collect();
+    let mut end = ChainEnd {
+        finished: 0,
+        head: None,
+        conflicted: false,
+    };
+    let Ok(handled) = ctx.db.handled(ctx.component.as_str(), &ids).await else {
+        return end; // the one-by-one path waits for the database
+    };
+    let mut overlay = Overlay::default();
+    let mut slots = Vec::with_capacity(events.len());
+    let mut chain = Vec::new();
+    for event in events {
+        let Some(event) = event else {
+            slots.push(Slot::Skipped);
+            continue;
+        };
+        if handled.contains(&event.id) || overlay.claims(&event.id) {
+            slots.push(Slot::Duplicate(event));
+            continue;
         }
+        // Looked up per event: a swap applies between events, never backwards.
+        let Some(component) = ctx.registry.get(&ctx.component) else {
+            break;
+        };
+        let ran = {
+            let permits = ctx.settings.permits();
+            let _permit = permits.acquire().await.expect("semaphore never closes");
+            ctx.registry
+                .runtime()
+                .run(&component, &ctx.db, &event, overlay)
+                .instrument(crate::observe::tracing::process_span(
+                    &route,
+                    &component.version,
+                    &event,
+                ))
+                .instrument(event_span(&event))
+                .await
+        };
+        match ran {
+            Ok((Ran::Staged { unit, .. }, next)) => {
+                overlay = next;
+                chain.push(*unit);
+                slots.push(Slot::Staged(event));
+            }
+            Ok((Ran::Failed(failure), _)) => {
+                if slots.is_empty() {
+                    end.head = Some(Ok(Outcome::Failed(failure)));
+                }
+                break;
+            }
+            Err(err) => {
+                if slots.is_empty() {
+                    end.head = Some(Err(err));
+                }
+                break;
+            }
+        }
+    }
+    let mut results = if chain.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        match ctx.db.commit_chain(chain).await {
+            Ok(results) => results.into_iter(),
+            Err(err) => {
+                tracing::warn!(error = %err, "group commit failed; the events run again");
+                Vec::new().into_iter()
+            }
+        }
+    };
+    let metrics = crate::observe::metrics();
+    for slot in slots {
+        match slot {
+            Slot::Skipped => {}
+            Slot::Duplicate(event) => {
+                metrics.handled(&route, &event, "duplicate");
+                log_duplicate(ctx, &event).instrument(event_span(&event)).await;
+            }
+            Slot::Staged(event) => match results.next() {
+                Some(UnitResult::Committed) => metrics.handled(&route, &event, "committed"),
+                Some(UnitResult::Duplicate) => {
+                    metrics.handled(&route, &event, "duplicate");
+                    log_duplicate(ctx, &event).instrument(event_span(&event)).await;
+                }
+                Some(UnitResult::Rejected(reason)) if end.finished == 0 => {
+                    end.head = Some(Err(InvokeError::Rejected(reason)));
+                    break;
+                }
+                Some(UnitResult::Conflict) => {
+                    end.conflicted = true;
+                    break;
+                }
+                // After one that did not commit, or the commit failed: runs again.
+                _ => break,
+            },
+        }
+        end.finished += 1;
+    }
+    end
+}
+
+/// Handles one event to the end, one try at a time: committed, skipped as duplicate,
+/// or dead-lettered. `first` is its first try when it already ran. False only when
+/// shutdown interrupted it before that.
+async fn handle_event(
+    ctx: &RouteCtx,
+    mut event: InboundEvent,
+    mut first: Option<Result<Outcome, InvokeError>>,
+) -> bool {
+    let span = event_span(&event);
+    async move {
         let mut attempt: u32 = 1;
         let mut host_failures: u32 = 0;
         loop {
@@ -391,19 +581,25 @@ async fn handle_message(ctx: &RouteCtx, message: Received) -> bool {
                 }
                 continue;
             };
-            let outcome = {
-                let permits = ctx.settings.permits();
-                let _permit = permits.acquire().await.expect("semaphore never closes");
-                ctx.registry
-                    .runtime()
-                    .invoke(&component, &ctx.db, &event)
-                    .instrument(crate::observe::tracing::process_span(&route, &component.version, &event))
-                    .await
+            let outcome = match first.take() {
+                Some(outcome) => outcome,
+                None => {
+                    let permits = ctx.settings.permits();
+                    let _permit = permits.acquire().await.expect("semaphore never closes");
+                    ctx.registry
+                        .runtime()
+                        .invoke(&component, &ctx.db, &event)
+                        .instrument(crate::observe::tracing::process_span(&route, &component.version, &event))
+                        .await
+                }
             };
-            crate::observe::metrics().invoked(&route, &event, &outcome);
             let failure = match outcome {
-                Ok(Outcome::Committed(_)) => return true,
+                Ok(Outcome::Committed(_)) => {
+                    crate::observe::metrics().handled(&route, &event, "committed");
+                    return true;
+                }
                 Ok(Outcome::Duplicate) => {
+                    crate::observe::metrics().handled(&route, &event, "duplicate");
                     log_duplicate(ctx, &event).await;
                     return true;
                 }
@@ -452,6 +648,10 @@ fn event_fault(err: InvokeError) -> Result<Failure, InvokeError> {
         InvokeError::Instantiate { component, reason } => Ok(Failure {
             kind: FailureKind::Instantiate,
             reason: format!("cannot instantiate component \"{component}\": {reason}"),
+        }),
+        InvokeError::Rejected(reason) => Ok(Failure {
+            kind: FailureKind::Rejected,
+            reason: format!("the database refused this event's data: {reason}"),
         }),
         other => Err(other),
     }

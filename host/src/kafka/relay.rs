@@ -6,14 +6,14 @@
 //! outbox rows commits in this process, and every [`POLL`] for rows other processes
 //! wrote. Timers move due rows into the outbox in one transaction, so each fires once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
-use crate::store::{Db, OutboxRow, now_ms};
+use crate::store::{Db, OutboxRow, RelayLock, now_ms};
 
 use super::to_kafka_headers;
 
@@ -28,6 +28,8 @@ const POLL: Duration = Duration::from_millis(50);
 const BACKOFF: Duration = Duration::from_millis(500);
 /// How often a host that is not the relay tries to become it.
 const FOLLOWER_POLL: Duration = Duration::from_secs(1);
+/// How often a relay takes its fair share of the outbox shards again.
+const REBALANCE: Duration = Duration::from_secs(1);
 /// Longest sleep of the timer pump: timers other hosts set are seen this soon.
 const TIMER_POLL: Duration = Duration::from_millis(200);
 
@@ -61,18 +63,24 @@ pub enum RelayError {
 
 /// Relays until `shutdown` turns true, then sends what is left once more and returns.
 pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watch::Receiver<bool>) {
+    let me = relay_name();
     let mut producer: Option<FutureProducer> = None;
-    let mut lock = None;
+    let mut lock: Option<RelayLock> = None;
+    let mut rebalanced_at: Option<Instant> = None;
     let mut listener = None;
     loop {
         let stopping = *shutdown.borrow();
         if lock.is_none() {
             match db.try_relay_lock().await {
                 Ok(Some(l)) => {
-                    tracing::info!("this host relays the outbox");
+                    match l.shards() {
+                        Some(shards) => tracing::info!(?shards, "this host relays outbox shards"),
+                        None => tracing::info!("this host relays the outbox"),
+                    }
                     lock = Some(l);
+                    rebalanced_at = Some(Instant::now());
                 }
-                Ok(None) => {} // another host relays
+                Ok(None) => {} // another process relays
                 Err(err) => tracing::warn!(error = %err, "relay lock failed"),
             }
             if lock.is_none() {
@@ -86,13 +94,24 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
                 continue;
             }
         }
-        if let Some(held) = lock.as_mut()
-            && !held.still_held().await
-        {
-            tracing::warn!("lost the relay lock (database session ended); another host may relay now");
+        let held = lock.as_mut().expect("taken above");
+        if rebalanced_at.is_none_or(|at| at.elapsed() >= REBALANCE) {
+            rebalanced_at = Some(Instant::now());
+            match held.rebalance().await {
+                Ok(true) => tracing::info!(shards = ?held.shards(), "this host now relays outbox shards"),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "lost the relay session; other hosts take its shards");
+                    lock = None;
+                    continue;
+                }
+            }
+        } else if !held.still_held().await {
+            tracing::warn!("lost the relay lock (database session ended); other hosts take its shards");
             lock = None;
             continue;
         }
+        let shards = held.shards().map(<[i16]>::to_vec);
         let active = match &producer {
             Some(p) => p,
             None => match producer_config.create::<FutureProducer>() {
@@ -104,11 +123,15 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
                 }
             },
         };
-        let round = tokio::select! {
-            round = relay_once(&db, active) => round,
-            // A broker that is down holds a round forever; shutdown does not wait for it
-            // (the unmarked rows go out after the next start).
-            _ = shutdown.wait_for(|stop| *stop), if !stopping => continue,
+        let round = if shards.as_ref().is_some_and(Vec::is_empty) {
+            Ok(0) // every shard is another relay's for now
+        } else {
+            tokio::select! {
+                round = relay_shards(&db, active, shards.as_deref(), &me) => round,
+                // A broker that is down holds a round forever; shutdown does not wait for it
+                // (the unmarked rows go out after the next start).
+                _ = shutdown.wait_for(|stop| *stop), if !stopping => continue,
+            }
         };
         match round {
             Ok(n) if n > 0 => continue,
@@ -175,11 +198,31 @@ fn verdict(error: KafkaError) -> Verdict {
     }
 }
 
-/// Sends one batch: enqueues every row, then awaits the acknowledgements, marks the
-/// delivered rows sent in one statement and parks the refused ones. Returns how many
-/// rows were settled (sent or parked).
+/// The name a relay marks the rows it sent with: host and process.
+fn relay_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Sends one batch of every shard (see [`relay_shards`]).
 pub async fn relay_once(db: &Db, producer: &FutureProducer) -> Result<usize, RelayError> {
-    let rows = db.unsent_outbox(BATCH).await?;
+    relay_shards(db, producer, None, &relay_name()).await
+}
+
+/// Sends one batch of `shards` (None: all): enqueues every row, then awaits the
+/// acknowledgements, marks the delivered rows sent by `me` in one statement and parks
+/// the refused ones. Returns how many rows were settled (sent or parked).
+pub async fn relay_shards(
+    db: &Db,
+    producer: &FutureProducer,
+    shards: Option<&[i16]>,
+    me: &str,
+) -> Result<usize, RelayError> {
+    let rows = db.unsent_outbox_in(BATCH, shards).await?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -225,7 +268,7 @@ pub async fn relay_once(db: &Db, producer: &FutureProducer) -> Result<usize, Rel
         .filter(|(_, v)| matches!(v, Verdict::Sent))
         .map(|(row, _)| row.id)
         .collect();
-    db.mark_sent(&sent).await?;
+    db.mark_sent(&sent, me).await?;
     let mut settled = sent.len();
     let mut retry = None;
     for (row, v) in verdicts {

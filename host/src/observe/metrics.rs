@@ -21,7 +21,6 @@ use prometheus_client::registry::Registry;
 
 use crate::config::Route;
 use crate::event::InboundEvent;
-use crate::runtime::{InvokeError, Outcome};
 
 /// A route: the topic it consumes and the component it feeds.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -299,18 +298,13 @@ impl Metrics {
             .inc();
     }
 
-    /// After one try of `event` on `route`: counts committed and duplicate events and
-    /// remembers the event's timestamp for the lag in seconds.
-    pub fn invoked(&self, route: &Route, event: &InboundEvent, outcome: &Result<Outcome, InvokeError>) {
+    /// `event` of `route` is finished as `outcome` (`committed` or `duplicate`): counts
+    /// it and remembers its timestamp for the lag in seconds.
+    pub fn handled(&self, route: &Route, event: &InboundEvent, outcome: &'static str) {
         if !super::enabled() {
             return;
         }
-        let name = match outcome {
-            Ok(Outcome::Committed(_)) => "committed",
-            Ok(Outcome::Duplicate) => "duplicate",
-            _ => return,
-        };
-        self.event(route, name);
+        self.event(route, outcome);
         let key = PartitionLabels {
             topic: route.topic.to_string(),
             component: route.component.to_string(),

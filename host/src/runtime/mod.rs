@@ -2,9 +2,11 @@
 //! interruption, components compiled and type-checked against world `handler` at load
 //! time, and a fresh instance per invocation bounded in time and memory.
 //!
-//! [`Runtime::invoke`] is the heart of exactly-once effects: it opens a transaction,
-//! claims the event id in the inbox, runs `handle`, and commits the guest's storage
-//! writes, outbox messages and timers only if `handle` returned `ok`.
+//! [`Runtime::run`] runs `handle` against a [`Staged`] view: reads from a snapshot,
+//! writes kept in memory. Only if `handle` returned `ok` does the caller commit the
+//! resulting [`Unit`] (its inbox claim, storage writes, outbox messages, timers and
+//! deliveries together) through the group committer ([`crate::store::group`]), which is
+//! the heart of exactly-once effects. [`Runtime::invoke`] does both for one event.
 
 mod bindings;
 mod host;
@@ -22,7 +24,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::ComponentSpec;
 use crate::event::InboundEvent;
-use crate::store::{Db, InboxEntry, StoreError, Tx};
+use crate::store::{Db, InboxRecord, Overlay, Staged, StoreError, Unit, UnitResult};
 
 use bindings::{Handler, HandlerPre};
 use output::CappedOutput;
@@ -77,6 +79,19 @@ pub enum InvokeError {
     Store(#[from] StoreError),
     #[error("cannot instantiate component \"{component}\": {reason}")]
     Instantiate { component: String, reason: String },
+    /// The database refused what the event would commit (see
+    /// [`StoreError::is_caused_by_data`]): retrying cannot help.
+    #[error("the database refused this event's data: {0}")]
+    Rejected(String),
+}
+
+/// How one run of `handle` ended, before anything is committed.
+#[derive(Debug)]
+pub enum Ran {
+    /// `handle` returned ok: what to commit, and what it did.
+    Staged { unit: Box<Unit>, effects: Effects },
+    /// Nothing is to be committed.
+    Failed(Failure),
 }
 
 /// How an invocation ended.
@@ -295,7 +310,12 @@ impl Runtime {
     /// A fresh store for one call of `spec`'s component: WASI with no files, env or
     /// sockets (clocks and randomness only), captured output, the memory cap, and the
     /// epoch deadline that stops a guest which computes past its time.
-    pub(crate) fn new_store(&self, spec: &Arc<ComponentSpec>, tx: Tx, caller: Caller) -> Store<InvocationState> {
+    pub(crate) fn new_store(
+        &self,
+        spec: &Arc<ComponentSpec>,
+        staged: Staged,
+        caller: Caller,
+    ) -> Store<InvocationState> {
         let stdout = CappedOutput::new(OUTPUT_CAPACITY);
         let stderr = CappedOutput::new(OUTPUT_CAPACITY);
         let wasi = WasiCtxBuilder::new()
@@ -312,7 +332,7 @@ impl Runtime {
             stderr,
             component: spec.clone(),
             version: caller.version,
-            tx,
+            staged,
             event_id: caller.event_id,
             request_id: caller.request_id,
             trace: caller.trace,
@@ -346,10 +366,10 @@ impl Runtime {
     /// instance: start-up code that traps, loops or outgrows memory is found before a
     /// version goes live rather than at its first event.
     pub async fn trial_instantiate(&self, component: &LoadedComponent, db: &Db) -> Result<(), String> {
-        let tx = db.begin_read_only().await.map_err(|e| format!("storage failed: {e}"))?;
+        let staged = Staged::new(db, component.spec.name.as_str(), Overlay::default());
         let mut store = self.new_store(
             &component.spec,
-            tx,
+            staged,
             Caller {
                 event_id: "load-check".into(),
                 version: component.version.clone(),
@@ -367,7 +387,7 @@ impl Runtime {
                 component.spec.limits.deadline.as_millis()
             )),
         };
-        let _ = store.into_data().tx.rollback().await;
+        store.into_data().staged.discard().await;
         result
     }
 
@@ -389,6 +409,44 @@ impl Runtime {
         db: &Db,
         event: &InboundEvent,
     ) -> Result<Outcome, InvokeError> {
+        loop {
+            if db
+                .handled(component.spec.name.as_str(), std::slice::from_ref(&event.id))
+                .await?
+                .contains(&event.id)
+            {
+                tracing::debug!(event_id = %event.id, "event already handled; skipped");
+                return Ok(Outcome::Duplicate);
+            }
+            let (ran, _) = self.run(component, db, event, Overlay::default()).await?;
+            let (unit, effects) = match ran {
+                Ran::Failed(failure) => return Ok(Outcome::Failed(failure)),
+                Ran::Staged { unit, effects } => (unit, effects),
+            };
+            if mode == InvokeMode::DryRun {
+                return Ok(Outcome::Committed(effects));
+            }
+            match db.commit_chain(vec![*unit]).await?.pop() {
+                Some(UnitResult::Committed) => return Ok(Outcome::Committed(effects)),
+                Some(UnitResult::Duplicate) => return Ok(Outcome::Duplicate),
+                Some(UnitResult::Rejected(reason)) => return Err(InvokeError::Rejected(reason)),
+                // What it read changed before it committed: run it again on fresh data.
+                Some(UnitResult::Conflict | UnitResult::NotRun) | None => continue,
+            }
+        }
+    }
+
+    /// Runs `handle` for `event` on `component` over `base` (the writes of the
+    /// partition's earlier events not committed yet) and commits nothing. Returns how it
+    /// ended and the overlay for the partition's next event: `base` with this event's
+    /// writes when it is staged, `base` unchanged when it failed.
+    pub async fn run(
+        &self,
+        component: &LoadedComponent,
+        db: &Db,
+        event: &InboundEvent,
+        base: Overlay,
+    ) -> Result<(Ran, Overlay), InvokeError> {
         let span = tracing::info_span!(
             "invoke",
             component = %component.spec.name,
@@ -400,40 +458,21 @@ impl Runtime {
             request_id = event.request_id.as_deref().unwrap_or(""),
             trace_id = %event.trace.trace_id,
         );
-        self.invoke_inner(mode, component, db, event).instrument(span).await
+        self.run_inner(component, db, event, base).instrument(span).await
     }
 
-    async fn invoke_inner(
+    async fn run_inner(
         &self,
-        mode: InvokeMode,
         component: &LoadedComponent,
         db: &Db,
         event: &InboundEvent,
-    ) -> Result<Outcome, InvokeError> {
+        base: Overlay,
+    ) -> Result<(Ran, Overlay), InvokeError> {
         let spec = &component.spec;
-        let mut tx = db.begin().await?;
-        let entry = InboxEntry {
-            component: spec.name.as_str(),
-            event_id: &event.id,
-            topic: &event.topic,
-            partition: event.partition,
-            offset: event.offset,
-            version: Some(&component.version),
-            activation: Some(component.activation),
-            request_id: event.request_id.as_deref(),
-            trace_id: Some(&event.trace.trace_id),
-            outcome: "committed",
-        };
-        if !tx.claim_inbox(&entry).await? {
-            tx.rollback().await?;
-            tracing::debug!("event already handled; skipped");
-            return Ok(Outcome::Duplicate);
-        }
-
         let started = Instant::now();
         let mut store = self.new_store(
             spec,
-            tx,
+            Staged::new(db, spec.name.as_str(), base),
             Caller {
                 event_id: event.id.clone(),
                 version: component.version.clone(),
@@ -461,8 +500,7 @@ impl Runtime {
                 if store.data().memory.exceeded || e.downcast_ref::<DeadlineExceeded>().is_some() {
                     Err(e)
                 } else {
-                    let state = store.into_data();
-                    state.tx.rollback().await?;
+                    store.into_data().staged.discard().await;
                     return Err(InvokeError::Instantiate {
                         component: spec.name.to_string(),
                         reason: format!("{e:#}"),
@@ -474,34 +512,45 @@ impl Runtime {
         };
         let mut state = store.into_data();
         forward_output(&state);
-        let outcome = match result {
-            Ok(_) if state.over_limit.is_some() => {
-                state.tx.rollback().await?;
-                Outcome::Failed(Failure {
-                    kind: FailureKind::Limit,
-                    reason: format!(
-                        "{} (raise nothing: split the work over several events)",
-                        state.over_limit.take().unwrap_or_default()
-                    ),
-                })
-            }
-            Ok(Ok(())) => {
-                if let Some(why) = state.poisoned.take() {
-                    state.tx.rollback().await?;
-                    Outcome::Failed(Failure {
-                        kind: FailureKind::Retryable,
-                        reason: format!("database failed during the call: {why}"),
-                    })
-                } else {
-                    match mode {
-                        InvokeMode::Commit => state.tx.commit().await?,
-                        InvokeMode::DryRun => state.tx.rollback().await?,
-                    }
-                    Outcome::Committed(std::mem::take(&mut state.effects))
+        let failure = match result {
+            Ok(_) if state.over_limit.is_some() => Failure {
+                kind: FailureKind::Limit,
+                reason: format!(
+                    "{} (raise nothing: split the work over several events)",
+                    state.over_limit.take().unwrap_or_default()
+                ),
+            },
+            Ok(Ok(())) => match state.poisoned.take() {
+                Some(why) => Failure {
+                    kind: FailureKind::Retryable,
+                    reason: format!("database failed during the call: {why}"),
+                },
+                None => {
+                    let inbox = InboxRecord {
+                        component: spec.name.to_string(),
+                        event_id: event.id.clone(),
+                        topic: event.topic.clone(),
+                        partition: event.partition,
+                        offset: event.offset,
+                        version: Some(component.version.to_string()),
+                        activation: Some(component.activation),
+                        request_id: event.request_id.clone(),
+                        trace_id: Some(event.trace.trace_id.clone()),
+                        outcome: "committed",
+                    };
+                    let (unit, overlay) = state.staged.finish(inbox).await;
+                    let effects = state.effects;
+                    self.ran(spec, component, started, None, &effects);
+                    return Ok((
+                        Ran::Staged {
+                            unit: Box::new(unit),
+                            effects,
+                        },
+                        overlay,
+                    ));
                 }
-            }
+            },
             Ok(Err(err)) => {
-                state.tx.rollback().await?;
                 let (kind, reason) = match err {
                     bindings::types::HandleError::Retryable(r) => (FailureKind::Retryable, r),
                     bindings::types::HandleError::Fatal(r) => (FailureKind::Fatal, r),
@@ -511,29 +560,38 @@ impl Runtime {
                 } else {
                     kind
                 };
-                Outcome::Failed(Failure { kind, reason })
+                Failure { kind, reason }
             }
-            Err(trap) => {
-                state.tx.rollback().await?;
-                Outcome::Failed(classify_trap(&trap, state.memory.exceeded))
-            }
+            Err(trap) => classify_trap(&trap, state.memory.exceeded),
         };
+        let overlay = state.staged.discard().await;
+        self.ran(spec, component, started, Some(&failure), &state.effects);
+        Ok((Ran::Failed(failure), overlay))
+    }
+
+    /// Records how long a run took, and logs how it ended.
+    fn ran(
+        &self,
+        spec: &ComponentSpec,
+        component: &LoadedComponent,
+        started: Instant,
+        failure: Option<&Failure>,
+        effects: &Effects,
+    ) {
         crate::observe::metrics().handler_duration(spec.name.as_str(), &component.version, started.elapsed());
         let elapsed_us = started.elapsed().as_micros() as u64;
-        match &outcome {
-            Outcome::Committed(effects) => tracing::debug!(
+        match failure {
+            None => tracing::debug!(
                 elapsed_us,
                 writes = effects.writes.len(),
                 published = effects.published.len(),
                 timers = effects.timers.len(),
                 "handled"
             ),
-            Outcome::Failed(f) => {
+            Some(f) => {
                 tracing::warn!(elapsed_us, kind = f.kind.as_str(), reason = %f.reason, "handler failed")
             }
-            Outcome::Duplicate => {}
         }
-        Ok(outcome)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use crate::event::TraceContext;
-use crate::store::{Db, StoreError};
+use crate::store::{Db, Overlay, Staged, StoreError};
 
 use super::bindings::types::QueryError as GuestQueryError;
 use super::state::DeadlineExceeded;
@@ -103,17 +103,12 @@ impl Runtime {
     ) -> Result<Vec<u8>, QueryError> {
         let spec = &component.spec;
         let (component_name, query_name) = (spec.name.to_string(), name.to_string());
-        let store_error = |source| QueryError::Store {
-            component: component_name.clone(),
-            name: query_name.clone(),
-            source,
-        };
-        let tx = db.begin_read_only().await.map_err(store_error)?;
+        let staged = Staged::new(db, spec.name.as_str(), Overlay::default());
 
         let started = Instant::now();
         let mut store = self.new_store(
             spec,
-            tx,
+            staged,
             Caller {
                 event_id: format!("query:{}", uuid::Uuid::now_v7()),
                 version: component.version.clone(),
@@ -147,7 +142,7 @@ impl Runtime {
         forward_output(&state);
         let poisoned = state.poisoned.clone();
         let memory_exceeded = state.memory.exceeded;
-        state.tx.rollback().await.map_err(store_error)?;
+        state.staged.discard().await;
 
         let (component, name) = (component_name, query_name);
         let elapsed_us = started.elapsed().as_micros() as u64;

@@ -10,7 +10,7 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::ComponentSpec;
 use crate::event::TraceContext;
-use crate::store::{StoreError, Tx};
+use crate::store::{Staged, StoreError};
 
 use super::output::CappedOutput;
 
@@ -113,8 +113,8 @@ pub struct InvocationState {
     pub(crate) component: Arc<ComponentSpec>,
     /// Version of the component's code, stamped on what it publishes.
     pub(crate) version: Arc<str>,
-    /// The transaction everything the guest does goes into.
-    pub(crate) tx: Tx,
+    /// What the guest reads and writes, committed (or not) after the call.
+    pub(crate) staged: Staged,
     /// Id of the event being handled, for the `caused-by` header of what it publishes.
     pub(crate) event_id: String,
     /// Correlation id passed on to every published message.
@@ -125,8 +125,8 @@ pub struct InvocationState {
     pub(crate) memory: MemoryCap,
     /// When the call must be over; checked on every epoch tick.
     pub(crate) deadline: Instant,
-    /// Set when the database failed under a host call: the transaction is no longer
-    /// usable, so the invocation is retried whatever the guest returns.
+    /// Set when the database failed under a host call: what the guest read cannot be
+    /// trusted, so the invocation is retried whatever the guest returns.
     pub(crate) poisoned: Option<String>,
     /// Set for `query`: host calls that would change anything fail with `read-only`.
     pub(crate) read_only: bool,
@@ -210,8 +210,8 @@ impl InvocationState {
         message
     }
 
-    /// Records a database failure under a host call: the transaction is no longer usable,
-    /// so the invocation is retried whatever the guest returns. Returns what the guest
+    /// Records a database failure under a host call: the invocation is retried whatever
+    /// the guest returns. Returns what the guest
     /// is told.
     pub(crate) fn poison(&mut self, operation: &str, err: &StoreError) -> String {
         let why = err.to_string();

@@ -2,9 +2,10 @@
 //! transaction, so an event's effects and its "handled" mark commit together. Claims
 //! older than the dedup window are pruned.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Db, OutboundMessage, StoreError, Tx, now_ms, on_conn, on_pool};
+use super::{Db, OutboundMessage, Pool, StoreError, Tx, now_ms, on_conn, on_pool};
 
 /// Where an event sat when the inbox recorded it, and what ran it.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +78,32 @@ impl Db {
         tx.insert_outbox(dead_letter_id, entry.component, message).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Which of `event_ids` `component` handled already: checked before running a group
+    /// of events, so a redelivered event costs no run (the commit still checks again).
+    pub async fn handled(&self, component: &str, event_ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        const SQL: &str =
+            "SELECT event_id FROM inbox WHERE component = $1 AND event_id IN (SELECT value FROM json_each($2))";
+        const SQL_PG: &str = "SELECT event_id FROM inbox WHERE component = $1 AND event_id = ANY($2)";
+        if event_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows: Vec<(String,)> = match (&self.pool, &self.readers) {
+            (Pool::Postgres(pool), _) => {
+                sqlx::query_as(SQL_PG)
+                    .bind(component)
+                    .bind(event_ids)
+                    .fetch_all(pool)
+                    .await?
+            }
+            (Pool::Sqlite(pool), readers) => {
+                let list = serde_json::to_string(event_ids).expect("strings serialize");
+                let pool = readers.as_ref().unwrap_or(pool);
+                sqlx::query_as(SQL).bind(component).bind(list).fetch_all(pool).await?
+            }
+        };
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Where `component` first handled `event_id`, if it did.
@@ -187,7 +214,7 @@ mod tests {
             tx.commit().await.unwrap();
         }
         let sent: Vec<i64> = db.unsent_outbox(1000).await.unwrap().iter().map(|r| r.id).collect();
-        db.mark_sent(&sent).await.unwrap();
+        db.mark_sent(&sent, "test").await.unwrap();
         let mut tx = db.begin().await.unwrap();
         tx.insert_outbox("unsent", "a", &message).await.unwrap();
         tx.commit().await.unwrap();

@@ -1,7 +1,24 @@
 //! Component key-value storage: one namespace per component, inside the invocation's
 //! transaction.
 
-use super::{StoreError, Tx, on_conn};
+use super::{StoreError, Tx, TxInner, on_conn};
+
+/// The decimal counter `current` (absent is 0) under `key` plus `delta`.
+pub(crate) fn incremented(key: &str, current: Option<&[u8]>, delta: i64) -> Result<i64, StoreError> {
+    let value = match current {
+        None => 0,
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            text.trim().parse::<i64>().map_err(|_| StoreError::NotANumber {
+                key: key.to_string(),
+                found: text.clone(),
+            })?
+        }
+    };
+    value
+        .checked_add(delta)
+        .ok_or_else(|| StoreError::Overflow { key: key.to_string() })
+}
 
 impl Tx {
     pub async fn get(&mut self, component: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -75,25 +92,40 @@ impl Tx {
         Ok(Some(out))
     }
 
+    /// PostgreSQL only: takes the namespace lock `namespace` (exclusive or shared) and
+    /// then the key locks `keys` (in the order given, sorted, so two hosts cannot wait
+    /// on each other over one unit), all held until the transaction ends.
+    pub(crate) async fn advisory_locks(
+        &mut self,
+        namespace: i64,
+        exclusive: bool,
+        keys: &[i64],
+    ) -> Result<(), StoreError> {
+        let TxInner::Postgres(tx) = &mut self.inner else {
+            return Ok(());
+        };
+        let sql = if exclusive {
+            "SELECT pg_advisory_xact_lock($1)"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared($1)"
+        };
+        sqlx::query(sql).bind(namespace).execute(&mut **tx).await?;
+        if !keys.is_empty() {
+            sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS u(k)")
+                .bind(keys)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Adds `delta` to the decimal counter under `key` (absent is 0) and returns it.
     /// Built on compare-and-swap, so concurrent increments from other partitions (other
     /// transactions on PostgreSQL) are never lost: a lost race reads again and retries.
     pub async fn increment(&mut self, component: &str, key: &str, delta: i64) -> Result<i64, StoreError> {
         loop {
             let current = self.get(component, key).await?;
-            let value = match &current {
-                None => 0,
-                Some(bytes) => {
-                    let text = String::from_utf8_lossy(bytes).into_owned();
-                    text.trim().parse::<i64>().map_err(|_| StoreError::NotANumber {
-                        key: key.to_string(),
-                        found: text.clone(),
-                    })?
-                }
-            };
-            let next = value
-                .checked_add(delta)
-                .ok_or_else(|| StoreError::Overflow { key: key.to_string() })?;
+            let next = incremented(key, current.as_deref(), delta)?;
             let next_text = next.to_string();
             if self
                 .compare_and_swap(component, key, current.as_deref(), Some(next_text.as_bytes()))

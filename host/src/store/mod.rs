@@ -3,22 +3,26 @@
 //! handled events ([`inbox`]), the outbox of messages on their way to Kafka
 //! ([`outbox`]), timers ([`timers`]) and component versions ([`components`]).
 //!
-//! An invocation runs inside one [`Tx`]: its inbox claim, storage writes, published
-//! messages and timers commit together or not at all. SQL is written once with `$n`
+//! An invocation reads from a snapshot and stages its writes ([`staged`]); its inbox
+//! claim, storage writes, published messages, timers and deliveries then commit
+//! together or not at all, in one transaction shared with other events ([`group`]). SQL is written once with `$n`
 //! placeholders, which both drivers accept; where the dialects differ, both texts stand
 //! side by side.
 
 mod components;
 mod effects;
+pub mod group;
 mod inbox;
 mod kv;
+mod multirow;
 mod outbox;
+pub mod staged;
 pub mod timeline;
 mod timers;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,8 +33,10 @@ use tokio::sync::Notify;
 
 pub use components::{Activation, StoredVersion};
 pub use effects::{ClaimedEffect, EffectStatus, NewEffect};
+pub use group::{ChainResult, UnitResult};
 pub use inbox::InboxEntry;
-pub use outbox::{OutboxRow, ParkedRow, RelayLock};
+pub use outbox::{OutboxRow, ParkedRow, RELAY_SHARDS, RelayLock, shard_of};
+pub use staged::{InboxRecord, Overlay, Staged, StagedEffect, Unit};
 
 use crate::protocol::Signer;
 
@@ -51,6 +57,8 @@ pub enum StoreError {
     Overflow { key: String },
     #[error("cannot lock {path}: {source}")]
     Lock { path: String, source: std::io::Error },
+    #[error("group commit failed: {0}")]
+    Commit(String),
 }
 
 impl StoreError {
@@ -86,6 +94,11 @@ pub struct Db {
     signer: Signer,
     /// The SQLite file, when there is one: the relay locks a file beside it.
     sqlite_path: Option<PathBuf>,
+    /// SQLite connections that only read: invocations' snapshots and queries, which so
+    /// never wait for (or hold) the single write connection.
+    readers: Option<SqlitePool>,
+    /// The group committer ([`group`]), started at the first commit.
+    committer: Arc<OnceLock<group::Committer>>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,9 +122,11 @@ pub struct Signals {
 /// One open transaction.
 pub struct Tx {
     pub(crate) inner: TxInner,
-    wrote_outbox: bool,
-    wrote_timers: bool,
-    wrote_effects: bool,
+    /// A snapshot (see [`Db::begin_snapshot`]): it takes no locks.
+    pub(crate) read_only: bool,
+    pub(crate) wrote_outbox: bool,
+    pub(crate) wrote_timers: bool,
+    pub(crate) wrote_effects: bool,
     signals: Arc<Signals>,
 }
 
@@ -159,7 +174,7 @@ impl Db {
     /// Opens PostgreSQL when `url` is given, else SQLite at `<data_dir>/switchyard.db`,
     /// and brings the schema up to date.
     pub async fn open(url: Option<&str>, data_dir: &Path) -> Result<Db, StoreError> {
-        let (pool, sqlite_path) = match url {
+        let (pool, sqlite_path, readers) = match url {
             Some(url) if url.starts_with("postgres") => {
                 let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
                     url: redact(url),
@@ -174,7 +189,7 @@ impl Db {
                         url: redact(url),
                         source,
                     })?;
-                (Pool::Postgres(pool), None)
+                (Pool::Postgres(pool), None, None)
             }
             Some(url) => {
                 let options = SqliteConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
@@ -182,7 +197,9 @@ impl Db {
                     source,
                 })?;
                 let path = Some(options.get_filename().to_path_buf()).filter(|p| !p.as_os_str().is_empty());
-                (Pool::Sqlite(Self::sqlite(options, url).await?), path)
+                let writer = Self::sqlite(options.clone(), url).await?;
+                let readers = Self::sqlite_readers(options, url).await?;
+                (Pool::Sqlite(writer), path, Some(readers))
             }
             None => {
                 std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
@@ -191,10 +208,10 @@ impl Db {
                 })?;
                 let path = data_dir.join("switchyard.db");
                 let options = SqliteConnectOptions::new().filename(&path);
-                (
-                    Pool::Sqlite(Self::sqlite(options, &path.display().to_string()).await?),
-                    Some(path),
-                )
+                let name = path.display().to_string();
+                let writer = Self::sqlite(options.clone(), &name).await?;
+                let readers = Self::sqlite_readers(options, &name).await?;
+                (Pool::Sqlite(writer), Some(path), Some(readers))
             }
         };
         let mut db = Db {
@@ -202,6 +219,8 @@ impl Db {
             signals: Arc::default(),
             signer: Signer::new(b""),
             sqlite_path,
+            readers,
+            committer: Arc::default(),
         };
         db.migrate().await?;
         db.signer = Signer::new(&db.host_secret().await?);
@@ -229,6 +248,32 @@ impl Db {
                 url: url.to_string(),
                 source,
             })
+    }
+
+    /// Read-only connections beside the writer. WAL mode lets them read a consistent
+    /// snapshot while the writer commits; their number bounds invocations reading at once.
+    async fn sqlite_readers(options: SqliteConnectOptions, url: &str) -> Result<SqlitePool, StoreError> {
+        // The writer made the file and set WAL (a property of the file); a reader only
+        // waits if a checkpoint briefly holds it.
+        let options = options.read_only(true).busy_timeout(Duration::from_secs(30));
+        SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(0)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: url.to_string(),
+                source,
+            })
+    }
+
+    /// This database without its committer handle: what the committer task itself holds,
+    /// so the task ends once every other handle is gone.
+    fn without_committer(&self) -> Db {
+        Db {
+            committer: Arc::default(),
+            ..self.clone()
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -300,6 +345,7 @@ impl Db {
         };
         Ok(Tx {
             inner,
+            read_only: false,
             wrote_outbox: false,
             wrote_timers: false,
             wrote_effects: false,
@@ -307,20 +353,21 @@ impl Db {
         })
     }
 
-    /// Starts a transaction for reading only (read-only queries). PostgreSQL refuses any
-    /// write in it, behind the host's own read-only checks; SQLite begins it deferred, so
-    /// it takes no write lock from writers in other processes.
-    pub async fn begin_read_only(&self) -> Result<Tx, StoreError> {
-        let inner = match &self.pool {
-            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin_with("BEGIN DEFERRED").await?),
-            Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
-                TxInner::Postgres(tx)
-            }
+    /// A read-only snapshot for one invocation: on SQLite a deferred transaction on a
+    /// reader connection (its snapshot starts at the first read), on PostgreSQL a
+    /// repeatable-read, read-only one. Everything read through it is one consistent state.
+    pub async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
+        let inner = match (&self.pool, &self.readers) {
+            (Pool::Sqlite(_), Some(readers)) => TxInner::Sqlite(readers.begin_with("BEGIN DEFERRED").await?),
+            (Pool::Sqlite(pool), None) => TxInner::Sqlite(pool.begin_with("BEGIN DEFERRED").await?),
+            (Pool::Postgres(pool), _) => TxInner::Postgres(
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            ),
         };
         Ok(Tx {
             inner,
+            read_only: true,
             wrote_outbox: false,
             wrote_timers: false,
             wrote_effects: false,
@@ -330,6 +377,9 @@ impl Db {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        if let Some(readers) = &self.readers {
+            readers.close().await;
+        }
         on_pool!(self, |p| p.close().await)
     }
 

@@ -31,6 +31,30 @@ type Row = (i64, String, String, String, Option<Vec<u8>>, Vec<u8>, String);
 /// The PostgreSQL notification channel of committed outbox rows.
 pub const OUTBOX_CHANNEL: &str = "switchyard_outbox";
 
+/// Shards of the outbox. Each is relayed by one host at a time, and the rows of one topic
+/// and key are always in the same shard, so per-key order holds while the hosts share the
+/// relaying (see [`RelayLock::rebalance`]).
+pub const RELAY_SHARDS: i16 = 8;
+/// Advisory lock keys on PostgreSQL: every relay holds [`MEMBER_LOCK`] shared, so the
+/// relays can count each other, and `SHARD_LOCK_BASE + shard` for each shard it relays.
+const MEMBER_LOCK: i64 = 7_243_100;
+const SHARD_LOCK_BASE: i64 = 7_243_101;
+
+/// The shard of a message: by topic and key, or by event id for a message without a key
+/// (no order to keep).
+pub fn shard_of(topic: &str, key: Option<&[u8]>, event_id: &str) -> i16 {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(topic.as_bytes());
+    hash.update([0]);
+    match key {
+        Some(key) => hash.update(key),
+        None => hash.update(event_id.as_bytes()),
+    }
+    let digest = hash.finalize();
+    (u16::from_be_bytes([digest[0], digest[1]]) % RELAY_SHARDS as u16) as i16
+}
+
 impl Tx {
     /// Queues a message for the relay, as part of this transaction.
     pub async fn insert_outbox(
@@ -39,8 +63,8 @@ impl Tx {
         component: &str,
         message: &OutboundMessage,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms) \
-                           VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        const SQL: &str = "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms, \
+                           shard) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         let headers = encode_headers(&message.headers);
         on_conn!(self, |c| sqlx::query(SQL)
             .bind(event_id)
@@ -50,6 +74,7 @@ impl Tx {
             .bind(&message.payload)
             .bind(&headers)
             .bind(now_ms())
+            .bind(shard_of(&message.topic, message.key.as_deref(), event_id))
             .execute(c)
             .await?
             .rows_affected());
@@ -82,9 +107,26 @@ impl Db {
 
     /// Unsent, unparked outbox rows in commit order, oldest first.
     pub async fn unsent_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        self.unsent_outbox_in(limit, None).await
+    }
+
+    /// [`Db::unsent_outbox`] of some shards only (None: all).
+    pub async fn unsent_outbox_in(&self, limit: i64, shards: Option<&[i16]>) -> Result<Vec<OutboxRow>, StoreError> {
         const SQL: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
                            WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL ORDER BY id LIMIT $1";
-        let rows: Vec<Row> = on_pool!(self, |p| sqlx::query_as(SQL).bind(limit).fetch_all(p).await?);
+        const SQL_SHARDS: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
+                                  WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL AND shard = ANY($2) \
+                                  ORDER BY id LIMIT $1";
+        let rows: Vec<Row> = match (&self.pool, shards) {
+            (Pool::Postgres(pool), Some(shards)) => {
+                sqlx::query_as(SQL_SHARDS)
+                    .bind(limit)
+                    .bind(shards)
+                    .fetch_all(pool)
+                    .await?
+            }
+            _ => on_pool!(self, |p| sqlx::query_as(SQL).bind(limit).fetch_all(p).await?),
+        };
         rows.into_iter()
             .map(|(id, event_id, component, topic, key, payload, headers)| {
                 Ok(OutboxRow {
@@ -102,22 +144,33 @@ impl Db {
             .collect()
     }
 
-    /// Marks outbox rows as delivered to Kafka, in one statement.
-    pub async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+    /// Marks outbox rows as delivered to Kafka by relay `by`, in one statement.
+    pub async fn mark_sent(&self, ids: &[i64], by: &str) -> Result<(), StoreError> {
         // By id, never by range: ids are taken at insert, so a row with a lower id can
         // still become visible after this batch was read.
-        const SQL: &str = "UPDATE outbox SET sent_at_ms = $1 WHERE id IN (SELECT value FROM json_each($2))";
-        const SQL_PG: &str = "UPDATE outbox SET sent_at_ms = $1 WHERE id = ANY($2)";
+        const SQL: &str =
+            "UPDATE outbox SET sent_at_ms = $1, relayed_by = $3 WHERE id IN (SELECT value FROM json_each($2))";
+        const SQL_PG: &str = "UPDATE outbox SET sent_at_ms = $1, relayed_by = $3 WHERE id = ANY($2)";
         if ids.is_empty() {
             return Ok(());
         }
         match &self.pool {
             Pool::Postgres(pool) => {
-                sqlx::query(SQL_PG).bind(now_ms()).bind(ids).execute(pool).await?;
+                sqlx::query(SQL_PG)
+                    .bind(now_ms())
+                    .bind(ids)
+                    .bind(by)
+                    .execute(pool)
+                    .await?;
             }
             Pool::Sqlite(pool) => {
                 let list = serde_json::to_string(ids).expect("integers serialize");
-                sqlx::query(SQL).bind(now_ms()).bind(list).execute(pool).await?;
+                sqlx::query(SQL)
+                    .bind(now_ms())
+                    .bind(list)
+                    .bind(by)
+                    .execute(pool)
+                    .await?;
             }
         }
         Ok(())
@@ -171,11 +224,12 @@ impl Db {
         Ok(n)
     }
 
-    /// Only the holder of this lock relays the outbox, so rows go out in commit order
-    /// and no two relays race. On PostgreSQL it is a session advisory lock held by a
-    /// connection of its own (a dead host's lock vanishes with its session); on SQLite an
-    /// exclusive lock on a file beside the database, so a second `switchyard run` on the
-    /// same data directory does not relay too. None: another host or process holds it.
+    /// Makes this host a relay. On PostgreSQL every host is one, and the shards are
+    /// shared out among them ([`RelayLock::rebalance`]): a shard is a session advisory lock
+    /// held by a connection of the relay's own, so a dead host's shards are free again
+    /// when its session ends. On SQLite one process relays everything: an exclusive lock
+    /// on a file beside the database, so a second `switchyard run` on the same data
+    /// directory does not relay too; None when another process holds it.
     pub async fn try_relay_lock(&self) -> Result<Option<RelayLock>, StoreError> {
         match &self.pool {
             Pool::Sqlite(_) => {
@@ -204,40 +258,125 @@ impl Db {
             }
             Pool::Postgres(pool) => {
                 // Detached from the pool: when the lock is dropped the session ends and
-                // PostgreSQL releases the lock, instead of it lingering on a pooled connection.
+                // PostgreSQL releases its locks, instead of them lingering on a pooled connection.
                 let mut conn = pool.acquire().await?.detach();
-                let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(7243001)")
-                    .fetch_one(&mut conn)
+                sqlx::query("SELECT pg_advisory_lock_shared($1)")
+                    .bind(MEMBER_LOCK)
+                    .execute(&mut conn)
                     .await?;
-                Ok(locked.then_some(RelayLock::Postgres(conn)))
+                let mut lock = RelayLock::Postgres {
+                    conn,
+                    shards: Vec::new(),
+                };
+                lock.rebalance().await?;
+                Ok(Some(lock))
             }
         }
     }
 }
 
-/// Proof of being the one outbox relay (see [`Db::try_relay_lock`]).
+/// Membership among the outbox relays (see [`Db::try_relay_lock`]).
 pub enum RelayLock {
-    /// The session holding the advisory lock.
-    Postgres(sqlx::PgConnection),
+    /// The session holding the member lock and the locks of `shards`.
+    Postgres {
+        conn: sqlx::PgConnection,
+        shards: Vec<i16>,
+    },
     /// The locked file; the lock goes with the file handle.
     File(File),
     Process,
 }
 
 impl RelayLock {
-    /// Whether the lock is still held. A PostgreSQL session can die under the relay (a
-    /// restarted server, a killed backend); the server then frees the lock and another
-    /// host takes over, so the relay must check before every batch and stop if it lost it.
+    /// The shards this relay sends; None: all of them.
+    pub fn shards(&self) -> Option<&[i16]> {
+        match self {
+            RelayLock::Postgres { shards, .. } => Some(shards),
+            RelayLock::File(_) | RelayLock::Process => None,
+        }
+    }
+
+    /// Whether the relay's session still holds its locks, and which shards. A PostgreSQL
+    /// session can die under the relay (a restarted server, a killed backend); the server
+    /// then frees its locks and other hosts take the shards over, so the relay checks
+    /// before every batch and stops if it lost them.
     pub async fn still_held(&mut self) -> bool {
         match self {
-            RelayLock::Postgres(conn) => {
-                const SQL: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
-                                   AND objid = 7243001 AND pid = pg_backend_pid() AND granted";
-                matches!(sqlx::query_as::<_, (i64,)>(SQL).fetch_one(conn).await, Ok((1,)))
-            }
+            RelayLock::Postgres { conn, shards } => match held_locks(conn).await {
+                Ok((member, held)) => {
+                    *shards = held;
+                    member
+                }
+                Err(_) => false,
+            },
             RelayLock::File(_) | RelayLock::Process => true,
         }
     }
+
+    /// Takes this relay's fair share of the shards: with N relays, at most ⌈shards / N⌉
+    /// each. A relay over its share lets the extra shards go (between batches, so
+    /// nothing of theirs is in flight); one under it takes free ones. Run every second by
+    /// each relay, the shares settle within a second or two of a host joining or leaving.
+    /// Returns whether the set changed; an error means the session is gone.
+    pub async fn rebalance(&mut self) -> Result<bool, StoreError> {
+        let RelayLock::Postgres { conn, shards } = self else {
+            return Ok(false);
+        };
+        const MEMBERS: &str = "SELECT COUNT(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' \
+                               AND objid = $1 AND granted \
+                               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+        let (members,): (i64,) = sqlx::query_as(MEMBERS).bind(MEMBER_LOCK).fetch_one(&mut *conn).await?;
+        let members = members.max(1);
+        let share = ((i64::from(RELAY_SHARDS) + members - 1) / members) as usize;
+        let (_, mut held) = held_locks(conn).await?;
+        let before = held.clone();
+        while held.len() > share {
+            let shard = held.pop().expect("longer than the share");
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(SHARD_LOCK_BASE + i64::from(shard))
+                .execute(&mut *conn)
+                .await?;
+        }
+        for shard in 0..RELAY_SHARDS {
+            if held.len() >= share {
+                break;
+            }
+            if held.contains(&shard) {
+                continue;
+            }
+            let (taken,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(SHARD_LOCK_BASE + i64::from(shard))
+                .fetch_one(&mut *conn)
+                .await?;
+            if taken {
+                held.push(shard);
+            }
+        }
+        held.sort_unstable();
+        let changed = held != before;
+        *shards = held;
+        Ok(changed)
+    }
+}
+
+/// Whether the session holds the member lock, and the shards it holds, in order.
+async fn held_locks(conn: &mut sqlx::PgConnection) -> Result<(bool, Vec<i16>), StoreError> {
+    const SQL: &str = "SELECT objid::int8 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
+                       AND granted AND objid::int8 BETWEEN $1 AND $2";
+    let rows: Vec<(i64,)> = sqlx::query_as(SQL)
+        .bind(MEMBER_LOCK)
+        .bind(SHARD_LOCK_BASE + i64::from(RELAY_SHARDS) - 1)
+        .fetch_all(conn)
+        .await?;
+    let member = rows.iter().any(|(id,)| *id == MEMBER_LOCK);
+    let mut shards: Vec<i16> = rows
+        .into_iter()
+        .filter(|(id,)| *id >= SHARD_LOCK_BASE)
+        .map(|(id,)| (id - SHARD_LOCK_BASE) as i16)
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    Ok((member, shards))
 }
 
 #[cfg(test)]
@@ -265,7 +404,7 @@ mod tests {
         tx.commit().await.unwrap();
         let rows = db.unsent_outbox(10).await.unwrap();
         db.park(rows[0].id, "message too large").await.unwrap();
-        db.mark_sent(&[rows[1].id, rows[2].id]).await.unwrap();
+        db.mark_sent(&[rows[1].id, rows[2].id], "test").await.unwrap();
         assert!(db.unsent_outbox(10).await.unwrap().is_empty());
         let parked = db.parked_outbox(10).await.unwrap();
         assert_eq!(parked.len(), 1);

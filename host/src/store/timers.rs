@@ -30,6 +30,25 @@ impl Tx {
         Ok(())
     }
 
+    /// Whether timer `id` of `component` is still pending. In a writing transaction on
+    /// PostgreSQL the row stays locked until commit, so the timer pump (which skips
+    /// locked rows) cannot fire a timer this transaction is about to cancel.
+    pub async fn timer_exists(&mut self, component: &str, id: &str) -> Result<bool, StoreError> {
+        const SQL: &str = "SELECT id FROM timers WHERE component = $1 AND id = $2";
+        const SQL_PG: &str = "SELECT id FROM timers WHERE component = $1 AND id = $2 FOR UPDATE";
+        let sql = if self.is_postgres() && !self.read_only {
+            SQL_PG
+        } else {
+            SQL
+        };
+        let row: Option<(String,)> = on_conn!(self, |c| sqlx::query_as(sql)
+            .bind(component)
+            .bind(id)
+            .fetch_optional(c)
+            .await?);
+        Ok(row.is_some())
+    }
+
     /// Cancels a pending timer of `component`; false if it fired or never existed.
     pub async fn cancel_timer(&mut self, component: &str, id: &str) -> Result<bool, StoreError> {
         const SQL: &str = "DELETE FROM timers WHERE component = $1 AND id = $2";
@@ -112,7 +131,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].event_id, "t1");
         assert_eq!(rows[0].message, message);
-        db.mark_sent(&[rows[0].id]).await.unwrap();
+        db.mark_sent(&[rows[0].id], "test").await.unwrap();
         assert!(db.unsent_outbox(10).await.unwrap().is_empty());
     }
 }

@@ -634,32 +634,43 @@ async fn every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the
     assert_eq!(counter(&db, "worker", "fixed").await, 1);
 }
 
-/// The PostgreSQL relay lock dies with its session; the holder notices before its next
-/// batch, so two hosts never relay at once.
+/// On PostgreSQL the relays share the outbox shards, each shard held by one session at a
+/// time: a second relay gets half once the first gives them up, and the shards of a
+/// relay whose session died are noticed as lost by it and taken over by the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_that_lost_its_postgres_session_stops_relaying() {
+async fn relays_share_the_outbox_shards_and_take_over_a_dead_ones() {
     let (db, _url) = crate::common::postgres_database().await.unwrap();
-    let other_host = db.clone();
-    let mut lock = db
-        .try_relay_lock()
-        .await
-        .unwrap()
-        .expect("the first host gets the lock");
-    assert!(other_host.try_relay_lock().await.unwrap().is_none());
-    assert!(lock.still_held().await);
-    // The lock's session is killed (a restarted server, an operator's pg_terminate_backend).
+    let all: Vec<i16> = (0..switchyard::store::RELAY_SHARDS).collect();
+    let mut first = db.try_relay_lock().await.unwrap().expect("a relay on PostgreSQL");
+    assert_eq!(first.shards(), Some(&all[..]), "alone, a relay takes every shard");
+    let mut second = db.try_relay_lock().await.unwrap().expect("a relay on PostgreSQL");
+    assert_eq!(second.shards(), Some(&[][..]), "every shard is taken");
+    assert!(
+        first.rebalance().await.unwrap(),
+        "the first gives up shards over its share"
+    );
+    assert!(second.rebalance().await.unwrap(), "the second takes the free ones");
+    let (a, b) = (first.shards().unwrap().to_vec(), second.shards().unwrap().to_vec());
+    assert_eq!(a.len(), all.len() / 2);
+    assert_eq!(b.len(), all.len() / 2);
+    let mut both: Vec<i16> = a.iter().chain(&b).copied().collect();
+    both.sort_unstable();
+    assert_eq!(both, all, "disjoint, and together every shard");
+    assert!(first.still_held().await);
+
+    // The first relay's session is killed (a restarted server, an operator's pg_terminate_backend).
     sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 7243001 \
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND objid::int8 = 7243101 + $1 \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
+    .bind(i64::from(a[0]))
     .execute(db.postgres_pool().unwrap())
     .await
     .unwrap();
-    assert!(!lock.still_held().await, "the holder must notice");
-    assert!(
-        other_host.try_relay_lock().await.unwrap().is_some(),
-        "another host takes over"
-    );
+    assert!(!first.still_held().await, "the holder must notice");
+    assert!(second.rebalance().await.unwrap());
+    assert_eq!(second.shards(), Some(&all[..]), "the survivor takes every shard over");
 }
 
 const DEEP: &str = r#"

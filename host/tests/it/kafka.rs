@@ -417,7 +417,53 @@ async fn timers_fire_once_and_survive_a_restart(real: bool, backend: Backend) {
     assert_eq!(db.count(Table::Timers).await.unwrap(), 0);
 }
 
+const PARALLEL: &str = r#"
+[topics."{p}.in"]
+partitions = 2
+[components.worker]
+artifact = "{probe}"
+limits = { deadline-ms = 10000 }
+[[routes]]
+topic = "{p}.in"
+component = "worker"
+group = "{p}-worker"
+"#;
+
+/// While an event of partition 0 is in the middle of its run (blocked 4 s in a host
+/// call), partition 1's events commit: on SQLite too, the run holds no write lock.
+async fn a_running_event_holds_up_no_other_partition(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, PARALLEL);
+    let Some(brokers) = brokers_for(real, &routing).await else {
+        return;
+    };
+    let Some(db) = test_db(backend).await else { return };
+    let db = db.db.clone();
+    with_service(&routing, &db, &brokers, async {
+        let producer = producer(&brokers.client_config());
+        let slow = json!({"steps": [{"op": "put", "key": "slow-started", "value": "1"}, {"op": "sleep", "ms": 4000}, increment("slow")]});
+        send(&producer, &format!("{p}.in"), "a", Some(0), &slow).await;
+        for _ in 0..5 {
+            send(&producer, &format!("{p}.in"), "b", Some(1), &json!({"steps": [increment("others")]})).await;
+        }
+        wait_for(&db, "worker", "others", 5, Duration::from_secs(60)).await;
+        assert_eq!(
+            counter(&db, "worker", "slow").await,
+            0,
+            "partition 1 finished while partition 0's event was still running"
+        );
+        wait_for(&db, "worker", "slow", 1, Duration::from_secs(60)).await;
+    })
+    .await;
+    assert_eq!(
+        db.peek("worker", "slow-started").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
 on_both_stacks!(
+    a_running_event_holds_up_no_other_partition,
     event_flows_through_two_components_once,
     poison_event_is_dead_lettered_and_replayed_after_a_fix,
     retries_back_off_and_block_only_their_partition,
@@ -557,6 +603,90 @@ async fn sigkill_mid_stream_then_restart_applies_every_event_once() {
     );
 }
 
+/// The transaction id of a group commit of the host in flight: a transaction of another
+/// session of this database that has written inbox rows and not committed yet.
+async fn group_commit_in_flight(pool: &sqlx::PgPool) -> Option<String> {
+    const SQL: &str = "SELECT a.backend_xid::text FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
+                       WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+                       AND a.backend_xid IS NOT NULL AND l.locktype = 'relation' \
+                       AND l.relation = 'inbox'::regclass AND l.mode = 'RowExclusiveLock' LIMIT 1";
+    sqlx::query_as::<_, (String,)>(SQL)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .map(|(xid,)| xid)
+}
+
+/// SIGKILL lands while one of the host's group commits is open in PostgreSQL (seen in
+/// `pg_locks`, and proven afterwards: no row carries that transaction's id). After a
+/// restart every event's effects are there exactly once, and events did share commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_group_commit_loses_and_repeats_nothing() {
+    let Some(servers) = real_brokers() else { return };
+    let Some((db, url)) = crate::common::postgres_database().await else {
+        return;
+    };
+    let pool = db.postgres_pool().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, STREAM);
+    let brokers = brokers_for(true, &routing).await.unwrap();
+    const N: i64 = 2000;
+    send_stream(&brokers, &p, N as usize).await;
+
+    let config = dir.path().join("topics.toml");
+    let mut killed_mid_commit = None;
+    for attempt in 0..5 {
+        let mut host = HostProcess::start(
+            &config,
+            &servers,
+            &url,
+            &dir.path().join(format!("killed-{attempt}.log")),
+        );
+        let start = Instant::now();
+        let xid = loop {
+            if let Some(xid) = group_commit_in_flight(&pool).await {
+                break xid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "no group commit was ever seen in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        host.kill();
+        // The server notices the dropped connection and rolls the transaction back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM inbox WHERE xmin::text = $1")
+            .bind(&xid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if rows == 0 {
+            killed_mid_commit = Some(xid);
+            break;
+        }
+        // That commit finished before the signal landed: try again.
+    }
+    let done = counter(&db, "worker", "count").await;
+    assert!(
+        killed_mid_commit.is_some(),
+        "the kill never landed inside a group commit"
+    );
+    assert!(done < N, "the kill came too late to prove anything ({done})");
+
+    let _host = HostProcess::start(&config, &servers, &url, &dir.path().join("restarted.log"));
+    wait_for(&db, "worker", "count", N, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // room for any duplicate
+    assert_exactly_once(&db, N).await;
+    let (largest,): (i64,) =
+        sqlx::query_as("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM inbox GROUP BY xmin::text) AS commits")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(largest > 1, "every event committed alone: no group commit happened");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     let Some(servers) = real_brokers() else { return };
@@ -619,6 +749,36 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
     assert!(
         in_first > 0 && in_second > 0,
         "shares: first {in_first}, second {in_second}"
+    );
+    // Both hosts relay the outbox, each its own shards: every shard's rows so far were
+    // sent by one host, and both hosts sent some.
+    let relayed = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (i16, String)>(
+            "SELECT DISTINCT shard, relayed_by FROM outbox WHERE relayed_by IS NOT NULL ORDER BY shard",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let start = Instant::now();
+    let shares = loop {
+        let shares = relayed(db.postgres_pool().unwrap().clone()).await;
+        let hosts: std::collections::BTreeSet<&String> = shares.iter().map(|(_, by)| by).collect();
+        if hosts.len() == 2 {
+            break shares;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "one host relayed everything: {shares:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut shards: Vec<i16> = shares.iter().map(|(shard, _)| *shard).collect();
+    shards.dedup();
+    assert_eq!(
+        shards.len(),
+        shares.len(),
+        "a shard was relayed by both hosts: {shares:?}"
     );
     first.terminate(); // leaves the group; the other host takes its partitions over
     wait_for(&db, "worker", "count", N, Duration::from_secs(120)).await;

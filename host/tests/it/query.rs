@@ -262,12 +262,12 @@ on_both_backends!(
     a_query_is_bounded_like_an_event,
 );
 
-/// Behind the host's own checks, PostgreSQL itself refuses a write in a query's
-/// transaction.
+/// Behind the host's own checks (writes of a query are refused, and an invocation's
+/// writes never go through its snapshot), PostgreSQL itself refuses a write in a snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_writes_in_a_query_transaction() {
     let db = crate::common::test_db(crate::common::Backend::Postgres).await.unwrap();
-    let mut tx = db.db.begin_read_only().await.unwrap();
+    let mut tx = db.db.begin_snapshot().await.unwrap();
     let err = tx.put("probe", "k", b"v").await.unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
     drop(tx);

@@ -5,7 +5,7 @@
 use serde_json::json;
 use switchyard::event::{InboundEvent, LogPosition, headers};
 use switchyard::runtime::{FailureKind, LoadError, Outcome, Runtime};
-use switchyard::store::{Db, Table};
+use switchyard::store::{Db, InboxRecord, OutboundMessage, Overlay, Staged, Table, UnitResult};
 
 use crate::common::spec;
 
@@ -241,7 +241,128 @@ async fn storage_operations_work_through_the_guest(db: &Db) {
     committed(runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap());
 }
 
+/// A staged unit of component "g": `work` stages its reads and writes on `base`.
+async fn unit_of(
+    db: &Db,
+    event_id: &str,
+    base: Overlay,
+    work: impl AsyncFnOnce(&mut Staged),
+) -> (switchyard::store::Unit, Overlay) {
+    let mut staged = Staged::new(db, "g", base);
+    work(&mut staged).await;
+    staged.insert_outbox(
+        &format!("out-{event_id}"),
+        OutboundMessage {
+            topic: "g.out".into(),
+            key: None,
+            payload: event_id.as_bytes().to_vec(),
+            headers: vec![],
+        },
+    );
+    let record = InboxRecord {
+        component: "g".into(),
+        event_id: event_id.into(),
+        topic: "g.in".into(),
+        outcome: "committed",
+        ..Default::default()
+    };
+    staged.finish(record).await
+}
+
+/// One group commit decides each chain's events in order, as if they had committed one
+/// at a time: a chain's later event sees its earlier one's writes; a stale read is a
+/// conflict that stops its chain; an event claimed before commits nothing (and sends the
+/// group down the one-by-one path on PostgreSQL); timers cancelled and set in a chain.
+async fn a_group_commit_decides_each_event_as_if_alone(db: &Db) {
+    let (seed, _) = unit_of(db, "seed", Overlay::default(), async |s| {
+        s.put("n", b"1");
+        s.insert_timer(
+            "t1",
+            switchyard::store::now_ms() + 3_600_000,
+            OutboundMessage {
+                topic: "g.later".into(),
+                key: None,
+                payload: b"x".to_vec(),
+                headers: vec![],
+            },
+        );
+    })
+    .await;
+    assert_eq!(db.commit_chain(vec![seed]).await.unwrap(), vec![UnitResult::Committed]);
+
+    // Chain A: a1 increments n and cancels t1; a2 reads a1's writes.
+    let (a1, overlay) = unit_of(db, "a1", Overlay::default(), async |s| {
+        assert_eq!(s.increment("n", 1).await.unwrap(), 2);
+        assert!(s.cancel_timer("t1").await.unwrap());
+    })
+    .await;
+    let (a2, _) = unit_of(db, "a2", overlay, async |s| {
+        assert_eq!(s.get("n").await.unwrap().as_deref(), Some(&b"2"[..]));
+        assert!(!s.cancel_timer("t1").await.unwrap(), "a1 cancelled it");
+        s.put("a2", b"done");
+    })
+    .await;
+    // Chain B read n before chain A commits: a conflict, and b2 after it does not run.
+    let (b1, overlay) = unit_of(db, "b1", Overlay::default(), async |s| {
+        assert_eq!(s.increment("n", 10).await.unwrap(), 11);
+    })
+    .await;
+    let (b2, _) = unit_of(db, "b2", overlay, async |s| s.put("b2", b"done")).await;
+    // Chain C: a blind write, independent of the others.
+    let (c1, _) = unit_of(db, "c1", Overlay::default(), async |s| s.put("c1", b"done")).await;
+    let results = db.commit_chains(vec![vec![a1, a2], vec![b1, b2], vec![c1]]).await;
+    let results: Vec<Vec<UnitResult>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        results,
+        vec![
+            vec![UnitResult::Committed, UnitResult::Committed],
+            vec![UnitResult::Conflict, UnitResult::NotRun],
+            vec![UnitResult::Committed],
+        ]
+    );
+    assert_eq!(db.peek("g", "n").await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(db.peek("g", "b2").await.unwrap(), None);
+    assert_eq!(db.count(Table::Timers).await.unwrap(), 0, "t1 cancelled");
+    assert_eq!(db.count(Table::Outbox).await.unwrap(), 4, "seed, a1, a2, c1");
+
+    // b1 again on fresh data commits; a1 again (a redelivery) is a duplicate and
+    // applies nothing, and d1 beside it in the group still commits.
+    let (b1, overlay) = unit_of(db, "b1", Overlay::default(), async |s| {
+        assert_eq!(s.increment("n", 10).await.unwrap(), 12);
+    })
+    .await;
+    let (b2, _) = unit_of(db, "b2", overlay, async |s| s.put("b2", b"done")).await;
+    let (again, _) = unit_of(db, "a1", Overlay::default(), async |s| s.put("again", b"x")).await;
+    let (d1, _) = unit_of(db, "d1", Overlay::default(), async |s| s.put("d1", b"done")).await;
+    let results = db.commit_chains(vec![vec![b1, b2], vec![again], vec![d1]]).await;
+    let results: Vec<Vec<UnitResult>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        results,
+        vec![
+            vec![UnitResult::Committed, UnitResult::Committed],
+            vec![UnitResult::Duplicate],
+            vec![UnitResult::Committed],
+        ]
+    );
+    assert_eq!(db.peek("g", "n").await.unwrap().as_deref(), Some(&b"12"[..]));
+    assert_eq!(db.peek("g", "again").await.unwrap(), None);
+    assert_eq!(db.count(Table::Inbox).await.unwrap(), 7, "seed, a1, a2, c1, b1, b2, d1");
+    let relayed: Vec<String> = db
+        .unsent_outbox(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.event_id)
+        .collect();
+    assert_eq!(
+        relayed,
+        ["out-seed", "out-a1", "out-a2", "out-c1", "out-b1", "out-b2", "out-d1"],
+        "the relay sends in the order the events committed"
+    );
+}
+
 on_both_backends!(
+    a_group_commit_decides_each_event_as_if_alone,
     components_cannot_see_each_others_data,
     a_failed_handler_leaves_nothing_behind,
     a_repeated_event_id_runs_once,

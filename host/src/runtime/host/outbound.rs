@@ -9,7 +9,7 @@ use crate::delivery::http::{HOST_HEADERS, HttpRequest, METHODS};
 use crate::delivery::smtp::{self, Email};
 use crate::runtime::bindings::outbound::{self as wit, Error, Host};
 use crate::runtime::state::{Delivery, InvocationState};
-use crate::store::NewEffect;
+use crate::store::StagedEffect;
 
 use super::MAX_VALUE_BYTES;
 use super::publish::host_headers;
@@ -164,22 +164,19 @@ impl Host for InvocationState {
             &self.trace,
         );
         let retry = &self.component.reach.retry;
-        let effect = NewEffect {
-            id: &id,
-            component: &component,
-            kind: request.kind(),
-            request: &stored,
-            result_topic: &delivery.result_topic,
-            result_event_id: &result_event_id,
-            result_headers: &result_headers,
-            context: &delivery.context,
+        let effect = StagedEffect {
+            id: id.clone(),
+            kind: request.kind().to_string(),
+            request: stored,
+            result_topic: delivery.result_topic.clone(),
+            result_event_id,
+            result_headers,
+            context: delivery.context,
             max_attempts: retry.attempts,
             initial_backoff_ms: retry.initial_backoff.as_millis() as i64,
             max_backoff_ms: retry.max_backoff.as_millis() as i64,
         };
-        if let Err(err) = self.tx.insert_effect(&effect).await {
-            return Err(Error::Unavailable(self.poison("outbound deliver", &err)));
-        }
+        self.staged.insert_effect(effect);
         self.effects.deliveries.push(Delivery {
             id: id.clone(),
             kind: request.kind().to_string(),

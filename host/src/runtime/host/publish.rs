@@ -103,17 +103,14 @@ impl Host for InvocationState {
         }
         let event_id = uuid::Uuid::now_v7().to_string();
         let message = self.outbound(msg, &event_id)?;
-        let component = self.component.name.to_string();
-        if let Err(err) = self.tx.insert_outbox(&event_id, &component, &message).await {
-            return Err(Error::Unavailable(self.poison("publish", &err)));
-        }
         self.effects.published.push(Published {
-            event_id,
-            topic: message.topic,
-            key: message.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            event_id: event_id.clone(),
+            topic: message.topic.clone(),
+            key: message.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
             payload: String::from_utf8_lossy(&message.payload).into_owned(),
-            headers: message.headers,
+            headers: message.headers.clone(),
         });
+        self.staged.insert_outbox(&event_id, message);
         Ok(())
     }
 }

@@ -23,17 +23,13 @@ fn check_value(value: &[u8]) -> Result<(), Error> {
 
 impl InvocationState {
     /// Maps a store failure to the guest's error. A database failure also poisons the
-    /// invocation: its transaction cannot be trusted any more.
+    /// invocation: what it read cannot be trusted any more.
     fn storage_error(&mut self, err: StoreError) -> Error {
         match err {
             StoreError::NotANumber { found, .. } => Error::NotANumber(found),
             StoreError::Overflow { key } => Error::NotANumber(format!("{key}: overflow")),
             other => Error::Unavailable(self.poison("storage", &other)),
         }
-    }
-
-    fn namespace(&self) -> String {
-        self.component.name.to_string()
     }
 }
 
@@ -42,8 +38,7 @@ impl Host for InvocationState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
         crate::observe::metrics().host_call("storage");
         check_key(&key)?;
-        let ns = self.namespace();
-        let result = self.tx.get(&ns, &key).await;
+        let result = self.staged.get(&key).await;
         result.map_err(|e| self.storage_error(e))
     }
 
@@ -56,9 +51,7 @@ impl Host for InvocationState {
         check_key(&key)?;
         check_value(&value)?;
         self.count_write(value.len()).map_err(Error::Unavailable)?;
-        let ns = self.namespace();
-        let result = self.tx.put(&ns, &key, &value).await;
-        result.map_err(|e| self.storage_error(e))?;
+        self.staged.put(&key, &value);
         let value = String::from_utf8_lossy(&value).into_owned();
         self.effects.writes.push(Write::Put { key, value });
         Ok(())
@@ -72,8 +65,7 @@ impl Host for InvocationState {
         }
         check_key(&key)?;
         self.count_write(0).map_err(Error::Unavailable)?;
-        let ns = self.namespace();
-        let result = self.tx.delete(&ns, &key).await;
+        let result = self.staged.delete(&key).await;
         let existed = result.map_err(|e| self.storage_error(e))?;
         if existed {
             self.effects.writes.push(Write::Delete { key });
@@ -92,12 +84,11 @@ impl Host for InvocationState {
         if prefix.len() > MAX_KEY_BYTES {
             return Err(Error::InvalidKey(format!("prefix longer than {MAX_KEY_BYTES} bytes")));
         }
-        let ns = self.namespace();
         // Bound one call's result so a guest cannot pull a whole table into memory.
         let limit = limit.min(1000);
         let result = self
-            .tx
-            .list_prefix(&ns, &prefix, start_after.as_deref(), limit, caps::MAX_LISTED_BYTES)
+            .staged
+            .list_prefix(&prefix, start_after.as_deref(), limit, caps::MAX_LISTED_BYTES)
             .await;
         match result.map_err(|e| self.storage_error(e))? {
             Some(rows) => Ok(rows),
@@ -116,8 +107,7 @@ impl Host for InvocationState {
         }
         check_key(&key)?;
         self.count_write(20).map_err(Error::Unavailable)?;
-        let ns = self.namespace();
-        let result = self.tx.increment(&ns, &key, delta).await;
+        let result = self.staged.increment(&key, delta).await;
         let value = result.map_err(|e| self.storage_error(e))?;
         self.effects.writes.push(Write::Put {
             key,
@@ -143,10 +133,9 @@ impl Host for InvocationState {
         }
         self.count_write(new.as_ref().map_or(0, Vec::len))
             .map_err(Error::Unavailable)?;
-        let ns = self.namespace();
         let result = self
-            .tx
-            .compare_and_swap(&ns, &key, expected.as_deref(), new.as_deref())
+            .staged
+            .compare_and_swap(&key, expected.as_deref(), new.as_deref())
             .await;
         let swapped = result.map_err(|e| self.storage_error(e))?;
         if swapped {

@@ -17,16 +17,13 @@ impl Host for InvocationState {
         let id = uuid::Uuid::now_v7().to_string();
         let message = self.outbound(msg, &id)?;
         let fire_at_ms = now_ms().saturating_add(delay_ms.min(MAX_DELAY_MS) as i64);
-        let component = self.component.name.to_string();
-        if let Err(err) = self.tx.insert_timer(&id, &component, fire_at_ms, &message).await {
-            return Err(Error::Unavailable(self.poison("timer schedule", &err)));
-        }
         self.effects.timers.push(ScheduledTimer {
             id: id.clone(),
             fire_at_ms,
-            topic: message.topic,
+            topic: message.topic.clone(),
             payload: String::from_utf8_lossy(&message.payload).into_owned(),
         });
+        self.staged.insert_timer(&id, fire_at_ms, message);
         Ok(id)
     }
 
@@ -36,8 +33,7 @@ impl Host for InvocationState {
         if let Some(why) = self.refuse_write("timer cancel") {
             return Err(Error::ReadOnly(why));
         }
-        let component = self.component.name.to_string();
-        match self.tx.cancel_timer(&component, &id).await {
+        match self.staged.cancel_timer(&id).await {
             Ok(cancelled) => {
                 if cancelled {
                     self.effects.cancelled_timers.push(id);

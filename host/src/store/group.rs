@@ -1,0 +1,265 @@
+//! Group commit: the units of many events, from every partition of every route, commit
+//! in one transaction, so they share one fsync (SQLite `synchronous=FULL`, PostgreSQL
+//! `synchronous_commit=on`).
+//!
+//! Each caller submits a chain, the units of one partition's events in offset order.
+//! One task per database takes whatever chains are waiting (one, when traffic is light,
+//! so latency stays that of a single commit; up to [`MAX_GROUP_UNITS`] under a backlog)
+//! and applies them unit by unit ([`Unit::apply`]; on PostgreSQL in a few multi-row
+//! statements for the whole group, see [`super::multirow`]). A unit whose reads no longer hold,
+//! or whose event was handled before, applies nothing, and the rest of its chain is not
+//! applied either (those events may have read its writes). If a statement fails, the
+//! whole transaction rolls back and each chain is committed again on its own, unit by
+//! unit, so one event's bad data costs the others nothing.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::staged::{Applied, Unit};
+use super::{Db, StoreError};
+
+/// Units one transaction takes at most: enough to spread an fsync thin, few enough that
+/// a transaction stays short.
+pub const MAX_GROUP_UNITS: usize = 512;
+
+/// How one unit of a chain ended.
+#[derive(Debug, PartialEq)]
+pub enum UnitResult {
+    Committed,
+    /// The event id was handled before; nothing applied.
+    Duplicate,
+    /// A read no longer held; nothing applied: run the event again.
+    Conflict,
+    /// An earlier unit of the chain did not commit; nothing applied: run it again.
+    NotRun,
+    /// The database refused this unit's data; nothing applied (see
+    /// [`StoreError::is_caused_by_data`]).
+    Rejected(String),
+}
+
+/// The outcome of one chain: per unit, or the host's failure for all of it.
+pub type ChainResult = Result<Vec<UnitResult>, StoreError>;
+
+struct Submission {
+    chain: Vec<Unit>,
+    reply: oneshot::Sender<ChainResult>,
+}
+
+/// The handle of a database's committer task.
+#[derive(Debug)]
+pub(crate) struct Committer {
+    sender: mpsc::UnboundedSender<Submission>,
+}
+
+impl Committer {
+    /// Starts the task; it ends when the last handle is dropped.
+    pub(crate) fn start(db: Db) -> Committer {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(run(db, receiver));
+        Committer { sender }
+    }
+}
+
+async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
+    while let Some(first) = receiver.recv().await {
+        let mut units = first.chain.len();
+        let mut waiting = vec![first];
+        while units < MAX_GROUP_UNITS {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    units += next.chain.len();
+                    waiting.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let (chains, replies): (Vec<_>, Vec<_>) = waiting.into_iter().map(|s| (s.chain, s.reply)).unzip();
+        let results = db.commit_chains(chains).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result); // the submitter stopped waiting: shutting down
+        }
+    }
+}
+
+impl Db {
+    /// Commits `chain` with whatever other chains are waiting (see the module docs).
+    pub async fn commit_chain(&self, chain: Vec<Unit>) -> ChainResult {
+        let committer = self
+            .committer
+            .get_or_init(|| Committer::start(self.without_committer()));
+        let (reply, answer) = oneshot::channel();
+        if committer.sender.send(Submission { chain, reply }).is_err() {
+            return Err(StoreError::Commit("the committer stopped".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
+    }
+
+    /// Commits `chains` in one transaction; on a failed statement, each on its own.
+    pub async fn commit_chains(&self, chains: Vec<Vec<Unit>>) -> Vec<ChainResult> {
+        match self.apply_chains(&chains).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(err) if err.is_caused_by_data() => {
+                let mut out = Vec::with_capacity(chains.len());
+                for chain in &chains {
+                    out.push(self.commit_one_by_one(chain).await);
+                }
+                out
+            }
+            Err(err) => {
+                // The database itself failed: every chain is told, none is re-run here.
+                let reason = err.to_string();
+                chains.iter().map(|_| Err(StoreError::Commit(reason.clone()))).collect()
+            }
+        }
+    }
+
+    async fn apply_chains(&self, chains: &[Vec<Unit>]) -> Result<Vec<Vec<UnitResult>>, StoreError> {
+        let mut tx = self.begin().await?;
+        if tx.is_postgres() {
+            if let Some(results) = super::multirow::apply(&mut tx, chains).await? {
+                tx.commit().await?;
+                return Ok(results);
+            }
+            // Undecidable up front: nothing was applied, but locks and reads were taken.
+            tx.rollback().await?;
+            tx = self.begin().await?;
+        }
+        let mut results = Vec::with_capacity(chains.len());
+        for chain in chains {
+            let mut out = ChainResults::with_capacity(chain.len());
+            for unit in chain {
+                if out.decide_next() {
+                    out.push(unit.apply(&mut tx).await?.into());
+                }
+            }
+            results.push(out.into_vec());
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// A chain's units, each in its own transaction, after a group failed on some data.
+    async fn commit_one_by_one(&self, chain: &[Unit]) -> ChainResult {
+        let mut out = ChainResults::with_capacity(chain.len());
+        for unit in chain {
+            if !out.decide_next() {
+                continue;
+            }
+            let mut tx = self.begin().await?;
+            let result = match unit.apply(&mut tx).await {
+                Ok(Applied::Committed) => {
+                    tx.commit().await?;
+                    UnitResult::Committed
+                }
+                Ok(applied) => {
+                    tx.rollback().await?;
+                    applied.into()
+                }
+                Err(err) if err.is_caused_by_data() => {
+                    let _ = tx.rollback().await;
+                    UnitResult::Rejected(err.to_string())
+                }
+                Err(err) => return Err(err),
+            };
+            out.push(result);
+        }
+        Ok(out.into_vec())
+    }
+}
+
+/// A chain's results as its units are decided in order: after one that did not commit,
+/// the rest are [`UnitResult::NotRun`] without being looked at.
+pub(crate) struct ChainResults {
+    results: Vec<UnitResult>,
+    broken: bool,
+}
+
+impl ChainResults {
+    pub(crate) fn with_capacity(units: usize) -> ChainResults {
+        ChainResults {
+            results: Vec::with_capacity(units),
+            broken: false,
+        }
+    }
+
+    /// True when the next unit is to be decided; false when it is recorded as not run.
+    pub(crate) fn decide_next(&mut self) -> bool {
+        if self.broken {
+            self.results.push(UnitResult::NotRun);
+        }
+        !self.broken
+    }
+
+    pub(crate) fn push(&mut self, result: UnitResult) {
+        self.broken = result != UnitResult::Committed;
+        self.results.push(result);
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<UnitResult> {
+        self.results
+    }
+}
+
+impl From<Applied> for UnitResult {
+    fn from(applied: Applied) -> UnitResult {
+        match applied {
+            Applied::Committed => UnitResult::Committed,
+            Applied::Duplicate => UnitResult::Duplicate,
+            Applied::Conflict => UnitResult::Conflict,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::staged::{InboxRecord, Overlay, Staged};
+    use super::super::tests::sqlite;
+    use super::super::{OutboundMessage, Table};
+    use super::*;
+
+    fn staged_unit(db: &Db, event_id: &str, key: &str, value: &[u8]) -> impl Future<Output = Unit> {
+        let mut staged = Staged::new(db, "a", Overlay::default());
+        staged.put(key, value);
+        staged.insert_outbox(
+            &format!("out-{event_id}"),
+            OutboundMessage {
+                topic: "t".into(),
+                key: None,
+                payload: value.to_vec(),
+                headers: vec![],
+            },
+        );
+        let record = InboxRecord {
+            component: "a".into(),
+            event_id: event_id.into(),
+            topic: "t".into(),
+            outcome: "committed",
+            ..Default::default()
+        };
+        async move { staged.finish(record).await.0 }
+    }
+
+    #[tokio::test]
+    async fn concurrent_chains_commit_together_and_a_claimed_event_applies_nothing() {
+        let (_dir, db) = sqlite().await;
+        let first = staged_unit(&db, "e1", "k1", b"1").await;
+        assert_eq!(db.commit_chain(vec![first]).await.unwrap(), vec![UnitResult::Committed]);
+
+        // Many submitters at once: each gets its own answer, and e1 again is a duplicate.
+        let mut waiting = Vec::new();
+        for i in 2..40 {
+            let unit = staged_unit(&db, &format!("e{i}"), &format!("k{i}"), b"v").await;
+            let db = db.clone();
+            waiting.push(tokio::spawn(async move { db.commit_chain(vec![unit]).await }));
+        }
+        let again = staged_unit(&db, "e1", "other", b"x").await;
+        assert_eq!(db.commit_chain(vec![again]).await.unwrap(), vec![UnitResult::Duplicate]);
+        for handle in waiting {
+            assert_eq!(handle.await.unwrap().unwrap(), vec![UnitResult::Committed]);
+        }
+        assert_eq!(db.count(Table::Inbox).await.unwrap(), 39);
+        assert_eq!(db.count(Table::Outbox).await.unwrap(), 39);
+        assert_eq!(db.peek("a", "other").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,357 @@
+//! A group commit on PostgreSQL in a handful of multi-row statements instead of several
+//! round trips per event. Measured on this 2-core machine (`just bench throughput`, one
+//! write and one publish per event): one statement per row ran 590 µs per event, most of
+//! it waiting on the socket, against 220 µs on SQLite where a statement costs no trip.
+//!
+//! The checks of every unit are decided in memory, in chain order, against the values
+//! read (and locked) once for the whole group, with each accepted unit's writes laid
+//! over them, which is what [`Unit::apply`] would find one unit at a time. Groups where
+//! that cannot be decided up front (a unit listed keys; an event turned out claimed
+//! already) return None, and the caller applies them one unit at a time.
+
+use std::collections::{BTreeSet, HashMap};
+
+use sqlx::{Postgres, Transaction};
+
+use super::group::{ChainResults, UnitResult};
+use super::outbox::{OUTBOX_CHANNEL, shard_of};
+use super::staged::{Check, Unit, lock_id};
+use super::{StoreError, Tx, TxInner, encode_headers, now_ms};
+
+type Key = (String, String);
+
+/// Applies `chains` in `tx`, or None (nothing applied) when they need the one-by-one path.
+pub(crate) async fn apply(tx: &mut Tx, chains: &[Vec<Unit>]) -> Result<Option<Vec<Vec<UnitResult>>>, StoreError> {
+    let TxInner::Postgres(pg) = &mut tx.inner else {
+        return Ok(None);
+    };
+    let applied = apply_pg(pg, chains).await?;
+    if applied.is_some() {
+        // Wake the relay, the timer pump and the delivery worker of this host at commit.
+        let units = || chains.iter().flatten();
+        tx.wrote_outbox |= units().any(|u| !u.outbox.is_empty());
+        tx.wrote_timers |= units().any(|u| !u.timers.is_empty());
+        tx.wrote_effects |= units().any(|u| !u.effects.is_empty());
+    }
+    Ok(applied)
+}
+
+async fn apply_pg(
+    tx: &mut Transaction<'static, Postgres>,
+    chains: &[Vec<Unit>],
+) -> Result<Option<Vec<Vec<UnitResult>>>, StoreError> {
+    let units = || chains.iter().flatten();
+    if units().any(|u| u.checks.iter().any(|c| matches!(c, Check::Listing { .. }))) {
+        return Ok(None);
+    }
+
+    // Locks first, namespaces then keys, each set sorted: the order every host takes them in.
+    let namespaces: BTreeSet<i64> = units().map(|u| lock_id(&u.inbox.component, None)).collect();
+    let keys: BTreeSet<i64> = units()
+        .flat_map(|u| {
+            let component = u.inbox.component.as_str();
+            u.checks
+                .iter()
+                .filter_map(|c| match c {
+                    Check::Key { key, .. } => Some(key),
+                    _ => None,
+                })
+                .chain(u.writes.iter().map(|(key, _)| key))
+                .map(move |key| lock_id(component, Some(key)))
+        })
+        .collect();
+    sqlx::query("SELECT pg_advisory_xact_lock_shared(n) FROM unnest($1::int8[]) AS u(n)")
+        .bind(namespaces.into_iter().collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    if !keys.is_empty() {
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS u(k)")
+            .bind(keys.into_iter().collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await?;
+    }
+
+    // What the checked keys and timers hold now.
+    let mut values: HashMap<Key, Option<Vec<u8>>> = HashMap::new();
+    let mut timers: HashMap<Key, bool> = HashMap::new();
+    for unit in units() {
+        for check in &unit.checks {
+            match check {
+                Check::Key { key, .. } => {
+                    values.insert((unit.inbox.component.clone(), key.clone()), None);
+                }
+                Check::Timer { id, .. } => {
+                    timers.insert((unit.inbox.component.clone(), id.clone()), false);
+                }
+                Check::Listing { .. } => unreachable!("refused above"),
+            }
+        }
+    }
+    if !values.is_empty() {
+        let (components, keys): (Vec<String>, Vec<String>) = values.keys().cloned().unzip();
+        let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT component, key, value FROM kv WHERE (component, key) IN \
+             (SELECT * FROM unnest($1::text[], $2::text[]))",
+        )
+        .bind(components)
+        .bind(keys)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (component, key, value) in rows {
+            values.insert((component, key), Some(value));
+        }
+    }
+    if !timers.is_empty() {
+        let (components, ids): (Vec<String>, Vec<String>) = timers.keys().cloned().unzip();
+        // Locked, so the timer pump (SKIP LOCKED) cannot fire one being cancelled.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT component, id FROM timers WHERE (component, id) IN \
+             (SELECT * FROM unnest($1::text[], $2::text[])) FOR UPDATE",
+        )
+        .bind(components)
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for key in rows {
+            timers.insert(key, true);
+        }
+    }
+
+    // Decide every unit in order, laying accepted writes over what was read.
+    let mut results = Vec::with_capacity(chains.len());
+    let mut accepted: Vec<&Unit> = Vec::new();
+    for chain in chains {
+        let mut out = ChainResults::with_capacity(chain.len());
+        for unit in chain {
+            if !out.decide_next() {
+                continue;
+            }
+            let component = &unit.inbox.component;
+            let holds = unit.checks.iter().all(|check| match check {
+                Check::Key { key, seen } => values.get(&(component.clone(), key.clone())).cloned().flatten() == *seen,
+                Check::Timer { id, existed } => {
+                    timers.get(&(component.clone(), id.clone())).copied().unwrap_or(false) == *existed
+                }
+                Check::Listing { .. } => false,
+            });
+            if !holds {
+                out.push(UnitResult::Conflict);
+                continue;
+            }
+            for (key, value) in &unit.writes {
+                values.insert((component.clone(), key.clone()), value.clone());
+            }
+            for id in &unit.cancels {
+                timers.insert((component.clone(), id.clone()), false);
+            }
+            for (id, _, _) in &unit.timers {
+                timers.insert((component.clone(), id.clone()), true);
+            }
+            accepted.push(unit);
+            out.push(UnitResult::Committed);
+        }
+        results.push(out.into_vec());
+    }
+    if accepted.is_empty() {
+        return Ok(Some(results));
+    }
+
+    // Claims: all or, if any event was claimed meanwhile, the one-by-one path decides.
+    let claimed = claim(tx, &accepted).await?;
+    if claimed < accepted.len() as u64 {
+        return Ok(None);
+    }
+    write(tx, &accepted).await?;
+    Ok(Some(results))
+}
+
+async fn claim(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Result<u64, StoreError> {
+    let rows = units.iter().map(|u| &u.inbox);
+    let now = now_ms();
+    let n = sqlx::query(
+        "INSERT INTO inbox (component, event_id, topic, partition, \"offset\", handled_at_ms, version, \
+         activation, request_id, trace_id, outcome) \
+         SELECT c, e, t, p, o, $6, v, a, r, tr, oc FROM unnest($1::text[], $2::text[], $3::text[], \
+         $4::int4[], $5::int8[], $7::text[], $8::int8[], $9::text[], $10::text[], $11::text[]) \
+         AS u(c, e, t, p, o, v, a, r, tr, oc) ON CONFLICT (component, event_id) DO NOTHING",
+    )
+    .bind(rows.clone().map(|r| r.component.clone()).collect::<Vec<_>>())
+    .bind(rows.clone().map(|r| r.event_id.clone()).collect::<Vec<_>>())
+    .bind(rows.clone().map(|r| r.topic.clone()).collect::<Vec<_>>())
+    .bind(rows.clone().map(|r| r.partition).collect::<Vec<_>>())
+    .bind(rows.clone().map(|r| r.offset).collect::<Vec<_>>())
+    .bind(now)
+    .bind(rows.clone().map(|r| r.version.clone()).collect::<Vec<_>>())
+    .bind(rows.clone().map(|r| r.activation).collect::<Vec<_>>())
+    .bind(rows.clone().map(|r| r.request_id.clone()).collect::<Vec<_>>())
+    .bind(rows.clone().map(|r| r.trace_id.clone()).collect::<Vec<_>>())
+    .bind(rows.map(|r| r.outcome.to_string()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(n)
+}
+
+/// Everything the accepted units write, one statement per table.
+async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Result<(), StoreError> {
+    let now = now_ms();
+    // The last value per key wins, as it would one unit after another.
+    let mut last: HashMap<Key, &Option<Vec<u8>>> = HashMap::new();
+    for unit in units {
+        for (key, value) in &unit.writes {
+            last.insert((unit.inbox.component.clone(), key.clone()), value);
+        }
+    }
+    let (mut put, mut delete): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+    for ((component, key), value) in last {
+        match value {
+            Some(value) => put.push((component, key, value.clone())),
+            None => delete.push((component, key)),
+        }
+    }
+    if !put.is_empty() {
+        sqlx::query(
+            "INSERT INTO kv (component, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) \
+             ON CONFLICT (component, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(put.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
+        .bind(put.iter().map(|p| p.1.clone()).collect::<Vec<_>>())
+        .bind(put.into_iter().map(|p| p.2).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !delete.is_empty() {
+        let (components, keys): (Vec<String>, Vec<String>) = delete.into_iter().unzip();
+        sqlx::query("DELETE FROM kv WHERE (component, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))")
+            .bind(components)
+            .bind(keys)
+            .execute(&mut **tx)
+            .await?;
+    }
+
+    let cancels: Vec<(String, String)> = units
+        .iter()
+        .flat_map(|u| u.cancels.iter().map(|id| (u.inbox.component.clone(), id.clone())))
+        .collect();
+    if !cancels.is_empty() {
+        let (components, ids): (Vec<String>, Vec<String>) = cancels.into_iter().unzip();
+        sqlx::query("DELETE FROM timers WHERE (component, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))")
+            .bind(components)
+            .bind(ids)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let timers: Vec<_> = units
+        .iter()
+        .flat_map(|u| u.timers.iter().map(|t| (&u.inbox.component, t)))
+        .collect();
+    if !timers.is_empty() {
+        sqlx::query(
+            "INSERT INTO timers (id, component, topic, msg_key, payload, headers, fire_at_ms, created_at_ms) \
+             SELECT i, c, t, k, p, h, f, $8 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], \
+             $5::bytea[], $6::text[], $7::int8[]) AS u(i, c, t, k, p, h, f)",
+        )
+        .bind(timers.iter().map(|(_, (id, _, _))| id.clone()).collect::<Vec<_>>())
+        .bind(timers.iter().map(|(c, _)| (*c).clone()).collect::<Vec<_>>())
+        .bind(timers.iter().map(|(_, (_, _, m))| m.topic.clone()).collect::<Vec<_>>())
+        .bind(timers.iter().map(|(_, (_, _, m))| m.key.clone()).collect::<Vec<_>>())
+        .bind(
+            timers
+                .iter()
+                .map(|(_, (_, _, m))| m.payload.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            timers
+                .iter()
+                .map(|(_, (_, _, m))| encode_headers(&m.headers))
+                .collect::<Vec<_>>(),
+        )
+        .bind(timers.iter().map(|(_, (_, at, _))| *at).collect::<Vec<_>>())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    let outbox: Vec<_> = units
+        .iter()
+        .flat_map(|u| u.outbox.iter().map(|o| (&u.inbox.component, o)))
+        .collect();
+    if !outbox.is_empty() {
+        // Ids follow the rows' order (WITH ORDINALITY), so the relay sends them in the
+        // order the events ran.
+        sqlx::query(
+            "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms, shard) \
+             SELECT e, c, t, k, p, h, $7, s FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], \
+             $5::bytea[], $6::text[], $8::int2[]) WITH ORDINALITY AS u(e, c, t, k, p, h, s, n) ORDER BY n",
+        )
+        .bind(outbox.iter().map(|(_, (id, _))| id.clone()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|(c, _)| (*c).clone()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|(_, (_, m))| m.topic.clone()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|(_, (_, m))| m.key.clone()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|(_, (_, m))| m.payload.clone()).collect::<Vec<_>>())
+        .bind(
+            outbox
+                .iter()
+                .map(|(_, (_, m))| encode_headers(&m.headers))
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .bind(
+            outbox
+                .iter()
+                .map(|(_, (id, m))| shard_of(&m.topic, m.key.as_deref(), id))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut **tx)
+            .await?;
+    }
+
+    let effects: Vec<_> = units
+        .iter()
+        .flat_map(|u| u.effects.iter().map(|e| (&u.inbox.component, e)))
+        .collect();
+    if !effects.is_empty() {
+        sqlx::query(
+            "INSERT INTO effects (id, component, kind, request, result_topic, result_event_id, result_headers, \
+             context, max_attempts, initial_backoff_ms, max_backoff_ms, attempts, due_at_ms, created_at_ms) \
+             SELECT i, c, k, r, rt, re, rh, cx, m, ib, mb, 0, $12, $12 FROM unnest($1::text[], $2::text[], \
+             $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int4[], $10::int8[], \
+             $11::int8[]) AS u(i, c, k, r, rt, re, rh, cx, m, ib, mb)",
+        )
+        .bind(effects.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>())
+        .bind(effects.iter().map(|(c, _)| (*c).clone()).collect::<Vec<_>>())
+        .bind(effects.iter().map(|(_, e)| e.kind.clone()).collect::<Vec<_>>())
+        .bind(effects.iter().map(|(_, e)| e.request.clone()).collect::<Vec<_>>())
+        .bind(effects.iter().map(|(_, e)| e.result_topic.clone()).collect::<Vec<_>>())
+        .bind(
+            effects
+                .iter()
+                .map(|(_, e)| e.result_event_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            effects
+                .iter()
+                .map(|(_, e)| encode_headers(&e.result_headers))
+                .collect::<Vec<_>>(),
+        )
+        .bind(effects.iter().map(|(_, e)| e.context.clone()).collect::<Vec<_>>())
+        .bind(
+            effects
+                .iter()
+                .map(|(_, e)| e.max_attempts.min(i32::MAX as u32) as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(effects.iter().map(|(_, e)| e.initial_backoff_ms).collect::<Vec<_>>())
+        .bind(effects.iter().map(|(_, e)| e.max_backoff_ms).collect::<Vec<_>>())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
