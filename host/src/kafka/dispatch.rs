@@ -119,8 +119,6 @@ struct RouteCtx {
     /// The log events come from, for fallback event ids (see [`super::Brokers::origin`]).
     origin: String,
     shutdown: watch::Receiver<bool>,
-    /// Turns the component's partitions take while they conflict.
-    gate: Arc<SerialGate>,
 }
 
 /// Consumer settings of a route: offsets are stored by hand after the work and committed
@@ -176,7 +174,6 @@ pub async fn run_route(
         consumer: consumer.clone(),
         origin,
         shutdown: shutdown.clone(),
-        gate: SerialGate::of(&route.component),
     });
     let result = dispatch(ctx, shutdown).instrument(span).await;
     // Commit what the workers stored; "no offset" just means nothing new.
@@ -295,53 +292,6 @@ fn partition_list(topic: &TopicName, partition: i32) -> TopicPartitionList {
     list
 }
 
-/// How long a component's partitions take turns after two of them last wrote the same
-/// key at once (see [`SerialGate`]).
-const SERIAL_FOR: Duration = Duration::from_secs(5);
-
-/// Makes a component's partitions take turns while they conflict. Events read from a
-/// snapshot and are checked at commit (optimistic), which is cheap while partitions
-/// touch different keys; a key every event writes (the order component's id sequence)
-/// would make every partition's chain run again after every other's. After a conflict,
-/// for [`SERIAL_FOR`], each chain of the component in this process holds the gate from
-/// its first run to its commit, so they commit one after another instead. Measured with
-/// `just load 100 10` on Kafka + PostgreSQL: without the gate, 74 orders/s achieved and
-/// p50 1.8 s; the host before group commit did 99.6/s, p50 55 ms.
-#[derive(Default)]
-struct SerialGate {
-    /// Until when (ms since the epoch) chains take turns.
-    until_ms: std::sync::atomic::AtomicI64,
-    turn: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl SerialGate {
-    /// The gate of `component`, shared by every route feeding it in this process.
-    fn of(component: &ComponentName) -> Arc<SerialGate> {
-        static GATES: std::sync::LazyLock<Mutex<HashMap<String, Arc<SerialGate>>>> =
-            std::sync::LazyLock::new(Default::default);
-        GATES
-            .lock()
-            .expect("gates lock")
-            .entry(component.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// Waits for the turn while the component conflicts; None while it does not.
-    async fn enter(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        if now_ms() < self.until_ms.load(Ordering::Relaxed) {
-            Some(self.turn.clone().lock_owned().await)
-        } else {
-            None
-        }
-    }
-
-    fn conflicted(&self) {
-        self.until_ms
-            .store(now_ms() + SERIAL_FOR.as_millis() as i64, Ordering::Relaxed);
-    }
-}
-
 /// Events of one partition that run before their group commits, at most. A backlog
 /// fills chains (and chains of several partitions share a commit, see
 /// [`crate::store::group`]); a lone event is a chain of one, committed at once.
@@ -360,6 +310,7 @@ async fn partition_worker(
     // Chain length: halved when a chain ran into another partition's writes (a hot key),
     // so re-runs stay cheap, and doubled back after each chain that committed whole.
     let mut limit = MAX_CHAIN;
+    let mut check_handled = true;
     loop {
         if pending.is_empty() {
             match receiver.recv().await {
@@ -381,6 +332,9 @@ async fn partition_worker(
         // older version than one its predecessors ran on.
         let assignments = ctx.state.assignments.load(Ordering::SeqCst);
         if assignments != refreshed_at {
+            // Its first events may have been handled by the previous owner: look them up
+            // instead of running them (a lookup a chain saves the rest of the time).
+            check_handled = true;
             match ctx.registry.refresh().await {
                 Ok(_) => refreshed_at = assignments,
                 Err(err) => {
@@ -398,21 +352,21 @@ async fn partition_worker(
         }
 
         let chain = pending.len().min(limit);
-        let turn = ctx.gate.enter().await;
         let ChainEnd {
             mut finished,
             head,
             conflicted,
-        } = run_chain(&ctx, pending.range(..chain)).await;
-        drop(turn);
+        } = run_chain(&ctx, pending.range(..chain), check_handled).await;
+        if finished > 0 {
+            check_handled = false;
+        }
         limit = if conflicted {
-            ctx.gate.conflicted();
             (limit / 2).max(1)
         } else {
             (limit * 2).min(MAX_CHAIN)
         };
         if finished == 0 && head.is_none() && conflicted {
-            continue; // runs again, taking turns with the other partitions now
+            continue; // runs again; the key it lost on is now read in turns (store::hot)
         }
         if finished == 0 {
             // The first event failed (or the host did): retries, backoff and dead
@@ -506,8 +460,10 @@ struct ChainEnd {
 }
 
 /// Runs the given events of a partition in order, each over the writes of the ones
-/// before, until one fails, and commits them as one chain.
-async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>) -> ChainEnd {
+/// before, until one fails, and commits them as one chain. With `check_handled`, events
+/// handled before are looked up first and not run (after an assignment, when the
+/// previous owner may have handled them); otherwise the commit finds such an event out.
+async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>, check_handled: bool) -> ChainEnd {
     let route = ctx.settings.current();
     let events: Vec<Option<InboundEvent>> = pending.map(|(m, _)| prepare(ctx, m)).collect();
     let ids: Vec<String> = events.iter().flatten().map(|e| e.id.clone()).collect();
@@ -516,8 +472,13 @@ async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>
         head: None,
         conflicted: false,
     };
-    let Ok(handled) = ctx.db.handled(ctx.component.as_str(), &ids).await else {
-        return end; // the one-by-one path waits for the database
+    let handled = if check_handled {
+        let Ok(handled) = ctx.db.handled(ctx.component.as_str(), &ids).await else {
+            return end; // the one-by-one path waits for the database
+        };
+        handled
+    } else {
+        Default::default()
     };
     let mut overlay = Overlay::default();
     let mut slots = Vec::with_capacity(events.len());

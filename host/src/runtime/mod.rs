@@ -418,7 +418,8 @@ impl Runtime {
                 tracing::debug!(event_id = %event.id, "event already handled; skipped");
                 return Ok(Outcome::Duplicate);
             }
-            let (ran, _) = self.run(component, db, event, Overlay::default()).await?;
+            // The overlay holds the turns on hot keys this event read: kept to the commit.
+            let (ran, _turns) = self.run(component, db, event, Overlay::default()).await?;
             let (unit, effects) = match ran {
                 Ran::Failed(failure) => return Ok(Outcome::Failed(failure)),
                 Ran::Staged { unit, effects } => (unit, effects),

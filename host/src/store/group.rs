@@ -117,7 +117,7 @@ impl Db {
     async fn apply_chains(&self, chains: &[Vec<Unit>]) -> Result<Vec<Vec<UnitResult>>, StoreError> {
         let mut tx = self.begin().await?;
         if tx.is_postgres() {
-            if let Some(results) = super::multirow::apply(&mut tx, chains).await? {
+            if let Some(results) = super::multirow::apply(&mut tx, chains, &self.hot).await? {
                 tx.commit().await?;
                 return Ok(results);
             }
@@ -130,7 +130,7 @@ impl Db {
             let mut out = ChainResults::with_capacity(chain.len());
             for unit in chain {
                 if out.decide_next() {
-                    out.push(unit.apply(&mut tx).await?.into());
+                    out.push(unit.apply(&mut tx, &self.hot).await?.into());
                 }
             }
             results.push(out.into_vec());
@@ -147,7 +147,7 @@ impl Db {
                 continue;
             }
             let mut tx = self.begin().await?;
-            let result = match unit.apply(&mut tx).await {
+            let result = match unit.apply(&mut tx, &self.hot).await {
                 Ok(Applied::Committed) => {
                     tx.commit().await?;
                     UnitResult::Committed

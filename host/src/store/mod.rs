@@ -12,6 +12,7 @@
 mod components;
 mod effects;
 pub mod group;
+pub(crate) mod hot;
 mod inbox;
 mod kv;
 mod multirow;
@@ -99,6 +100,8 @@ pub struct Db {
     readers: Option<SqlitePool>,
     /// The group committer ([`group`]), started at the first commit.
     committer: Arc<OnceLock<group::Committer>>,
+    /// Keys partitions fought over, read in turns ([`hot`]).
+    pub(crate) hot: Arc<hot::HotKeys>,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +224,7 @@ impl Db {
             sqlite_path,
             readers,
             committer: Arc::default(),
+            hot: Arc::default(),
         };
         db.migrate().await?;
         db.signer = Signer::new(&db.host_secret().await?);
@@ -373,6 +377,26 @@ impl Db {
             wrote_effects: false,
             signals: self.signals.clone(),
         })
+    }
+
+    /// `component`'s value under `key` as last committed, outside any snapshot.
+    pub(crate) async fn read_latest(&self, component: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        const SQL: &str = "SELECT value FROM kv WHERE component = $1 AND key = $2";
+        let row: Option<(Vec<u8>,)> = match (&self.pool, &self.readers) {
+            (Pool::Sqlite(_), Some(readers)) => {
+                sqlx::query_as(SQL)
+                    .bind(component)
+                    .bind(key)
+                    .fetch_optional(readers)
+                    .await?
+            }
+            _ => on_pool!(self, |p| sqlx::query_as(SQL)
+                .bind(component)
+                .bind(key)
+                .fetch_optional(p)
+                .await?),
+        };
+        Ok(row.map(|(v,)| v))
     }
 
     /// Closes the pool, waiting for connections to be returned.

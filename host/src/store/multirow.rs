@@ -21,11 +21,15 @@ use super::{StoreError, Tx, TxInner, encode_headers, now_ms};
 type Key = (String, String);
 
 /// Applies `chains` in `tx`, or None (nothing applied) when they need the one-by-one path.
-pub(crate) async fn apply(tx: &mut Tx, chains: &[Vec<Unit>]) -> Result<Option<Vec<Vec<UnitResult>>>, StoreError> {
+pub(crate) async fn apply(
+    tx: &mut Tx,
+    chains: &[Vec<Unit>],
+    hot: &super::hot::HotKeys,
+) -> Result<Option<Vec<Vec<UnitResult>>>, StoreError> {
     let TxInner::Postgres(pg) = &mut tx.inner else {
         return Ok(None);
     };
-    let applied = apply_pg(pg, chains).await?;
+    let applied = apply_pg(pg, chains, hot).await?;
     if applied.is_some() {
         // Wake the relay, the timer pump and the delivery worker of this host at commit.
         let units = || chains.iter().flatten();
@@ -39,6 +43,7 @@ pub(crate) async fn apply(tx: &mut Tx, chains: &[Vec<Unit>]) -> Result<Option<Ve
 async fn apply_pg(
     tx: &mut Transaction<'static, Postgres>,
     chains: &[Vec<Unit>],
+    hot: &super::hot::HotKeys,
 ) -> Result<Option<Vec<Vec<UnitResult>>>, StoreError> {
     let units = || chains.iter().flatten();
     if units().any(|u| u.checks.iter().any(|c| matches!(c, Check::Listing { .. }))) {
@@ -127,13 +132,17 @@ async fn apply_pg(
                 continue;
             }
             let component = &unit.inbox.component;
-            let holds = unit.checks.iter().all(|check| match check {
-                Check::Key { key, seen } => values.get(&(component.clone(), key.clone())).cloned().flatten() == *seen,
+            let failed = unit.checks.iter().find(|check| match check {
+                Check::Key { key, seen } => values.get(&(component.clone(), key.clone())).cloned().flatten() != *seen,
                 Check::Timer { id, existed } => {
-                    timers.get(&(component.clone(), id.clone())).copied().unwrap_or(false) == *existed
+                    timers.get(&(component.clone(), id.clone())).copied().unwrap_or(false) != *existed
                 }
-                Check::Listing { .. } => false,
+                Check::Listing { .. } => true,
             });
+            if let Some(Check::Key { key, .. }) = failed {
+                hot.mark(component, key);
+            }
+            let holds = failed.is_none();
             if !holds {
                 out.push(UnitResult::Conflict);
                 continue;

@@ -20,6 +20,9 @@ use super::{Db, NewEffect, OutboundMessage, StoreError, Tx};
 /// The writes of a partition's earlier events that are not committed yet.
 #[derive(Debug, Default)]
 pub struct Overlay {
+    /// Turns on hot keys (see [`super::hot`]) these events read: held until the chain
+    /// has committed, which is when the overlay is dropped.
+    turns: HashMap<String, tokio::sync::OwnedMutexGuard<()>>,
     /// Key → value (None: deleted), of the one component a partition feeds.
     kv: HashMap<String, Option<Vec<u8>>>,
     /// Timer id → whether it exists after those events.
@@ -129,14 +132,18 @@ impl Unit {
         }
     }
 
-    /// Checks the unit's reads against `tx`, then claims its event and applies it.
-    pub(crate) async fn apply(&self, tx: &mut Tx) -> Result<Applied, StoreError> {
+    /// Checks the unit's reads against `tx`, then claims its event and applies it. A key
+    /// whose check failed is marked hot in `hot`.
+    pub(crate) async fn apply(&self, tx: &mut Tx, hot: &super::hot::HotKeys) -> Result<Applied, StoreError> {
         let component = self.inbox.component.as_str();
         if tx.is_postgres() {
             self.lock(tx).await?;
         }
         for check in &self.checks {
             if !check.holds(tx, component).await? {
+                if let Check::Key { key, .. } = check {
+                    hot.mark(component, key);
+                }
                 return Ok(Applied::Conflict);
             }
         }
@@ -323,10 +330,20 @@ impl Staged {
         }
         let value = match self.base.kv.get(key) {
             Some(value) => value.clone(),
-            None => {
-                let component = self.component.clone();
-                self.snapshot().await?.get(&component, key).await?
-            }
+            None => match self.db.hot.turn(&self.component, key) {
+                // Partitions fought over this key: wait for the turn, held to the commit,
+                // and read what the last holder committed (the snapshot may be older).
+                Some(turn) if !self.base.turns.contains_key(key) => {
+                    let guard = turn.lock_owned().await;
+                    self.base.turns.insert(key.to_string(), guard);
+                    self.db.read_latest(&self.component, key).await?
+                }
+                Some(_) => self.db.read_latest(&self.component, key).await?,
+                None => {
+                    let component = self.component.clone();
+                    self.snapshot().await?.get(&component, key).await?
+                }
+            },
         };
         self.seen.insert(key.to_string(), value.clone());
         self.checks.push(Check::Key {
