@@ -501,7 +501,7 @@ async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>
             let _permit = permits.acquire().await.expect("semaphore never closes");
             ctx.registry
                 .runtime()
-                .run(&component, &ctx.db, &event, overlay)
+                .run(&component, &ctx.db, &event, std::mem::take(&mut overlay))
                 .instrument(crate::observe::tracing::process_span(
                     &route,
                     &component.version,
@@ -516,7 +516,8 @@ async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>
                 chain.push(*unit);
                 slots.push(Slot::Staged(event));
             }
-            Ok((Ran::Failed(failure), _)) => {
+            Ok((Ran::Failed(failure), next)) => {
+                overlay = next; // its turns on hot keys are held until the chain commits
                 if slots.is_empty() {
                     end.head = Some(Ok(Outcome::Failed(failure)));
                 }
@@ -541,6 +542,7 @@ async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>
             }
         }
     };
+    drop(overlay); // the turns on hot keys, held to the commit
     let metrics = crate::observe::metrics();
     for slot in slots {
         match slot {

@@ -238,21 +238,38 @@ async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Resu
             .await?;
     }
 
-    let cancels: Vec<(String, String)> = units
-        .iter()
-        .flat_map(|u| u.cancels.iter().map(|id| (u.inbox.component.clone(), id.clone())))
-        .collect();
-    if !cancels.is_empty() {
-        let (components, ids): (Vec<String>, Vec<String>) = cancels.into_iter().unzip();
+    // Timers as they stand after every unit in turn (each unit cancels, then schedules):
+    // a timer one unit sets and a later one cancels is never inserted, and every id any
+    // unit cancelled is deleted before the survivors go in.
+    let mut cancelled: Vec<(String, String)> = Vec::new();
+    let mut last_timer: HashMap<Key, Option<(&String, &(String, i64, super::OutboundMessage))>> = HashMap::new();
+    let mut order: Vec<Key> = Vec::new();
+    for unit in units {
+        let component = &unit.inbox.component;
+        for id in &unit.cancels {
+            let key = (component.clone(), id.clone());
+            cancelled.push(key.clone());
+            last_timer.insert(key, None);
+        }
+        for timer in &unit.timers {
+            let key = (component.clone(), timer.0.clone());
+            last_timer.insert(key.clone(), Some((component, timer)));
+            order.push(key);
+        }
+    }
+    if !cancelled.is_empty() {
+        let (components, ids): (Vec<String>, Vec<String>) = cancelled.into_iter().unzip();
         sqlx::query("DELETE FROM timers WHERE (component, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))")
             .bind(components)
             .bind(ids)
             .execute(&mut **tx)
             .await?;
     }
-    let timers: Vec<_> = units
+    let mut seen = std::collections::HashSet::new();
+    let timers: Vec<_> = order
         .iter()
-        .flat_map(|u| u.timers.iter().map(|t| (&u.inbox.component, t)))
+        .filter(|key| seen.insert(*key))
+        .filter_map(|key| last_timer.get(key).copied().flatten())
         .collect();
     if !timers.is_empty() {
         sqlx::query(

@@ -17,6 +17,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{Db, NewEffect, OutboundMessage, StoreError, Tx};
 
+/// How long a read waits for the turn on a hot key (see [`super::hot`]) before it reads
+/// without it. A holder keeps a turn until its chain has committed: a few milliseconds.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The writes of a partition's earlier events that are not committed yet.
 #[derive(Debug, Default)]
 pub struct Overlay {
@@ -334,8 +338,17 @@ impl Staged {
                 // Partitions fought over this key: wait for the turn, held to the commit,
                 // and read what the last holder committed (the snapshot may be older).
                 Some(turn) if !self.base.turns.contains_key(key) => {
-                    let guard = turn.lock_owned().await;
-                    self.base.turns.insert(key.to_string(), guard);
+                    // Waiting is bounded, so turns never deadlock: a chain holding one
+                    // turn that wants another, or a holder that waits for the permit a
+                    // waiter holds. Without the turn the read is only checked at commit.
+                    let guard = if self.base.turns.is_empty() {
+                        tokio::time::timeout(TURN_WAIT, turn.lock_owned()).await.ok()
+                    } else {
+                        turn.try_lock_owned().ok()
+                    };
+                    if let Some(guard) = guard {
+                        self.base.turns.insert(key.to_string(), guard);
+                    }
                     self.db.read_latest(&self.component, key).await?
                 }
                 Some(_) => self.db.read_latest(&self.component, key).await?,

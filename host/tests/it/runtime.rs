@@ -359,6 +359,47 @@ async fn a_group_commit_decides_each_event_as_if_alone(db: &Db) {
         ["out-seed", "out-a1", "out-a2", "out-c1", "out-b1", "out-b2", "out-d1"],
         "the relay sends in the order the events committed"
     );
+
+    // Timers in one group as one unit after another: e1 sets t2 and e2 cancels it (an
+    // order and its payment in one group); e3 sets t3 and e4 cancels it and sets it again.
+    let timer = |topic: &str| OutboundMessage {
+        topic: topic.into(),
+        key: None,
+        payload: b"x".to_vec(),
+        headers: vec![],
+    };
+    let later = switchyard::store::now_ms() + 3_600_000;
+    let (e1, overlay) = unit_of(db, "e1", Overlay::default(), async |s| {
+        s.insert_timer("t2", later, timer("g.t2"))
+    })
+    .await;
+    let (e2, _) = unit_of(db, "e2", overlay, async |s| {
+        assert!(s.cancel_timer("t2").await.unwrap(), "e1 set it");
+    })
+    .await;
+    let (e3, overlay) = unit_of(db, "e3", Overlay::default(), async |s| {
+        s.insert_timer("t3", later, timer("g.first"))
+    })
+    .await;
+    let (e4, _) = unit_of(db, "e4", overlay, async |s| {
+        assert!(s.cancel_timer("t3").await.unwrap(), "e3 set it");
+        s.insert_timer("t3", later, timer("g.second"));
+    })
+    .await;
+    let results = db.commit_chains(vec![vec![e1, e2], vec![e3, e4]]).await;
+    let results: Vec<Vec<UnitResult>> = results.into_iter().map(Result::unwrap).collect();
+    assert!(
+        results.iter().flatten().all(|r| *r == UnitResult::Committed),
+        "{results:?}"
+    );
+    assert_eq!(
+        db.count(Table::Timers).await.unwrap(),
+        1,
+        "t2 set and cancelled, t3 set again"
+    );
+    assert_eq!(db.fire_due_timers(later + 1, 10).await.unwrap(), 1);
+    let fired = db.unsent_outbox(100).await.unwrap().pop().unwrap();
+    assert_eq!(fired.message.topic, "g.second", "the last setting of t3 stands");
 }
 
 on_both_backends!(
