@@ -603,4 +603,35 @@ mod tests {
         assert_eq!(db.peek("a", "n").await.unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(db.count(super::super::Table::Inbox).await.unwrap(), 1);
     }
+
+    #[tokio::test]
+    async fn turns_on_hot_keys_never_deadlock() {
+        let (_dir, db) = sqlite().await;
+        db.hot.mark("a", "k1");
+        db.hot.mark("a", "k2");
+        async fn within<T>(what: impl Future<Output = T>) -> T {
+            tokio::time::timeout(std::time::Duration::from_secs(5), what)
+                .await
+                .expect("a read waited for a turn past its bound")
+        }
+        // Two chains each hold one turn and want the other's: neither waits.
+        let mut one = Staged::new(&db, "a", Overlay::default());
+        let mut two = Staged::new(&db, "a", Overlay::default());
+        within(one.get("k1")).await.unwrap();
+        within(two.get("k2")).await.unwrap();
+        within(one.get("k2")).await.unwrap();
+        within(two.get("k1")).await.unwrap();
+        assert!(one.base.turns.contains_key("k1") && !one.base.turns.contains_key("k2"));
+        // A chain holding no turn waits for a taken one, but only for TURN_WAIT.
+        let mut three = Staged::new(&db, "a", Overlay::default());
+        let started = std::time::Instant::now();
+        within(three.get("k1")).await.unwrap();
+        assert!(started.elapsed() >= TURN_WAIT);
+        assert!(three.base.turns.is_empty());
+        // Once the holder's chain is done, the turn is free again.
+        drop(one.discard().await);
+        let mut four = Staged::new(&db, "a", Overlay::default());
+        within(four.get("k1")).await.unwrap();
+        assert!(four.base.turns.contains_key("k1"));
+    }
 }
