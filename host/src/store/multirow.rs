@@ -19,6 +19,8 @@ use super::staged::{Check, Unit, lock_id};
 use super::{StoreError, Tx, TxInner, encode_headers, now_ms};
 
 type Key = (String, String);
+/// A timer a unit sets: id, due time (ms since the epoch), message.
+type Timer = (String, i64, super::OutboundMessage);
 
 /// Applies `chains` in `tx`, or None (nothing applied) when they need the one-by-one path.
 pub(crate) async fn apply(
@@ -242,7 +244,7 @@ async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Resu
     // a timer one unit sets and a later one cancels is never inserted, and every id any
     // unit cancelled is deleted before the survivors go in.
     let mut cancelled: Vec<(String, String)> = Vec::new();
-    let mut last_timer: HashMap<Key, Option<(&String, &(String, i64, super::OutboundMessage))>> = HashMap::new();
+    let mut last_timer: HashMap<Key, Option<(&String, &Timer)>> = HashMap::new();
     let mut order: Vec<Key> = Vec::new();
     for unit in units {
         let component = &unit.inbox.component;
