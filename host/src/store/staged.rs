@@ -29,6 +29,9 @@ pub struct Overlay {
     /// Turns on hot keys (see [`super::hot`]) these events read: held until the chain
     /// has committed, which is when the overlay is dropped.
     turns: HashMap<String, tokio::sync::OwnedMutexGuard<()>>,
+    /// A read of these events waited for a turn: the chain does not wait again, so two
+    /// waits cannot add up past an event's deadline.
+    waited: bool,
     /// Key → value (None: deleted), of the one component a partition feeds.
     kv: HashMap<String, Option<Vec<u8>>>,
     /// Timer id → whether it exists after those events.
@@ -343,7 +346,8 @@ impl Staged {
                     // Waiting is bounded, so turns never deadlock: a chain holding one
                     // turn that wants another, or a holder that waits for the permit a
                     // waiter holds. Without the turn the read is only checked at commit.
-                    let guard = if self.base.turns.is_empty() {
+                    let guard = if self.base.turns.is_empty() && !self.base.waited {
+                        self.base.waited = true;
                         tokio::time::timeout(TURN_WAIT, turn.lock_owned()).await.ok()
                     } else {
                         turn.try_lock_owned().ok()
@@ -630,6 +634,10 @@ mod tests {
         within(three.get("k1")).await.unwrap();
         assert!(started.elapsed() >= TURN_WAIT);
         assert!(three.base.turns.is_empty());
+        // ... and only once: its next hot read does not wait again.
+        let started = std::time::Instant::now();
+        within(three.get("k2")).await.unwrap();
+        assert!(started.elapsed() < TURN_WAIT, "two waits could pass a deadline");
         // Once the holder's chain is done, the turn is free again.
         drop(one.discard().await);
         let mut four = Staged::new(&db, "a", Overlay::default());

@@ -325,6 +325,49 @@ async fn metrics_follow_retries_dead_letters_and_lag() {
             .filter(|v| *v == 1.0)
     })
     .await;
+    // A message sent again with its event id (a relay that died between the broker's
+    // acknowledgement and marking the row sent) is counted as a duplicate, not handled.
+    let committed = |scrape: &Scrape| {
+        scrape
+            .value(
+                "switchyard_events_total",
+                &[route[0], route[1], ("outcome", "committed")],
+            )
+            .unwrap_or(0.0)
+    };
+    let before = committed(&host.scrape().await);
+    let no_op = switchyard::store::OutboundMessage {
+        topic: topic.clone(),
+        key: None,
+        payload: br#"{"steps": []}"#.to_vec(),
+        headers: vec![(
+            switchyard::protocol::names::EVENT_ID.to_string(),
+            "sent-twice".to_string(),
+        )],
+    };
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_outbox("sent-twice", "probe", &no_op).await.unwrap();
+    tx.commit().await.unwrap();
+    eventually("the event to be handled once", || async {
+        (committed(&host.scrape().await) == before + 1.0).then_some(())
+    })
+    .await;
+    sqlx::query("UPDATE outbox SET sent_at_ms = NULL WHERE event_id = 'sent-twice'")
+        .execute(&sqlx::PgPool::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+    let again = eventually("the second delivery to be counted a duplicate", || async {
+        let scrape = host.scrape().await;
+        scrape
+            .at_least(
+                "switchyard_events_total",
+                &[route[0], route[1], ("outcome", "duplicate")],
+                1.0,
+            )
+            .then_some(scrape)
+    })
+    .await;
+    assert_eq!(committed(&again), before + 1.0, "the duplicate was not handled again");
     db.close().await;
     // The gateway's requests, by route template and status.
     reqwest::get(format!("{}/orders/some-id", host.http)).await.unwrap();
