@@ -15,7 +15,6 @@ mod support;
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -66,8 +65,8 @@ fn bench() -> anyhow::Result<()> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let spans = Arc::new(AtomicUsize::new(0));
-    let endpoint = rt.block_on(receiver(spans.clone()))?;
+    let received = Received::default();
+    let endpoint = rt.block_on(receiver(received.clone()))?;
     // The exporter is configured the way an operator does it, before the subscriber.
     // SAFETY: no other thread reads the environment yet (the runtime's workers are idle).
     unsafe {
@@ -108,10 +107,11 @@ fn bench() -> anyhow::Result<()> {
     }))?;
     switchyard::observe::set_enabled(true);
     drop(guard); // flushes the last spans
+    let spans = received.spans();
     table.note("Each cell: median (min–max) over the runs. A run's clock starts before its first send and stops when its last output row is relayed (counted through a second connection).");
     table.note(format!(
-        "On: every metric recorded and every span (process, host calls, send) exported over OTLP/HTTP protobuf to a receiver in this process, which decoded {} spans. Off: `observe::set_enabled(false)`; the subscriber stays installed, so off is a little slower than a host run without OTEL_EXPORTER_OTLP_ENDPOINT.",
-        spans.load(Ordering::Relaxed)
+        "On: every metric recorded and every span (process, host calls, send) exported over OTLP/HTTP protobuf to a receiver in this process, which keeps the requests and decodes them after the runs, since decoding is the collector's work, not the host's ({} spans). Off: `observe::set_enabled(false)`; the subscriber stays installed, so off is a little slower than a host run without OTEL_EXPORTER_OTLP_ENDPOINT.",
+        spans
     ));
     table.note(
         "Target: overhead under 5 %. On a shared 2-core machine the spread of a mode can be wider than the difference.",
@@ -120,22 +120,32 @@ fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An OTLP/HTTP receiver counting the spans it decodes; returns its base URL.
-async fn receiver(spans: Arc<AtomicUsize>) -> anyhow::Result<String> {
+/// The OTLP requests a receiver took, undecoded.
+#[derive(Clone, Default)]
+struct Received(Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>);
+
+impl Received {
+    /// Spans in every request taken so far.
+    fn spans(&self) -> usize {
+        let bodies = std::mem::take(&mut *self.0.lock().expect("received lock"));
+        bodies
+            .into_iter()
+            .filter_map(|body| ExportTraceServiceRequest::decode(body).ok())
+            .flat_map(|request| request.resource_spans)
+            .flat_map(|r| r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum()
+    }
+}
+
+/// An OTLP/HTTP receiver keeping each request; returns its base URL.
+async fn receiver(received: Received) -> anyhow::Result<String> {
     let app = axum::Router::new().route(
         "/v1/traces",
         axum::routing::post(move |body: axum::body::Bytes| {
-            let spans = spans.clone();
+            let received = received.clone();
             async move {
-                if let Ok(request) = ExportTraceServiceRequest::decode(body) {
-                    let n: usize = request
-                        .resource_spans
-                        .iter()
-                        .flat_map(|r| &r.scope_spans)
-                        .map(|s| s.spans.len())
-                        .sum();
-                    spans.fetch_add(n, Ordering::Relaxed);
-                }
+                received.0.lock().expect("received lock").push(body);
                 (
                     [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
                     ExportTraceServiceResponse::default().encode_to_vec(),

@@ -84,13 +84,18 @@ pub fn init_tracing(json: bool) -> TracingGuard {
             .with_filter(
                 // Which callsites are exported is decided once; whether now, per span
                 // (a benchmark turns it off and on).
-                dynamic_filter_fn(|_, _| super::enabled()).with_callsite_filter(|meta| {
-                    if meta.is_span() && meta.fields().field("otel.kind").is_some() {
-                        tracing::subscriber::Interest::sometimes()
-                    } else {
-                        tracing::subscriber::Interest::never()
-                    }
-                }),
+                dynamic_filter_fn(|_, _| super::enabled())
+                    .with_callsite_filter(|meta| {
+                        if meta.is_span() && meta.fields().field("otel.kind").is_some() {
+                            tracing::subscriber::Interest::sometimes()
+                        } else {
+                            tracing::subscriber::Interest::never()
+                        }
+                    })
+                    // The exported spans are at debug at most. Without a hint the process's
+                    // maximum level became trace, and every `log` record of every crate
+                    // was turned into an event only to be dropped.
+                    .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG),
             )
     });
     let _ = EXPORTING.set(provider.is_some());
