@@ -85,9 +85,26 @@ fn follow(routing: &Routing, mut before: HashMap<String, Sampled>, base: &Client
     let mut next = HashMap::new();
     for route in &routing.routes {
         let partitions = routing.topics.get(&route.topic).map_or(1, |t| t.partitions);
-        let consumer = match before.remove(&route.group) {
-            Some((old, _, consumer)) if old.topic == route.topic => consumer,
-            _ => crate::kafka::dispatch::consumer_config(base, route)
+        let kept = match before.remove(&route.group) {
+            Some((old, old_partitions, consumer)) if old.topic == route.topic => {
+                // Same group and topic: only series the route no longer has go.
+                if old.component != route.component {
+                    forget(&old, 0..old_partitions);
+                } else {
+                    forget(&old, partitions..old_partitions);
+                }
+                Some(consumer)
+            }
+            Some((old, old_partitions, _)) => {
+                // The group now reads another topic: the old topic's series go.
+                forget(&old, 0..old_partitions);
+                None
+            }
+            None => None,
+        };
+        let consumer = match kept {
+            Some(consumer) => consumer,
+            None => crate::kafka::dispatch::consumer_config(base, route)
                 .set("client.id", "switchyard-metrics")
                 .create::<BaseConsumer>()
                 .map_err(|err| tracing::warn!(topic = %route.topic, error = %err, "cannot sample the lag of a route"))
@@ -96,19 +113,25 @@ fn follow(routing: &Routing, mut before: HashMap<String, Sampled>, base: &Client
         };
         next.insert(route.group.clone(), (route.clone(), partitions, consumer));
     }
-    let m = metrics();
     for (route, partitions, _) in before.into_values() {
-        for partition in 0..partitions as i32 {
-            let labels = PartitionLabels {
-                topic: route.topic.to_string(),
-                component: route.component.to_string(),
-                partition,
-            };
-            m.lag_messages.remove(&labels);
-            m.lag_seconds.remove(&labels);
-        }
+        forget(&route, 0..partitions);
     }
     next
+}
+
+/// Removes the lag series of `route`'s `partitions`.
+fn forget(route: &Route, partitions: std::ops::Range<u32>) {
+    let m = metrics();
+    for partition in partitions {
+        let labels = PartitionLabels {
+            topic: route.topic.to_string(),
+            component: route.component.to_string(),
+            partition: partition as i32,
+        };
+        m.lag_messages.remove(&labels);
+        m.lag_seconds.remove(&labels);
+        forget_first_seen(&labels);
+    }
 }
 
 /// Lag of one route on each of its partitions, in messages and in seconds.
@@ -182,4 +205,72 @@ async fn sample_backlogs(db: &Db) -> Result<(), sqlx::Error> {
         .set(oldest.map_or(0.0, |at| ((now_ms() - at).max(0) as f64) / 1000.0));
     m.timers_pending.set(timers);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routing(topic: &str, component: &str, partitions: u32) -> Routing {
+        let text = format!(
+            "[topics.\"{topic}\"]\npartitions = {partitions}\n[components.{component}]\nartifact = \"x.wasm\"\n\
+             [[routes]]\ntopic = \"{topic}\"\ncomponent = \"{component}\"\ngroup = \"sampler-test\"\n"
+        );
+        Routing::parse(std::path::Path::new("topics.toml"), &text).unwrap()
+    }
+
+    fn series(topic: &str, component: &str, partition: i32) -> bool {
+        let labels = PartitionLabels {
+            topic: topic.into(),
+            component: component.into(),
+            partition,
+        };
+        let m = metrics();
+        m.lag_messages.get(&labels).is_some()
+    }
+
+    fn sample(routing: &Routing) {
+        for route in &routing.routes {
+            let partitions = routing.topics.get(&route.topic).map_or(1, |t| t.partitions);
+            for partition in 0..partitions as i32 {
+                let labels = PartitionLabels {
+                    topic: route.topic.to_string(),
+                    component: route.component.to_string(),
+                    partition,
+                };
+                metrics().lag_messages.get_or_create(&labels).set(1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_route_that_keeps_its_group_leaves_no_series_of_what_it_no_longer_reads() {
+        let base = ClientConfig::new();
+        let first = routing("sampler.a", "one", 3);
+        let sampled = follow(&first, HashMap::new(), &base);
+        sample(&first);
+        assert!(series("sampler.a", "one", 2));
+
+        // Fewer partitions: the dropped partition's series goes.
+        let fewer = routing("sampler.a", "one", 2);
+        let sampled = follow(&fewer, sampled, &base);
+        assert!(series("sampler.a", "one", 1) && !series("sampler.a", "one", 2));
+
+        // Another component on the same group and topic.
+        let other_component = routing("sampler.a", "two", 2);
+        let sampled = follow(&other_component, sampled, &base);
+        sample(&other_component);
+        assert!(!series("sampler.a", "one", 0) && series("sampler.a", "two", 0));
+
+        // Another topic on the same group.
+        let other_topic = routing("sampler.b", "two", 2);
+        let sampled = follow(&other_topic, sampled, &base);
+        sample(&other_topic);
+        assert!(!series("sampler.a", "two", 0) && series("sampler.b", "two", 0));
+
+        // The route removed.
+        let empty = Routing::parse(std::path::Path::new("topics.toml"), "").unwrap();
+        follow(&empty, sampled, &base);
+        assert!(!series("sampler.b", "two", 0));
+    }
 }
