@@ -26,11 +26,11 @@ use crate::config::ComponentSpec;
 use crate::event::InboundEvent;
 use crate::store::{Db, InboxRecord, Overlay, Staged, StoreError, Unit, UnitResult};
 
-use bindings::{Handler, HandlerPre};
+use bindings::HandlerPre;
 use output::CappedOutput;
 pub use query::QueryError;
 pub use state::{DeadlineExceeded, Delivery, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write, caps};
-use state::{InvocationState, MemoryCap};
+use state::{Guard, InvocationState, MemoryCap, Origin};
 
 /// How often the epoch advances: the resolution of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -260,8 +260,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        Handler::add_to_linker::<_, wasmtime::component::HasSelf<InvocationState>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        host::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         Ok(Runtime { engine, linker })
     }
 
@@ -341,22 +340,22 @@ impl Runtime {
             table: Default::default(),
             stdout,
             stderr,
-            component: spec.clone(),
-            version: caller.version,
+            origin: Origin {
+                component: spec.clone(),
+                version: caller.version,
+                event_id: caller.event_id,
+                request_id: caller.request_id,
+                trace: caller.trace,
+                read_only: caller.read_only,
+            },
             staged,
-            event_id: caller.event_id,
-            request_id: caller.request_id,
-            trace: caller.trace,
             effects: Effects::default(),
             memory: MemoryCap {
                 max_bytes: spec.limits.memory_bytes as usize,
                 exceeded: false,
             },
             deadline: Instant::now() + spec.limits.deadline,
-            poisoned: None,
-            used: Default::default(),
-            over_limit: None,
-            read_only: caller.read_only,
+            guard: Guard::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -525,14 +524,14 @@ impl Runtime {
         let mut state = store.into_data();
         forward_output(&state);
         let failure = match result {
-            Ok(_) if state.over_limit.is_some() => Failure {
+            Ok(_) if state.guard.over_limit.is_some() => Failure {
                 kind: FailureKind::Limit,
                 reason: format!(
                     "{} (raise nothing: split the work over several events)",
-                    state.over_limit.take().unwrap_or_default()
+                    state.guard.over_limit.take().unwrap_or_default()
                 ),
             },
-            Ok(Ok(())) => match state.poisoned.take() {
+            Ok(Ok(())) => match state.guard.poisoned.take() {
                 Some(why) => Failure {
                     kind: FailureKind::Retryable,
                     reason: format!("database failed during the call: {why}"),
@@ -567,7 +566,7 @@ impl Runtime {
                     bindings::types::HandleError::Retryable(r) => (FailureKind::Retryable, r),
                     bindings::types::HandleError::Fatal(r) => (FailureKind::Fatal, r),
                 };
-                let kind = if state.poisoned.is_some() {
+                let kind = if state.guard.poisoned.is_some() {
                     FailureKind::Retryable
                 } else {
                     kind
@@ -641,7 +640,7 @@ fn classify_trap(err: &wasmtime::Error, memory_exceeded: bool) -> Failure {
 /// Guest stdout and stderr become log lines tagged with the component (and, through
 /// the span, the event).
 fn forward_output(state: &InvocationState) {
-    let component = state.component.name.as_str();
+    let component = state.origin.component.name.as_str();
     for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
         let (bytes, dropped) = pipe.contents();
         for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
@@ -651,7 +650,7 @@ fn forward_output(state: &InvocationState) {
             tracing::warn!(target: "guest", component, stream, dropped_bytes = dropped, "guest output over {OUTPUT_CAPACITY} bytes; the rest was dropped");
         }
     }
-    let dropped_logs = state.used.log_calls.saturating_sub(caps::MAX_LOG_CALLS);
+    let dropped_logs = state.guard.used.log_calls.saturating_sub(caps::MAX_LOG_CALLS);
     if dropped_logs > 0 {
         tracing::warn!(target: "guest", component, dropped_logs, "more than {} log calls in one invocation; the rest were dropped", caps::MAX_LOG_CALLS);
     }

@@ -5,7 +5,7 @@
 //! A query runs like an event (a fresh instance, the component's deadline and memory
 //! cap) inside a transaction that is always rolled back; the host calls that could change
 //! anything (storage writes, publishes, timers) fail with a `read-only` guest error
-//! because [`InvocationState::read_only`] is set.
+//! because [`Origin::read_only`](super::state::Origin::read_only) is set.
 
 use std::time::Instant;
 
@@ -140,7 +140,7 @@ impl Runtime {
         };
         let state = store.into_data();
         forward_output(&state);
-        let poisoned = state.poisoned.clone();
+        let poisoned = state.guard.poisoned.clone();
         let memory_exceeded = state.memory.exceeded;
         state.staged.discard().await;
 

@@ -102,39 +102,65 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// The store data of one invocation.
+/// The store data of one invocation: the sandbox (WASI, captured output, memory cap,
+/// deadline) and what host calls work on. No host interface sees all of it: each is
+/// linked to a view that borrows only the parts it needs (see [`super::host`]), so what
+/// a host call can touch is visible in its signature.
 pub struct InvocationState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     /// Captured guest stdout and stderr, turned into log lines after the call.
     pub(crate) stdout: CappedOutput,
     pub(crate) stderr: CappedOutput,
-    /// Who is running: storage namespace, allowed topics and config come from here.
+    pub(crate) memory: MemoryCap,
+    /// When the call must be over; checked on every epoch tick.
+    pub(crate) deadline: Instant,
+    /// Who runs, for which event; host calls read it and never change it.
+    pub(crate) origin: Origin,
+    /// What the guest reads and writes, committed (or not) after the call.
+    pub(crate) staged: Staged,
+    /// What the invocation did, for the report.
+    pub(crate) effects: Effects,
+    /// Usage against [`caps`], and why the invocation must fail whatever it returns.
+    pub(crate) guard: Guard,
+}
+
+/// Who runs and on whose behalf.
+pub struct Origin {
+    /// Storage namespace, allowed topics, reach and config come from here.
     pub(crate) component: Arc<ComponentSpec>,
     /// Version of the component's code, stamped on what it publishes.
     pub(crate) version: Arc<str>,
-    /// What the guest reads and writes, committed (or not) after the call.
-    pub(crate) staged: Staged,
     /// Id of the event being handled, for the `caused-by` header of what it publishes.
     pub(crate) event_id: String,
     /// Correlation id passed on to every published message.
     pub(crate) request_id: Option<String>,
     /// Trace of the event; published messages become its children.
     pub(crate) trace: TraceContext,
-    pub(crate) effects: Effects,
-    pub(crate) memory: MemoryCap,
-    /// When the call must be over; checked on every epoch tick.
-    pub(crate) deadline: Instant,
-    /// Set when the database failed under a host call: what the guest read cannot be
-    /// trusted, so the invocation is retried whatever the guest returns.
-    pub(crate) poisoned: Option<String>,
     /// Set for `query`: host calls that would change anything fail with `read-only`.
     pub(crate) read_only: bool,
-    /// What the guest has asked of the host so far, against [`caps`].
+}
+
+impl Origin {
+    /// The guest's error text for `operation` during a read-only query, or `None` when
+    /// writes are allowed.
+    pub(crate) fn refuse_write(&self, operation: &str) -> Option<String> {
+        self.read_only
+            .then(|| format!("read-only query: {operation} is not allowed; queries only read"))
+    }
+}
+
+/// What the guest has asked of the host so far, and the reasons its invocation fails
+/// whatever the guest returns.
+#[derive(Debug, Default)]
+pub struct Guard {
+    /// Counted against [`caps`].
     pub(crate) used: Usage,
-    /// Set when the guest went past one of [`caps`]: the invocation fails whatever the
-    /// guest returns, with this reason.
+    /// Set when the guest went past one of [`caps`], with which.
     pub(crate) over_limit: Option<String>,
+    /// Set when the database failed under a host call: what the guest read cannot be
+    /// trusted, so the invocation is retried.
+    pub(crate) poisoned: Option<String>,
 }
 
 /// Caps on what one invocation may ask of the host. Past one, the host call fails and
@@ -165,7 +191,7 @@ pub struct Usage {
     pub log_calls: usize,
 }
 
-impl InvocationState {
+impl Guard {
     /// Counts one more message of `bytes`; Err(reason) past the caps.
     pub(crate) fn count_message(&mut self, bytes: usize) -> Result<(), String> {
         self.used.messages += 1;
@@ -213,20 +239,11 @@ impl InvocationState {
     /// Records a database failure under a host call: the invocation is retried whatever
     /// the guest returns. Returns what the guest
     /// is told.
-    pub(crate) fn poison(&mut self, operation: &str, err: &StoreError) -> String {
+    pub(crate) fn poison(&mut self, origin: &Origin, operation: &str, err: &StoreError) -> String {
         let why = err.to_string();
-        tracing::warn!(component = %self.component.name, operation, error = %why, "database failed under a host call");
+        tracing::warn!(component = %origin.component.name, operation, error = %why, "database failed under a host call");
         self.poisoned.get_or_insert(why);
         "database error; the event will be retried".into()
-    }
-}
-
-impl InvocationState {
-    /// The guest's error text for `operation` during a read-only query, or `None` when
-    /// writes are allowed.
-    pub(crate) fn refuse_write(&self, operation: &str) -> Option<String> {
-        self.read_only
-            .then(|| format!("read-only query: {operation} is not allowed; queries only read"))
     }
 }
 

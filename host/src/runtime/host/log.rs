@@ -1,5 +1,24 @@
 use crate::runtime::bindings::log::{Host, Level};
-use crate::runtime::state::{InvocationState, caps};
+use crate::runtime::state::{InvocationState, Usage, caps};
+
+use super::view_of;
+
+/// What wit `log` needs: whose lines these are, and how many came before.
+pub(crate) struct LogView<'a> {
+    component: &'a str,
+    used: &'a mut Usage,
+}
+
+view_of!(Log => LogView);
+
+impl LogView<'_> {
+    pub(crate) fn of(s: &mut InvocationState) -> LogView<'_> {
+        LogView {
+            component: s.origin.component.name.as_str(),
+            used: &mut s.guard.used,
+        }
+    }
+}
 
 /// Longest message or field value kept from a guest log call.
 const MAX_LOG_CHARS: usize = 4096;
@@ -11,7 +30,7 @@ fn clip(s: &str) -> &str {
     }
 }
 
-impl Host for InvocationState {
+impl Host for LogView<'_> {
     #[tracing::instrument(level = "debug", name = "log.log", skip_all, fields(otel.kind = "internal"))]
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         crate::observe::metrics().host_call("log");
@@ -28,7 +47,7 @@ impl Host for InvocationState {
             .collect();
         let fields = fields.join(" ");
         let message = clip(&message);
-        let component = self.component.name.as_str();
+        let component = self.component;
         match level {
             Level::Trace => tracing::trace!(target: "guest", component, fields, "{message}"),
             Level::Debug => tracing::debug!(target: "guest", component, fields, "{message}"),

@@ -8,11 +8,32 @@ use crate::delivery::Request;
 use crate::delivery::http::{HOST_HEADERS, HttpRequest, METHODS};
 use crate::delivery::smtp::{self, Email};
 use crate::runtime::bindings::outbound::{self as wit, Error, Host};
-use crate::runtime::state::{Delivery, InvocationState};
-use crate::store::StagedEffect;
+use crate::runtime::state::{Delivery, Guard, InvocationState, Origin};
+use crate::store::{Staged, StagedEffect};
 
-use super::MAX_VALUE_BYTES;
 use super::publish::host_headers;
+use super::{MAX_VALUE_BYTES, view_of};
+
+/// What wit `outbound` works on: the staged deliveries, and those it reports.
+pub(crate) struct OutboundView<'a> {
+    origin: &'a Origin,
+    staged: &'a mut Staged,
+    deliveries: &'a mut Vec<Delivery>,
+    guard: &'a mut Guard,
+}
+
+view_of!(Outbound => OutboundView);
+
+impl OutboundView<'_> {
+    pub(crate) fn of(s: &mut InvocationState) -> OutboundView<'_> {
+        OutboundView {
+            origin: &s.origin,
+            staged: &mut s.staged,
+            deliveries: &mut s.effects.deliveries,
+            guard: &mut s.guard,
+        }
+    }
+}
 
 /// Longest URL accepted.
 pub const MAX_URL_BYTES: usize = 2048;
@@ -121,12 +142,13 @@ pub(crate) fn check_email(spec: &ComponentSpec, email: wit::Email, id: &str) -> 
     Ok(checked)
 }
 
-impl Host for InvocationState {
+impl Host for OutboundView<'_> {
     async fn deliver(&mut self, delivery: wit::Delivery) -> Result<String, Error> {
-        if let Some(why) = self.refuse_write("outbound deliver") {
+        if let Some(why) = self.origin.refuse_write("outbound deliver") {
             return Err(Error::ReadOnly(why));
         }
         if !self
+            .origin
             .component
             .publishes
             .iter()
@@ -140,30 +162,31 @@ impl Host for InvocationState {
         let id = uuid::Uuid::now_v7().to_string();
         let (request, target) = match delivery.request {
             wit::Request::Http(request) => {
-                let checked = check_http(&self.component, request)?;
+                let checked = check_http(&self.origin.component, request)?;
                 let target = checked.url.clone();
                 (Request::Http(checked), target)
             }
             wit::Request::Email(email) => {
-                let checked = check_email(&self.component, email, &id)?;
+                let checked = check_email(&self.origin.component, email, &id)?;
                 let target = checked.recipients.join(", ");
                 (Request::Email(checked), target)
             }
         };
         let stored = serde_json::to_string(&request).expect("a request serializes");
-        self.count_message(stored.len() + delivery.context.len())
+        self.guard
+            .count_message(stored.len() + delivery.context.len())
             .map_err(Error::Unavailable)?;
         let result_event_id = uuid::Uuid::now_v7().to_string();
-        let component = self.component.name.to_string();
+        let component = self.origin.component.name.to_string();
         let result_headers = host_headers(
             &component,
-            &self.version,
+            &self.origin.version,
             &result_event_id,
-            &self.event_id,
-            self.request_id.as_deref(),
-            &self.trace,
+            &self.origin.event_id,
+            self.origin.request_id.as_deref(),
+            &self.origin.trace,
         );
-        let retry = &self.component.reach.retry;
+        let retry = &self.origin.component.reach.retry;
         let effect = StagedEffect {
             id: id.clone(),
             kind: request.kind().to_string(),
@@ -177,7 +200,7 @@ impl Host for InvocationState {
             max_backoff_ms: retry.max_backoff.as_millis() as i64,
         };
         self.staged.insert_effect(effect);
-        self.effects.deliveries.push(Delivery {
+        self.deliveries.push(Delivery {
             id: id.clone(),
             kind: request.kind().to_string(),
             target,

@@ -2,10 +2,31 @@ use crate::config::ComponentSpec;
 use crate::event::{TraceContext, headers};
 use crate::protocol::{self, limits};
 use crate::runtime::bindings::publish::{Error, Host, Message};
-use crate::runtime::state::{InvocationState, Published};
-use crate::store::OutboundMessage;
+use crate::runtime::state::{Guard, InvocationState, Origin, Published};
+use crate::store::{OutboundMessage, Staged};
 
-use super::MAX_VALUE_BYTES;
+use super::{MAX_VALUE_BYTES, view_of};
+
+/// What wit `publish` works on: the staged outbox, and the messages it reports.
+pub(crate) struct PublishView<'a> {
+    origin: &'a Origin,
+    staged: &'a mut Staged,
+    published: &'a mut Vec<Published>,
+    guard: &'a mut Guard,
+}
+
+view_of!(Publish => PublishView);
+
+impl PublishView<'_> {
+    pub(crate) fn of(s: &mut InvocationState) -> PublishView<'_> {
+        PublishView {
+            origin: &s.origin,
+            staged: &mut s.staged,
+            published: &mut s.effects.published,
+            guard: &mut s.guard,
+        }
+    }
+}
 
 /// Checks a guest message against the component's rights and the host's limits.
 pub(crate) fn check_message(spec: &ComponentSpec, msg: &Message) -> Result<(), Error> {
@@ -67,43 +88,46 @@ pub(crate) fn host_headers(
     all
 }
 
-impl InvocationState {
-    /// A guest message, checked and with the host headers added, ready for the outbox.
-    /// Checks `msg` and counts it against the invocation's caps; the message the
-    /// outbox will hold, with the host's headers.
-    pub(crate) fn outbound(&mut self, msg: Message, event_id: &str) -> Result<OutboundMessage, Error> {
-        check_message(&self.component, &msg)?;
-        let bytes = msg.key.as_ref().map_or(0, Vec::len) + msg.payload.len();
-        self.count_message(bytes).map_err(Error::Unavailable)?;
-        let mut all = host_headers(
-            self.component.name.as_str(),
-            &self.version,
-            event_id,
-            &self.event_id,
-            self.request_id.as_deref(),
-            &self.trace,
-        );
-        all.extend(msg.headers.into_iter().map(|h| (h.name, h.value)));
-        debug_assert!(protocol::message_bytes(msg.key.as_deref(), &msg.payload, &all) <= limits::MAX_MESSAGE_BYTES);
-        Ok(OutboundMessage {
-            topic: msg.topic,
-            key: msg.key,
-            payload: msg.payload,
-            headers: all,
-        })
-    }
+/// A guest message, checked and with the host headers added, ready for the outbox:
+/// checks `msg`, counts it against the invocation's caps, and adds the host's headers
+/// for a message with id `event_id`.
+pub(crate) fn outbound(
+    origin: &Origin,
+    guard: &mut Guard,
+    msg: Message,
+    event_id: &str,
+) -> Result<OutboundMessage, Error> {
+    check_message(&origin.component, &msg)?;
+    let bytes = msg.key.as_ref().map_or(0, Vec::len) + msg.payload.len();
+    guard.count_message(bytes).map_err(Error::Unavailable)?;
+    let mut all = host_headers(
+        origin.component.name.as_str(),
+        &origin.version,
+        event_id,
+        &origin.event_id,
+        origin.request_id.as_deref(),
+        &origin.trace,
+    );
+    all.extend(msg.headers.into_iter().map(|h| (h.name, h.value)));
+    debug_assert!(protocol::message_bytes(msg.key.as_deref(), &msg.payload, &all) <= limits::MAX_MESSAGE_BYTES);
+    Ok(OutboundMessage {
+        topic: msg.topic,
+        key: msg.key,
+        payload: msg.payload,
+        headers: all,
+    })
 }
 
-impl Host for InvocationState {
+impl Host for PublishView<'_> {
     #[tracing::instrument(level = "debug", name = "publish.send", skip_all, fields(otel.kind = "internal"))]
     async fn send(&mut self, msg: Message) -> Result<(), Error> {
         crate::observe::metrics().host_call("publish");
-        if let Some(why) = self.refuse_write("publish") {
+        if let Some(why) = self.origin.refuse_write("publish") {
             return Err(Error::ReadOnly(why));
         }
         let event_id = uuid::Uuid::now_v7().to_string();
-        let message = self.outbound(msg, &event_id)?;
-        self.effects.published.push(Published {
+        let message = outbound(self.origin, self.guard, msg, &event_id)?;
+        self.published.push(Published {
             event_id: event_id.clone(),
             topic: message.topic.clone(),
             key: message.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),

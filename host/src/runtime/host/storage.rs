@@ -1,8 +1,29 @@
 use crate::runtime::bindings::storage::{Error, Host};
-use crate::runtime::state::{InvocationState, Write, caps};
-use crate::store::StoreError;
+use crate::runtime::state::{Guard, InvocationState, Origin, Write, caps};
+use crate::store::{Staged, StoreError};
 
-use super::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use super::{MAX_KEY_BYTES, MAX_VALUE_BYTES, view_of};
+
+/// What wit `storage` works on: the staged transaction, and the writes it reports.
+pub(crate) struct StorageView<'a> {
+    origin: &'a Origin,
+    staged: &'a mut Staged,
+    writes: &'a mut Vec<Write>,
+    guard: &'a mut Guard,
+}
+
+view_of!(Storage => StorageView);
+
+impl StorageView<'_> {
+    pub(crate) fn of(s: &mut InvocationState) -> StorageView<'_> {
+        StorageView {
+            origin: &s.origin,
+            staged: &mut s.staged,
+            writes: &mut s.effects.writes,
+            guard: &mut s.guard,
+        }
+    }
+}
 
 fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
@@ -21,19 +42,19 @@ fn check_value(value: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-impl InvocationState {
+impl StorageView<'_> {
     /// Maps a store failure to the guest's error. A database failure also poisons the
     /// invocation: what it read cannot be trusted any more.
     fn storage_error(&mut self, err: StoreError) -> Error {
         match err {
             StoreError::NotANumber { found, .. } => Error::NotANumber(found),
             StoreError::Overflow { key } => Error::NotANumber(format!("{key}: overflow")),
-            other => Error::Unavailable(self.poison("storage", &other)),
+            other => Error::Unavailable(self.guard.poison(self.origin, "storage", &other)),
         }
     }
 }
 
-impl Host for InvocationState {
+impl Host for StorageView<'_> {
     #[tracing::instrument(level = "debug", name = "storage.get", skip_all, fields(otel.kind = "internal"))]
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
         crate::observe::metrics().host_call("storage");
@@ -45,30 +66,30 @@ impl Host for InvocationState {
     #[tracing::instrument(level = "debug", name = "storage.put", skip_all, fields(otel.kind = "internal"))]
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
         crate::observe::metrics().host_call("storage");
-        if let Some(why) = self.refuse_write("storage put") {
+        if let Some(why) = self.origin.refuse_write("storage put") {
             return Err(Error::ReadOnly(why));
         }
         check_key(&key)?;
         check_value(&value)?;
-        self.count_write(value.len()).map_err(Error::Unavailable)?;
+        self.guard.count_write(value.len()).map_err(Error::Unavailable)?;
         self.staged.put(&key, &value);
         let value = String::from_utf8_lossy(&value).into_owned();
-        self.effects.writes.push(Write::Put { key, value });
+        self.writes.push(Write::Put { key, value });
         Ok(())
     }
 
     #[tracing::instrument(level = "debug", name = "storage.delete", skip_all, fields(otel.kind = "internal"))]
     async fn delete(&mut self, key: String) -> Result<bool, Error> {
         crate::observe::metrics().host_call("storage");
-        if let Some(why) = self.refuse_write("storage delete") {
+        if let Some(why) = self.origin.refuse_write("storage delete") {
             return Err(Error::ReadOnly(why));
         }
         check_key(&key)?;
-        self.count_write(0).map_err(Error::Unavailable)?;
+        self.guard.count_write(0).map_err(Error::Unavailable)?;
         let result = self.staged.delete(&key).await;
         let existed = result.map_err(|e| self.storage_error(e))?;
         if existed {
-            self.effects.writes.push(Write::Delete { key });
+            self.writes.push(Write::Delete { key });
         }
         Ok(existed)
     }
@@ -102,14 +123,14 @@ impl Host for InvocationState {
     #[tracing::instrument(level = "debug", name = "storage.increment", skip_all, fields(otel.kind = "internal"))]
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, Error> {
         crate::observe::metrics().host_call("storage");
-        if let Some(why) = self.refuse_write("storage increment") {
+        if let Some(why) = self.origin.refuse_write("storage increment") {
             return Err(Error::ReadOnly(why));
         }
         check_key(&key)?;
-        self.count_write(20).map_err(Error::Unavailable)?;
+        self.guard.count_write(20).map_err(Error::Unavailable)?;
         let result = self.staged.increment(&key, delta).await;
         let value = result.map_err(|e| self.storage_error(e))?;
-        self.effects.writes.push(Write::Put {
+        self.writes.push(Write::Put {
             key,
             value: value.to_string(),
         });
@@ -124,14 +145,15 @@ impl Host for InvocationState {
         new: Option<Vec<u8>>,
     ) -> Result<bool, Error> {
         crate::observe::metrics().host_call("storage");
-        if let Some(why) = self.refuse_write("storage compare-and-swap") {
+        if let Some(why) = self.origin.refuse_write("storage compare-and-swap") {
             return Err(Error::ReadOnly(why));
         }
         check_key(&key)?;
         if let Some(value) = &new {
             check_value(value)?;
         }
-        self.count_write(new.as_ref().map_or(0, Vec::len))
+        self.guard
+            .count_write(new.as_ref().map_or(0, Vec::len))
             .map_err(Error::Unavailable)?;
         let result = self
             .staged
@@ -139,7 +161,7 @@ impl Host for InvocationState {
             .await;
         let swapped = result.map_err(|e| self.storage_error(e))?;
         if swapped {
-            self.effects.writes.push(match new {
+            self.writes.push(match new {
                 Some(value) => Write::Put {
                     key,
                     value: String::from_utf8_lossy(&value).into_owned(),
