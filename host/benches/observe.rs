@@ -3,9 +3,11 @@
 //!
 //! A real route (`switchyard::service::serve_with`: consume, invoke the probe component
 //! with a storage write and a publish, commit, relay) runs once per stack; runs of
-//! `OBSERVE_EVENTS` events alternate between observability on (every metric recorded,
-//! every span exported over OTLP/HTTP to a receiver in this process) and off
-//! ([`switchyard::observe::set_enabled`]`(false)`: no metric recorded, no span made).
+//! `OBSERVE_EVENTS` events take turns between three modes: off
+//! ([`switchyard::observe::set_enabled`]`(false)`: no metric recorded, no span made),
+//! metrics only ([`switchyard::observe::set_tracing`]`(false)`), and metrics with every
+//! span exported over OTLP/HTTP to a receiver in a child process. Wall time and this
+//! process's CPU time are both reported per event.
 //! The clock of a run starts before the first send and stops when the last output is
 //! relayed. `BENCH_RUNS` (default 5) runs per mode; `OBSERVE_EVENTS` (default 1000).
 
@@ -30,7 +32,19 @@ use support::{Spread, Table};
 const WARMUP: usize = 200;
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Set in the environment of the child process that plays the OTLP receiver.
+const RECEIVER_CHILD: &str = "SWITCHYARD_OBSERVE_RECEIVER_CHILD";
+
 fn main() -> std::process::ExitCode {
+    if std::env::var_os(RECEIVER_CHILD).is_some() {
+        return match run_receiver() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("receiver: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if !support::run_by_cargo_bench("bench-observe") {
         return std::process::ExitCode::SUCCESS;
     }
@@ -65,8 +79,8 @@ fn bench() -> anyhow::Result<()> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let received = Received::default();
-    let endpoint = rt.block_on(receiver(received.clone()))?;
+    let receiver = Receiver::start()?;
+    let endpoint = receiver.url.clone();
     // The exporter is configured the way an operator does it, before the subscriber.
     // SAFETY: no other thread reads the environment yet (the runtime's workers are idle).
     unsafe {
@@ -89,28 +103,48 @@ fn bench() -> anyhow::Result<()> {
         format!(
             "Observability cost: {events} events per run (probe: storage put + publish, 1 partition), {runs} runs per mode alternating, after {WARMUP} warm-up events"
         ),
-        &["stack", "off µs/event", "on µs/event", "overhead (medians)"],
+        &[
+            "stack",
+            "off µs/event",
+            "metrics µs/event",
+            "metrics + traces µs/event",
+            "off CPU µs/event",
+            "metrics CPU µs/event",
+            "metrics + traces CPU µs/event",
+        ],
     );
     let local = tokio::task::LocalSet::new();
     rt.block_on(local.run_until(async {
         for (name, real) in [("embedded broker + SQLite", false), ("Kafka + PostgreSQL", true)] {
-            let (off, on) = measure(real, runs, events).await?;
-            let overhead = (on.median() / off.median() - 1.0) * 100.0;
+            let [wall, cpu] = measure(real, runs, events).await?;
+            let micros = |s: f64| format!("{:.0}", s * 1e6);
+            // A mode's median and its overhead over the median of `off`.
+            let cell = |spreads: &[Spread; 3], mode: usize| {
+                let shown = spreads[mode].show(micros);
+                if mode == 0 {
+                    return shown;
+                }
+                let overhead = (spreads[mode].median() / spreads[0].median() - 1.0) * 100.0;
+                format!("{shown} {overhead:+.1} %")
+            };
             table.row(vec![
                 name.into(),
-                off.show(|s| format!("{:.0}", s * 1e6)),
-                on.show(|s| format!("{:.0}", s * 1e6)),
-                format!("{overhead:+.1} %"),
+                cell(&wall, 0),
+                cell(&wall, 1),
+                cell(&wall, 2),
+                cell(&cpu, 0),
+                cell(&cpu, 1),
+                cell(&cpu, 2),
             ]);
         }
         anyhow::Ok(())
     }))?;
     switchyard::observe::set_enabled(true);
     drop(guard); // flushes the last spans
-    let spans = received.spans();
-    table.note("Each cell: median (min–max) over the runs. A run's clock starts before its first send and stops when its last output row is relayed (counted through a second connection).");
+    let spans = rt.block_on(receiver.spans())?;
+    table.note("Each cell: median (min–max) over the runs, and the overhead of the medians over off. A run's clock starts before its first send and stops when its last output row is relayed (counted through a second connection). CPU: user + system time of this process (host, embedded broker, load driver; not the receiver, PostgreSQL or Kafka) per event over the run. With one partition the run is bound by the hop's latency, not by CPU, so wall time moves with scheduling and CPU says what the work costs.");
     table.note(format!(
-        "On: every metric recorded and every span (process, host calls, send) exported over OTLP/HTTP protobuf to a receiver in this process, which keeps the requests and decodes them after the runs, since decoding is the collector's work, not the host's ({} spans). Off: `observe::set_enabled(false)`; the subscriber stays installed, so off is a little slower than a host run without OTEL_EXPORTER_OTLP_ENDPOINT.",
+        "Metrics: every metric recorded, no span made (`observe::set_tracing(false)`). Metrics + traces: also every span (process, host calls, send) exported over OTLP/HTTP protobuf to a receiver in a child process, as a collector would be: it shares the machine's 2 cores but not the CPU column; it keeps the requests and decodes them after the runs ({} spans). Off: `observe::set_enabled(false)`; the subscriber stays installed, so off is a little slower than a host run without OTEL_EXPORTER_OTLP_ENDPOINT. The modes take turns, each run starting with the next one.",
         spans
     ));
     table.note(
@@ -120,47 +154,99 @@ fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The OTLP requests a receiver took, undecoded.
-#[derive(Clone, Default)]
-struct Received(Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>);
+/// The OTLP receiver: this benchmark's own executable run as a child process, so its
+/// work is not counted as the host's CPU.
+struct Receiver {
+    child: std::process::Child,
+    url: String,
+}
 
-impl Received {
+impl Receiver {
+    fn start() -> anyhow::Result<Receiver> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .env(RECEIVER_CHILD, "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the OTLP receiver process")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("receiver stdout")?).read_line(&mut line)?;
+        anyhow::ensure!(
+            line.starts_with("http://"),
+            "the receiver said {line:?} instead of its URL"
+        );
+        Ok(Receiver {
+            child,
+            url: line.trim().to_string(),
+        })
+    }
+
     /// Spans in every request taken so far.
-    fn spans(&self) -> usize {
-        let bodies = std::mem::take(&mut *self.0.lock().expect("received lock"));
-        bodies
-            .into_iter()
-            .filter_map(|body| ExportTraceServiceRequest::decode(body).ok())
-            .flat_map(|request| request.resource_spans)
-            .flat_map(|r| r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum()
+    async fn spans(&self) -> anyhow::Result<usize> {
+        let count = reqwest::get(format!("{}/spans", self.url))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        count
+            .trim()
+            .parse()
+            .with_context(|| format!("receiver answered {count:?}"))
     }
 }
 
-/// An OTLP/HTTP receiver keeping each request; returns its base URL.
-async fn receiver(received: Received) -> anyhow::Result<String> {
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let received = received.clone();
-            async move {
-                received.0.lock().expect("received lock").push(body);
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
-                    ExportTraceServiceResponse::default().encode_to_vec(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(format!("http://{addr}"))
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
-/// Seconds per event with observability off and on, over `runs` runs each.
-async fn measure(real: bool, runs: usize, events: usize) -> anyhow::Result<(Spread, Spread)> {
+/// The child's side: keeps each OTLP request undecoded (decoding is a collector's work)
+/// and counts their spans when asked; prints its base URL first.
+fn run_receiver() -> anyhow::Result<()> {
+    let received: Arc<std::sync::Mutex<Vec<axum::body::Bytes>>> = Default::default();
+    let spans = {
+        let received = received.clone();
+        move || {
+            let bodies = std::mem::take(&mut *received.lock().expect("received lock"));
+            let n: usize = bodies
+                .into_iter()
+                .filter_map(|body| ExportTraceServiceRequest::decode(body).ok())
+                .flat_map(|request| request.resource_spans)
+                .flat_map(|r| r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            n.to_string()
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    received.lock().expect("received lock").push(body);
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )
+                }
+            }),
+        )
+        .route("/spans", axum::routing::get(move || std::future::ready(spans())));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("http://{}", listener.local_addr()?);
+        axum::serve(listener, app).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Seconds per event, then CPU seconds per event, with observability off, metrics only
+/// and metrics with traces, over `runs` runs each.
+async fn measure(real: bool, runs: usize, events: usize) -> anyhow::Result<[[Spread; 3]; 2]> {
     let dir = tempfile::tempdir()?;
     let p = format!("obs-bench-{}", uuid::Uuid::new_v4().simple());
     let config = dir.path().join("topics.toml");
@@ -209,6 +295,7 @@ async fn measure(real: bool, runs: usize, events: usize) -> anyhow::Result<(Spre
             let target = relayed;
             async move {
                 let started = Instant::now();
+                let cpu = support::cpu_seconds();
                 let mut sends = Vec::with_capacity(n);
                 for _ in 0..n {
                     let record = FutureRecord::<(), [u8]>::to(topic).payload(payload);
@@ -220,7 +307,8 @@ async fn measure(real: bool, runs: usize, events: usize) -> anyhow::Result<(Spre
                 loop {
                     let sent = observer.count(DbTable::Outbox).await? - observer.count(DbTable::UnsentOutbox).await?;
                     if sent >= target {
-                        return anyhow::Ok(started.elapsed().as_secs_f64() / n as f64);
+                        let wall = started.elapsed().as_secs_f64() / n as f64;
+                        return anyhow::Ok((wall, (support::cpu_seconds() - cpu) / n as f64));
                     }
                     anyhow::ensure!(
                         started.elapsed() < RUN_TIMEOUT,
@@ -232,22 +320,21 @@ async fn measure(real: bool, runs: usize, events: usize) -> anyhow::Result<(Spre
         };
         switchyard::observe::set_enabled(true);
         run(WARMUP).await?;
-        let (mut off, mut on) = (Spread::default(), Spread::default());
+        let [mut wall, mut cpu]: [[Spread; 3]; 2] = Default::default();
         for i in 0..runs {
-            // Alternate which mode goes first, so a drift in the machine's load hits both.
-            for enabled in if i % 2 == 0 { [false, true] } else { [true, false] } {
-                switchyard::observe::set_enabled(enabled);
-                let per_event = run(events).await?;
-                if enabled {
-                    on.push(per_event)
-                } else {
-                    off.push(per_event)
-                }
+            // Rotate which mode goes first, so a drift in the machine's load hits all.
+            for mode in (0..3).map(|m| (m + i) % 3) {
+                switchyard::observe::set_enabled(mode > 0);
+                switchyard::observe::set_tracing(mode == 2);
+                let (per_event, cpu_per_event) = run(events).await?;
+                wall[mode].push(per_event);
+                cpu[mode].push(cpu_per_event);
             }
         }
+        switchyard::observe::set_tracing(true);
         switchyard::observe::set_enabled(true);
         stop.send(true).ok();
-        anyhow::Ok((off, on))
+        anyhow::Ok([wall, cpu])
     };
     let (served, measured) = tokio::join!(service, work);
     served?;

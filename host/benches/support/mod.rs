@@ -47,6 +47,19 @@ pub fn commit(workspace: &Path) -> String {
     }
 }
 
+/// CPU time this process has used so far (user + system, all threads), in seconds: what
+/// a change costs in work, which on a shared machine wanders less than wall time.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// CPUs and the load average when the run started: on a shared machine the second says
 /// how much the figures were disturbed.
 pub fn machine() -> String {

@@ -36,6 +36,20 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// Whether spans are made, apart from metrics; see [`set_tracing`].
+static TRACING: AtomicBool = AtomicBool::new(true);
+
+/// Turns making spans on or off while metrics stay as [`set_enabled`] says, so a
+/// benchmark can price the two apart.
+pub fn set_tracing(on: bool) {
+    TRACING.store(on, Ordering::Relaxed);
+}
+
+/// Whether spans are made now: observability is enabled and tracing not turned off.
+pub fn tracing_enabled() -> bool {
+    enabled() && TRACING.load(Ordering::Relaxed)
+}
+
 /// Axum middleware timing each gateway request by method, route template and status.
 pub async fn track_http(request: Request, next: Next) -> Response {
     if !enabled() {

@@ -35,7 +35,7 @@ static EXPORTING: OnceLock<bool> = OnceLock::new();
 
 /// True when spans go out over OTLP.
 pub fn exporting() -> bool {
-    EXPORTING.get().copied().unwrap_or(false) && super::enabled()
+    EXPORTING.get().copied().unwrap_or(false) && super::tracing_enabled()
 }
 
 /// Flushes and stops the exporter when dropped (at the end of `main`).
@@ -81,10 +81,17 @@ pub fn init_tracing(json: bool) -> TracingGuard {
             .with_level(false)
             .with_threads(false)
             .with_location(false)
+            .with_target(false)
+            // Each of these ran on every poll of an instrumented future (an invocation is
+            // polled at every host call and epoch tick): clocks for busy/idle time, and
+            // the OpenTelemetry context attached to the thread, which nothing here reads
+            // (`context_of` takes it from the span).
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(
                 // Which callsites are exported is decided once; whether now, per span
                 // (a benchmark turns it off and on).
-                dynamic_filter_fn(|_, _| super::enabled())
+                dynamic_filter_fn(|_, _| super::tracing_enabled())
                     .with_callsite_filter(|meta| {
                         if meta.is_span() && meta.fields().field("otel.kind").is_some() {
                             tracing::subscriber::Interest::sometimes()
