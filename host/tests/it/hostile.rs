@@ -490,10 +490,78 @@ async fn a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstre
     assert_eq!(counter(&db, "sink", "count").await, 20, "each resent row ran once");
 }
 
+/// The relay's `retried` count of `topic` in this process's metrics.
+fn relay_retries(topic: &str) -> f64 {
+    let text = switchyard::observe::metrics().encode();
+    text.lines()
+        .filter(|l| l.starts_with("switchyard_relay_failures_total{"))
+        .filter(|l| l.contains(&format!("topic=\"{topic}\"")) && l.contains("reason=\"retried\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn a_backlog_larger_than_the_producer_queue_goes_out_over_rounds_in_order(real: bool, backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, HOSTILE);
+    let brokers = brokers_for(real, &routing).await.unwrap();
+    let db = test_db(backend).await.unwrap();
+    let db = db.db.clone();
+    let topic = format!("{p}.out");
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..6 {
+        let message = OutboundMessage {
+            topic: topic.clone(),
+            key: Some(b"one-key".to_vec()),
+            payload: format!("{i}").into_bytes(),
+            headers: vec![(names::EVENT_ID.to_string(), format!("row-{i}"))],
+        };
+        tx.insert_outbox(&format!("row-{i}"), "worker", &message).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // A producer queue of two messages: the third row of a round finds it full.
+    let mut config = relay::relay_producer_config(&brokers.client_config());
+    config.set("queue.buffering.max.messages", "2");
+    let producer: rdkafka::producer::FutureProducer = config.create().unwrap();
+    let before = relay_retries(&topic);
+    let first = relay::relay_once(&db, &producer).await.unwrap();
+    assert!((1..6).contains(&first), "the first round settled {first} of 6 rows");
+    assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 6 - first as i64);
+    assert!(
+        relay_retries(&topic) > before,
+        "the row that found the queue full was not counted as retried"
+    );
+    // Later rounds send the rest.
+    let start = Instant::now();
+    while db.count(Table::UnsentOutbox).await.unwrap() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the rest was not relayed");
+        let _ = relay::relay_once(&db, &producer).await;
+    }
+    // In the order they were written, each once.
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let mut consumer_config = brokers.client_config();
+    consumer_config
+        .set("group.id", format!("{p}-reader"))
+        .set("auto.offset.reset", "earliest");
+    let consumer: StreamConsumer = consumer_config.create().unwrap();
+    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let mut payloads = Vec::new();
+    while payloads.len() < 6 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the relayed rows to be readable")
+            .unwrap();
+        payloads.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
+    }
+    assert_eq!(payloads, ["0", "1", "2", "3", "4", "5"]);
+}
+
 on_both_stacks!(
     forged_and_broken_metadata_never_stops_a_route,
     an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing,
     a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstream,
+    a_backlog_larger_than_the_producer_queue_goes_out_over_rounds_in_order,
     every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the_cli,
 );
 
