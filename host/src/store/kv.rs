@@ -67,20 +67,31 @@ impl Tx {
         max_bytes: usize,
     ) -> Result<Option<Vec<(String, Vec<u8>)>>, StoreError> {
         use futures_util::TryStreamExt;
-        // `key >= prefix` lets the primary key index start at the prefix; the substr test
-        // stops at its end without LIKE's escaping rules.
-        const SQL: &str = "SELECT key, value FROM kv WHERE component = $1 AND key >= $2 AND key > $3 \
-                           AND substr(key, 1, length($2)) = $2 ORDER BY key LIMIT $4";
+        // `key >= prefix AND key < end` bounds the primary key index scan to the prefix's
+        // keys (keys are COLLATE "C": byte order, which for UTF-8 is code point order).
+        // With the lower bound alone the scan ran on to the end of the component's keys:
+        // 8.4 ms instead of 0.14 ms per call once notif kept 2,000 delivery records, and
+        // the saga's database time grew with its history. The substr test keeps the
+        // result exact whatever the bounds.
+        const SQL: &str = "SELECT key, value FROM kv WHERE component = $1 AND key >= $2 AND key < $5 \
+                           AND key > $3 AND substr(key, 1, length($2)) = $2 ORDER BY key LIMIT $4";
+        const SQL_UNBOUNDED: &str = "SELECT key, value FROM kv WHERE component = $1 AND key >= $2 AND key > $3 \
+                                     AND substr(key, 1, length($2)) = $2 ORDER BY key LIMIT $4";
+        let end = prefix_end(prefix);
         let after = start_after.unwrap_or("");
         let mut out = Vec::new();
         let mut bytes = 0;
         on_conn!(self, |c| {
-            let mut rows = sqlx::query_as::<_, (String, Vec<u8>)>(SQL)
+            let query = sqlx::query_as::<_, (String, Vec<u8>)>(if end.is_some() { SQL } else { SQL_UNBOUNDED })
                 .bind(component)
                 .bind(prefix)
                 .bind(after)
-                .bind(i64::from(limit))
-                .fetch(c);
+                .bind(i64::from(limit));
+            let query = match &end {
+                Some(end) => query.bind(end.as_str()),
+                None => query,
+            };
+            let mut rows = query.fetch(c);
             while let Some((key, value)) = rows.try_next().await? {
                 bytes += key.len() + value.len();
                 if bytes > max_bytes {
@@ -180,10 +191,41 @@ impl Tx {
     }
 }
 
+/// The least string above every string that starts with `prefix`, in code point order;
+/// None when there is none (an empty prefix, or one of only `char::MAX`).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next scalar value: surrogates are not chars, so 0xD7FF is followed by 0xE000.
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::sqlite;
     use super::*;
+
+    #[test]
+    fn a_prefix_end_is_above_every_key_with_the_prefix_and_below_every_later_key() {
+        assert_eq!(prefix_end("pending/u1/r1/").as_deref(), Some("pending/u1/r10"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("\u{10FFFF}\u{10FFFF}"), None);
+        let end = prefix_end("p/é").unwrap();
+        for inside in ["p/é", "p/é/", "p/é\u{10FFFF}\u{10FFFF}"] {
+            assert!(inside < end.as_str(), "{inside:?} !< {end:?}");
+        }
+        for outside in ["p/ê", "p/\u{10FFFF}", "q"] {
+            assert!(outside >= end.as_str(), "{outside:?} < {end:?}");
+        }
+    }
 
     #[tokio::test]
     async fn namespaces_are_separate_and_prefix_listing_is_exact() {
