@@ -224,13 +224,30 @@ fn kcat(bootstrap: &str, topic: &str, partition: i32, header: &[u8], payload: &[
     assert!(child.wait().unwrap().success(), "kcat failed");
 }
 
-async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Backend) {
+/// What the stack scenarios below start from: a fresh prefix, the [`HOSTILE`] routing
+/// under it, its brokers (created topics included) and a database. The directory and the
+/// test database live as long as the returned values.
+async fn hostile_stack(
+    real: bool,
+    backend: Backend,
+) -> (
+    tempfile::TempDir,
+    String,
+    switchyard::config::Routing,
+    switchyard::kafka::Brokers,
+    crate::common::TestDb,
+) {
     let dir = tempfile::tempdir().unwrap();
     let p = prefix();
     let routing = routing(dir.path(), &p, HOSTILE);
     let brokers = brokers_for(real, &routing).await.unwrap();
     let db = test_db(backend).await.unwrap();
-    let db = db.db.clone();
+    (dir, p, routing, brokers, db)
+}
+
+async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Backend) {
+    let (_dir, p, routing, brokers, test_db) = hostile_stack(real, backend).await;
+    let db = test_db.db.clone();
     let base = brokers.client_config();
     let input = format!("{p}.in");
     let dead = vec![format!("{p}.in.dead")];
@@ -397,12 +414,8 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
 }
 
 async fn an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing(real: bool, backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = prefix();
-    let routing = routing(dir.path(), &p, HOSTILE);
-    let brokers = brokers_for(real, &routing).await.unwrap();
-    let db = test_db(backend).await.unwrap();
-    let db = db.db.clone();
+    let (_dir, p, routing, brokers, test_db) = hostile_stack(real, backend).await;
+    let db = test_db.db.clone();
     let out = format!("{p}.out");
     let message = |payload: Vec<u8>| OutboundMessage {
         topic: out.clone(),
@@ -447,12 +460,8 @@ async fn an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing(real: boo
 }
 
 async fn a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstream(real: bool, backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = prefix();
-    let routing = routing(dir.path(), &p, HOSTILE);
-    let brokers = brokers_for(real, &routing).await.unwrap();
-    let db = test_db(backend).await.unwrap();
-    let db = db.db.clone();
+    let (_dir, p, routing, brokers, test_db) = hostile_stack(real, backend).await;
+    let db = test_db.db.clone();
     let inc = serde_json::to_vec(&json!({"steps": [{"op": "increment", "key": "count", "delta": 1}]})).unwrap();
     let mut tx = db.begin().await.unwrap();
     for i in 0..20 {
@@ -501,12 +510,8 @@ fn relay_retries(topic: &str) -> f64 {
 }
 
 async fn a_backlog_larger_than_the_producer_queue_goes_out_over_rounds_in_order(real: bool, backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = prefix();
-    let routing = routing(dir.path(), &p, HOSTILE);
-    let brokers = brokers_for(real, &routing).await.unwrap();
-    let db = test_db(backend).await.unwrap();
-    let db = db.db.clone();
+    let (_dir, p, _routing, brokers, test_db) = hostile_stack(real, backend).await;
+    let db = test_db.db.clone();
     let topic = format!("{p}.out");
     let mut tx = db.begin().await.unwrap();
     for i in 0..6 {
