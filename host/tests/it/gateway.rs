@@ -984,12 +984,17 @@ pub mod e2e {
         async fn start(env: &Env, replicas: &[Replica], shutdown: watch::Receiver<bool>) -> Arc<Stack> {
             let mut tasks = Vec::new();
             let mut urls = Vec::new();
+            let mut started_groups = std::collections::HashSet::new();
             for replica in replicas {
                 let mut a = args(replica.reply_timeout_ms);
                 a.body_limit = 64 * 1024;
                 a.gateway_group = format!("{}-{}", env.run, replica.group);
                 if env.real {
                     a.redis_url = Some(crate::common::service("SWITCHYARD_TEST_REDIS_URL"));
+                }
+                // Once per group, before its first replica joins: a commit from outside a
+                // group with members fails (UnknownMemberId).
+                if env.real && started_groups.insert(a.gateway_group.clone()) {
                     // orders.status holds every earlier run's statuses on a shared broker:
                     // a new group reading them all first missed the 60 s reply timeout.
                     let (status, topic) = env
