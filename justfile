@@ -55,6 +55,6 @@ bench-query: handlers services
 bench-outbound: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench outbound
 
-# What metrics and tracing cost per event: on versus off in one run, embedded and real (also part of `just bench`).
+# What metrics and tracing cost per event: off, metrics only, metrics + traces, in one run, embedded and real (also part of `just bench`).
 bench-observe: handlers services
     eval "$(scripts/services.sh env)" && cargo bench -p switchyard --bench observe
