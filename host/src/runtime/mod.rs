@@ -29,8 +29,9 @@ use crate::store::{Db, InboxRecord, Overlay, Staged, StoreError, Unit, UnitResul
 use bindings::HandlerPre;
 use output::CappedOutput;
 pub use query::QueryError;
+pub(crate) use state::Origin;
 pub use state::{DeadlineExceeded, Delivery, Effects, MemoryCapExceeded, Published, ScheduledTimer, Write, caps};
-use state::{Guard, InvocationState, MemoryCap, Origin};
+use state::{Guard, InvocationState, MemoryCap};
 
 /// How often the epoch advances: the resolution of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -158,17 +159,6 @@ impl FailureKind {
             FailureKind::Rejected => "rejected",
         }
     }
-}
-
-/// Who a store is made for: the event (or query) its host calls act on behalf of.
-pub(crate) struct Caller {
-    pub event_id: String,
-    /// Version of the code running (see [`LoadedComponent::version`]).
-    pub version: Arc<str>,
-    pub request_id: Option<String>,
-    pub trace: crate::event::TraceContext,
-    /// Host calls that would change anything fail (`query`).
-    pub read_only: bool,
 }
 
 /// Whether an invocation's effects are kept.
@@ -320,12 +310,8 @@ impl Runtime {
     /// A fresh store for one call of `spec`'s component: WASI with no files, env or
     /// sockets (clocks and randomness only), captured output, the memory cap, and the
     /// epoch deadline that stops a guest which computes past its time.
-    pub(crate) fn new_store(
-        &self,
-        spec: &Arc<ComponentSpec>,
-        staged: Staged,
-        caller: Caller,
-    ) -> Store<InvocationState> {
+    pub(crate) fn new_store(&self, staged: Staged, origin: Origin) -> Store<InvocationState> {
+        let limits = origin.component.limits;
         let stdout = CappedOutput::new(OUTPUT_CAPACITY);
         let stderr = CappedOutput::new(OUTPUT_CAPACITY);
         let wasi = WasiCtxBuilder::new()
@@ -340,27 +326,20 @@ impl Runtime {
             table: Default::default(),
             stdout,
             stderr,
-            origin: Origin {
-                component: spec.clone(),
-                version: caller.version,
-                event_id: caller.event_id,
-                request_id: caller.request_id,
-                trace: caller.trace,
-                read_only: caller.read_only,
-            },
+            origin,
             staged,
             effects: Effects::default(),
             memory: MemoryCap {
-                max_bytes: spec.limits.memory_bytes as usize,
+                max_bytes: limits.memory_bytes as usize,
                 exceeded: false,
             },
-            deadline: Instant::now() + spec.limits.deadline,
+            deadline: Instant::now() + limits.deadline,
             guard: Guard::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
         store.set_epoch_deadline(1);
-        let budget_ms = spec.limits.deadline.as_millis();
+        let budget_ms = limits.deadline.as_millis();
         store.epoch_deadline_callback(move |ctx| {
             if Instant::now() >= ctx.data().deadline {
                 Err(DeadlineExceeded(budget_ms).into())
@@ -378,9 +357,9 @@ impl Runtime {
     pub async fn trial_instantiate(&self, component: &LoadedComponent, db: &Db) -> Result<(), String> {
         let staged = Staged::new(db, component.spec.name.as_str(), Overlay::default());
         let mut store = self.new_store(
-            &component.spec,
             staged,
-            Caller {
+            Origin {
+                component: component.spec.clone(),
                 event_id: "load-check".into(),
                 version: component.version.clone(),
                 request_id: None,
@@ -482,9 +461,9 @@ impl Runtime {
         let spec = &component.spec;
         let started = Instant::now();
         let mut store = self.new_store(
-            spec,
             Staged::new(db, spec.name.as_str(), base),
-            Caller {
+            Origin {
+                component: spec.clone(),
                 event_id: event.id.clone(),
                 version: component.version.clone(),
                 request_id: event.request_id.clone(),

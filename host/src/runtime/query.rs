@@ -16,7 +16,7 @@ use crate::store::{Db, Overlay, Staged, StoreError};
 
 use super::bindings::types::QueryError as GuestQueryError;
 use super::state::DeadlineExceeded;
-use super::{Caller, FailureKind, LoadedComponent, Runtime, classify_trap, forward_output};
+use super::{FailureKind, LoadedComponent, Origin, Runtime, classify_trap, forward_output};
 
 /// Why a query gave no answer. The first four come from the component itself (see
 /// `query-error` in wit/handler.wit); the rest are failures around it.
@@ -107,9 +107,9 @@ impl Runtime {
 
         let started = Instant::now();
         let mut store = self.new_store(
-            spec,
             staged,
-            Caller {
+            Origin {
+                component: spec.clone(),
                 event_id: format!("query:{}", uuid::Uuid::now_v7()),
                 version: component.version.clone(),
                 request_id: None,

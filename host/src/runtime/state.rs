@@ -125,11 +125,12 @@ pub struct InvocationState {
     pub(crate) guard: Guard,
 }
 
-/// Who runs and on whose behalf.
+/// Who runs and on whose behalf: the event (or query) a store's host calls act for.
 pub struct Origin {
     /// Storage namespace, allowed topics, reach and config come from here.
     pub(crate) component: Arc<ComponentSpec>,
-    /// Version of the component's code, stamped on what it publishes.
+    /// Version of the component's code (see `LoadedComponent::version`), stamped on
+    /// what it publishes.
     pub(crate) version: Arc<str>,
     /// Id of the event being handled, for the `caused-by` header of what it publishes.
     pub(crate) event_id: String,

@@ -501,12 +501,12 @@ async fn a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstre
 
 /// The relay's `retried` count of `topic` in this process's metrics.
 fn relay_retries(topic: &str) -> f64 {
-    let text = switchyard::observe::metrics().encode();
-    text.lines()
-        .filter(|l| l.starts_with("switchyard_relay_failures_total{"))
-        .filter(|l| l.contains(&format!("topic=\"{topic}\"")) && l.contains("reason=\"retried\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::observe::Scrape(switchyard::observe::metrics().encode())
+        .value(
+            "switchyard_relay_failures_total",
+            &[("topic", topic), ("reason", "retried")],
+        )
+        .unwrap_or(0.0)
 }
 
 async fn a_backlog_larger_than_the_producer_queue_goes_out_over_rounds_in_order(real: bool, backend: Backend) {

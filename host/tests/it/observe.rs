@@ -112,12 +112,12 @@ impl Drop for Host {
 }
 
 /// One `/metrics` answer in the Prometheus text format.
-struct Scrape(String);
+pub(crate) struct Scrape(pub(crate) String);
 
 impl Scrape {
     /// The value of the series `name` whose labels include all of `labels`, summed
     /// over the series that match.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut found = None;
         for line in self.0.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let (series, value) = line.rsplit_once(' ').unwrap();
