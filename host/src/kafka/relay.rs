@@ -106,12 +106,7 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
                     continue;
                 }
             }
-        } else if !held.still_held().await {
-            tracing::warn!("lost the relay lock (database session ended); other hosts take its shards");
-            lock = None;
-            continue;
         }
-        let shards = held.shards().map(<[i16]>::to_vec);
         let active = match &producer {
             Some(p) => p,
             None => match producer_config.create::<FutureProducer>() {
@@ -123,18 +118,29 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
                 }
             },
         };
-        let round = if shards.as_ref().is_some_and(Vec::is_empty) {
-            Ok(0) // every shard is another relay's for now
+        let rows = if held.shards().is_some_and(<[i16]>::is_empty) {
+            Vec::new() // every shard is another relay's for now
         } else {
-            tokio::select! {
-                round = relay_shards(&db, active, shards.as_deref(), &me) => round,
-                // A broker that is down holds a round forever; shutdown does not wait for it
-                // (the unmarked rows go out after the next start).
-                _ = shutdown.wait_for(|stop| *stop), if !stopping => continue,
+            match held.unsent(&db, BATCH).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(error = %err, "lost the relay session; other hosts take its shards");
+                    lock = None;
+                    continue;
+                }
             }
         };
+        let read = rows.len();
+        let round = tokio::select! {
+            round = relay_rows(&db, active, rows, &me) => round,
+            // A broker that is down holds a round forever; shutdown does not wait for it
+            // (the unmarked rows go out after the next start).
+            _ = shutdown.wait_for(|stop| *stop), if !stopping => continue,
+        };
         match round {
-            Ok(n) if n > 0 => continue,
+            // A full batch: more may wait; some failed: try them again. Otherwise wait, as
+            // a commit of this process during the round left a wake-up.
+            Ok(n) if n > 0 && (stopping || read as i64 == BATCH || n < read) => continue,
             Ok(_) if stopping => return,
             Ok(_) => {}
             Err(err) => {
@@ -155,9 +161,17 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
                 None
             });
         }
+        // Another host's rows; this process's own commits notify too, and were signalled
+        // in-process already.
         let notified = async {
             match listener.as_mut() {
-                Some(l) => l.recv().await.is_ok(),
+                Some(l) => loop {
+                    match l.recv().await {
+                        Ok(n) if n.payload() == db.signals().origin => continue,
+                        Ok(_) => break true,
+                        Err(_) => break false,
+                    }
+                },
                 None => std::future::pending().await,
             }
         };
@@ -208,21 +222,21 @@ fn relay_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Sends one batch of every shard (see [`relay_shards`]).
+/// Sends one batch of every shard (see [`relay_rows`]).
 pub async fn relay_once(db: &Db, producer: &FutureProducer) -> Result<usize, RelayError> {
-    relay_shards(db, producer, None, &relay_name()).await
+    let rows = db.unsent_outbox(BATCH).await?;
+    relay_rows(db, producer, rows, &relay_name()).await
 }
 
-/// Sends one batch of `shards` (None: all): enqueues every row, then awaits the
+/// Sends `rows` (unsent, oldest first): enqueues every row, then awaits the
 /// acknowledgements, marks the delivered rows sent by `me` in one statement and parks
 /// the refused ones. Returns how many rows were settled (sent or parked).
-pub async fn relay_shards(
+pub async fn relay_rows(
     db: &Db,
     producer: &FutureProducer,
-    shards: Option<&[i16]>,
+    rows: Vec<OutboxRow>,
     me: &str,
 ) -> Result<usize, RelayError> {
-    let rows = db.unsent_outbox_in(BATCH, shards).await?;
     if rows.is_empty() {
         return Ok(0);
     }

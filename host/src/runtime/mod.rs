@@ -2,8 +2,8 @@
 //! interruption, components compiled and type-checked against world `handler` at load
 //! time, and a fresh instance per invocation bounded in time and memory.
 //!
-//! [`Runtime::run`] runs `handle` against a [`Staged`] view: reads from a snapshot,
-//! writes kept in memory. Only if `handle` returned `ok` does the caller commit the
+//! [`Runtime::run`] runs `handle` against a [`Staged`] view: reads checked again at
+//! commit, writes kept in memory. Only if `handle` returned `ok` does the caller commit the
 //! resulting [`Unit`] (its inbox claim, storage writes, outbox messages, timers and
 //! deliveries together) through the group committer ([`crate::store::group`]), which is
 //! the heart of exactly-once effects. [`Runtime::invoke`] does both for one event.

@@ -12,7 +12,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use crate::event::TraceContext;
-use crate::store::{Db, Overlay, Staged, StoreError};
+use crate::store::{Db, Staged, StoreError};
 
 use super::bindings::types::QueryError as GuestQueryError;
 use super::state::DeadlineExceeded;
@@ -103,7 +103,7 @@ impl Runtime {
     ) -> Result<Vec<u8>, QueryError> {
         let spec = &component.spec;
         let (component_name, query_name) = (spec.name.to_string(), name.to_string());
-        let staged = Staged::new(db, spec.name.as_str(), Overlay::default());
+        let staged = Staged::for_query(db, spec.name.as_str());
 
         let started = Instant::now();
         let mut store = self.new_store(

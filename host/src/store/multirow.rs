@@ -5,24 +5,75 @@
 //!
 //! The checks of every unit are decided in memory, in chain order, against the values
 //! read (and locked) once for the whole group, with each accepted unit's writes laid
-//! over them, which is what [`Unit::apply`] would find one unit at a time. Groups where
-//! that cannot be decided up front (a unit listed keys; an event turned out claimed
-//! already) return None, and the caller applies them one unit at a time.
+//! over them, which is what [`Unit::apply`] would find one unit at a time; a listing is
+//! read once with the locks held and decided the same way. A group with an event that
+//! turned out claimed already returns None, and the caller applies it one unit at a
+//! time. Listings went that way too until `just load 300` showed the committer busy all
+//! the time on groups of 100–200 units taking 55–160 ms each: notif lists keys on many
+//! events, and one such unit sent its whole group down the slow path.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::{Postgres, Transaction};
 
 use super::group::{ChainResults, UnitResult};
 use super::outbox::{OUTBOX_CHANNEL, shard_of};
-use super::staged::{Check, Unit, lock_id};
+use super::staged::{Check, Unit, lock_id, merge_listing};
 use super::{StoreError, Tx, TxInner, encode_headers, now_ms};
 
 type Key = (String, String);
 /// A timer a unit sets: id, due time (ms since the epoch), message.
 type Timer = (String, i64, super::OutboundMessage);
 
-/// Applies `chains` in `tx`, or None (nothing applied) when they need the one-by-one path.
+/// The statements that take the locks of `chains`, sent in one round trip. Locks go
+/// namespaces first, then keys, each set sorted: the order every host takes them in. A
+/// component one of whose units listed keys has its namespace locked exclusively, as
+/// [`Unit::apply`] does, so no other host writes a key into the listed range before
+/// this commit. Lock ids are integers, so the text needs no parameters. They follow the
+/// `BEGIN` instead of riding on it: a lock that fails (a deadlock between hosts) would
+/// leave the pooled connection in an aborted transaction that sqlx does not know of, as
+/// `just load` with two hosts showed.
+fn locks(chains: &[Vec<Unit>]) -> String {
+    use std::fmt::Write;
+    let units = || chains.iter().flatten();
+    let mut namespaces: BTreeMap<i64, bool> = BTreeMap::new();
+    for unit in units() {
+        let listed = unit.checks.iter().any(|c| matches!(c, Check::Listing { .. }));
+        *namespaces.entry(lock_id(&unit.inbox.component, None)).or_default() |= listed;
+    }
+    let keys: BTreeSet<i64> = units()
+        .flat_map(|u| {
+            let component = u.inbox.component.as_str();
+            u.checks
+                .iter()
+                .filter_map(|c| match c {
+                    Check::Key { key, .. } => Some(key),
+                    _ => None,
+                })
+                .chain(u.writes.iter().map(|(key, _)| key))
+                .map(move |key| lock_id(component, Some(key)))
+        })
+        .collect();
+    let mut sql = String::new();
+    for (id, exclusive) in namespaces {
+        let function = if exclusive {
+            "pg_advisory_xact_lock"
+        } else {
+            "pg_advisory_xact_lock_shared"
+        };
+        write!(sql, "SELECT {function}('{id}'::int8);").expect("writing to a string");
+    }
+    for id in keys {
+        write!(sql, "SELECT pg_advisory_xact_lock('{id}'::int8);").expect("writing to a string");
+    }
+    sql
+}
+
+/// Where a listing check sits: the unit's place in the group, the check's in the unit.
+type ListingAt = (usize, usize);
+
+/// Applies `chains` in `tx`, or None (nothing applied) when they need the one-by-one
+/// path (an event turned out claimed already).
 pub(crate) async fn apply(
     tx: &mut Tx,
     chains: &[Vec<Unit>],
@@ -31,7 +82,44 @@ pub(crate) async fn apply(
     let TxInner::Postgres(pg) = &mut tx.inner else {
         return Ok(None);
     };
-    let applied = apply_pg(pg, chains, hot).await?;
+    // Text without parameters goes as one simple query, its statements in order.
+    sqlx::Executor::execute(&mut **pg, locks(chains).as_str()).await?;
+
+    // Each listing as the database has it, wide enough to stay exact once the group's
+    // earlier writes are laid over it: each deleted key in the range can pull one more
+    // row into the window.
+    let mut listings: HashMap<ListingAt, Vec<(String, Vec<u8>)>> = HashMap::new();
+    for (at, unit) in chains.iter().flatten().enumerate() {
+        let component = unit.inbox.component.as_str();
+        for (i, check) in unit.checks.iter().enumerate() {
+            let Check::Listing {
+                prefix, after, fetch, ..
+            } = check
+            else {
+                continue;
+            };
+            let deleted: BTreeSet<&String> = chains
+                .iter()
+                .flatten()
+                .filter(|u| u.inbox.component == component)
+                .flat_map(|u| u.writes.iter())
+                .filter(|(key, value)| value.is_none() && key.starts_with(prefix.as_str()) && *key > *after)
+                .map(|(key, _)| key)
+                .collect();
+            let wide = fetch.saturating_add(u32::try_from(deleted.len()).unwrap_or(u32::MAX));
+            let rows = tx
+                .list_prefix(component, prefix, Some(after), wide, usize::MAX)
+                .await?
+                .unwrap_or_default();
+            listings.insert((at, i), rows);
+        }
+    }
+
+    let TxInner::Postgres(pg) = &mut tx.inner else {
+        return Ok(None);
+    };
+    let origin = tx.signals.origin.clone();
+    let applied = apply_pg(pg, chains, hot, &origin, &listings).await?;
     if applied.is_some() {
         // Wake the relay, the timer pump and the delivery worker of this host at commit.
         let units = || chains.iter().flatten();
@@ -46,37 +134,10 @@ async fn apply_pg(
     tx: &mut Transaction<'static, Postgres>,
     chains: &[Vec<Unit>],
     hot: &super::hot::HotKeys,
+    origin: &str,
+    listings: &HashMap<ListingAt, Vec<(String, Vec<u8>)>>,
 ) -> Result<Option<Vec<Vec<UnitResult>>>, StoreError> {
     let units = || chains.iter().flatten();
-    if units().any(|u| u.checks.iter().any(|c| matches!(c, Check::Listing { .. }))) {
-        return Ok(None);
-    }
-
-    // Locks first, namespaces then keys, each set sorted: the order every host takes them in.
-    let namespaces: BTreeSet<i64> = units().map(|u| lock_id(&u.inbox.component, None)).collect();
-    let keys: BTreeSet<i64> = units()
-        .flat_map(|u| {
-            let component = u.inbox.component.as_str();
-            u.checks
-                .iter()
-                .filter_map(|c| match c {
-                    Check::Key { key, .. } => Some(key),
-                    _ => None,
-                })
-                .chain(u.writes.iter().map(|(key, _)| key))
-                .map(move |key| lock_id(component, Some(key)))
-        })
-        .collect();
-    sqlx::query("SELECT pg_advisory_xact_lock_shared(n) FROM unnest($1::int8[]) AS u(n)")
-        .bind(namespaces.into_iter().collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    if !keys.is_empty() {
-        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS u(k)")
-            .bind(keys.into_iter().collect::<Vec<_>>())
-            .execute(&mut **tx)
-            .await?;
-    }
 
     // What the checked keys and timers hold now.
     let mut values: HashMap<Key, Option<Vec<u8>>> = HashMap::new();
@@ -90,7 +151,7 @@ async fn apply_pg(
                 Check::Timer { id, .. } => {
                     timers.insert((unit.inbox.component.clone(), id.clone()), false);
                 }
-                Check::Listing { .. } => unreachable!("refused above"),
+                Check::Listing { .. } => {} // fetched with the locks taken
             }
         }
     }
@@ -127,20 +188,41 @@ async fn apply_pg(
     // Decide every unit in order, laying accepted writes over what was read.
     let mut results = Vec::with_capacity(chains.len());
     let mut accepted: Vec<&Unit> = Vec::new();
+    let mut at = 0;
     for chain in chains {
         let mut out = ChainResults::with_capacity(chain.len());
         for unit in chain {
+            at += 1;
             if !out.decide_next() {
                 continue;
             }
             let component = &unit.inbox.component;
-            let failed = unit.checks.iter().find(|check| match check {
+            let failed = unit.checks.iter().enumerate().find(|(i, check)| match check {
                 Check::Key { key, seen } => values.get(&(component.clone(), key.clone())).cloned().flatten() != *seen,
                 Check::Timer { id, existed } => {
                     timers.get(&(component.clone(), id.clone())).copied().unwrap_or(false) != *existed
                 }
-                Check::Listing { .. } => true,
+                Check::Listing {
+                    prefix,
+                    after,
+                    fetch,
+                    limit,
+                    own,
+                    answer,
+                } => {
+                    // What the database would list after the earlier units' writes: the
+                    // rows read, with every key of the range `values` knows laid over them
+                    // (accepted writes, and keys read as they stand), cut to `fetch`.
+                    let over = values
+                        .iter()
+                        .filter(|((c, key), _)| c == component && key.starts_with(prefix.as_str()) && key > after)
+                        .map(|((_, key), value)| (key.clone(), value.clone()));
+                    let rows = listings.get(&(at - 1, *i)).cloned().unwrap_or_default();
+                    let window = merge_listing(rows, over, *fetch);
+                    merge_listing(window, own.iter().cloned(), *limit) != *answer
+                }
             });
+            let failed = failed.map(|(_, check)| check);
             if let Some(Check::Key { key, .. }) = failed {
                 hot.mark(component, key);
             }
@@ -172,7 +254,7 @@ async fn apply_pg(
     if claimed < accepted.len() as u64 {
         return Ok(None);
     }
-    write(tx, &accepted).await?;
+    write(tx, &accepted, origin).await?;
     Ok(Some(results))
 }
 
@@ -204,7 +286,7 @@ async fn claim(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Resu
 }
 
 /// Everything the accepted units write, one statement per table.
-async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Result<(), StoreError> {
+async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit], origin: &str) -> Result<(), StoreError> {
     let now = now_ms();
     // The last value per key wins, as it would one unit after another.
     let mut last: HashMap<Key, &Option<Vec<u8>>> = HashMap::new();
@@ -309,9 +391,10 @@ async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Resu
         // Ids follow the rows' order (WITH ORDINALITY), so the relay sends them in the
         // order the events ran.
         sqlx::query(
-            "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms, shard) \
-             SELECT e, c, t, k, p, h, $7, s FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], \
-             $5::bytea[], $6::text[], $8::int2[]) WITH ORDINALITY AS u(e, c, t, k, p, h, s, n) ORDER BY n",
+            "WITH inserted AS (INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, \
+             created_at_ms, shard) SELECT e, c, t, k, p, h, $7, s FROM unnest($1::text[], $2::text[], $3::text[], \
+             $4::bytea[], $5::bytea[], $6::text[], $8::int2[]) WITH ORDINALITY AS u(e, c, t, k, p, h, s, n) \
+             ORDER BY n) SELECT pg_notify($9, $10)",
         )
         .bind(outbox.iter().map(|(_, (id, _))| id.clone()).collect::<Vec<_>>())
         .bind(outbox.iter().map(|(c, _)| (*c).clone()).collect::<Vec<_>>())
@@ -331,12 +414,12 @@ async fn write(tx: &mut Transaction<'static, Postgres>, units: &[&Unit]) -> Resu
                 .map(|(_, (id, m))| shard_of(&m.topic, m.key.as_deref(), id))
                 .collect::<Vec<_>>(),
         )
+        // The notification rides on the insert (a trip less per commit); NOTIFY is
+        // delivered at commit, to the relay of whichever host holds the rows' shards.
+        .bind(OUTBOX_CHANNEL)
+        .bind(origin)
         .execute(&mut **tx)
         .await?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(OUTBOX_CHANNEL)
-            .execute(&mut **tx)
-            .await?;
     }
 
     let effects: Vec<_> = units

@@ -28,6 +28,30 @@ pub struct ParkedRow {
 
 type Row = (i64, String, String, String, Option<Vec<u8>>, Vec<u8>, String);
 
+const UNSENT: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
+                      WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL ORDER BY id LIMIT $1";
+const UNSENT_IN: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
+                         WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL AND shard = ANY($2) \
+                         ORDER BY id LIMIT $1";
+
+fn outbox_rows(rows: Vec<Row>) -> Result<Vec<OutboxRow>, StoreError> {
+    rows.into_iter()
+        .map(|(id, event_id, component, topic, key, payload, headers)| {
+            Ok(OutboxRow {
+                id,
+                event_id,
+                component,
+                message: OutboundMessage {
+                    topic,
+                    key,
+                    payload,
+                    headers: decode_headers(&headers)?,
+                },
+            })
+        })
+        .collect()
+}
+
 /// The PostgreSQL notification channel of committed outbox rows.
 pub const OUTBOX_CHANNEL: &str = "switchyard_outbox";
 
@@ -81,8 +105,10 @@ impl Tx {
         if !self.wrote_outbox && self.is_postgres() {
             // Delivered at commit (NOTIFY is transactional) to the relay of whichever host
             // holds the lock, so rows written by other hosts go out without a poll.
-            on_conn!(self, |c| sqlx::query("SELECT pg_notify($1, '')")
+            let origin = self.signals.origin.clone();
+            on_conn!(self, |c| sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(OUTBOX_CHANNEL)
+                .bind(origin)
                 .execute(c)
                 .await?
                 .rows_affected());
@@ -112,36 +138,17 @@ impl Db {
 
     /// [`Db::unsent_outbox`] of some shards only (None: all).
     pub async fn unsent_outbox_in(&self, limit: i64, shards: Option<&[i16]>) -> Result<Vec<OutboxRow>, StoreError> {
-        const SQL: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
-                           WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL ORDER BY id LIMIT $1";
-        const SQL_SHARDS: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
-                                  WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL AND shard = ANY($2) \
-                                  ORDER BY id LIMIT $1";
         let rows: Vec<Row> = match (&self.pool, shards) {
             (Pool::Postgres(pool), Some(shards)) => {
-                sqlx::query_as(SQL_SHARDS)
+                sqlx::query_as(UNSENT_IN)
                     .bind(limit)
                     .bind(shards)
                     .fetch_all(pool)
                     .await?
             }
-            _ => on_pool!(self, |p| sqlx::query_as(SQL).bind(limit).fetch_all(p).await?),
+            _ => on_pool!(self, |p| sqlx::query_as(UNSENT).bind(limit).fetch_all(p).await?),
         };
-        rows.into_iter()
-            .map(|(id, event_id, component, topic, key, payload, headers)| {
-                Ok(OutboxRow {
-                    id,
-                    event_id,
-                    component,
-                    message: OutboundMessage {
-                        topic,
-                        key,
-                        payload,
-                        headers: decode_headers(&headers)?,
-                    },
-                })
-            })
-            .collect()
+        outbox_rows(rows)
     }
 
     /// Marks outbox rows as delivered to Kafka by relay `by`, in one statement.
@@ -296,20 +303,22 @@ impl RelayLock {
         }
     }
 
-    /// Whether the relay's session still holds its locks, and which shards. A PostgreSQL
-    /// session can die under the relay (a restarted server, a killed backend); the server
-    /// then frees its locks and other hosts take the shards over, so the relay checks
-    /// before every batch and stops if it lost them.
-    pub async fn still_held(&mut self) -> bool {
+    /// The unsent rows of this relay's shards, oldest first, at most `limit`. On
+    /// PostgreSQL they are read on the session holding the shard locks: a session can die
+    /// under the relay (a restarted server, a killed backend), and the server then frees
+    /// its locks for other hosts to take, so a read that succeeds on it shows the shards
+    /// are still this relay's, and an error that they may not be (drop the lock).
+    pub async fn unsent(&mut self, db: &Db, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         match self {
-            RelayLock::Postgres { conn, shards } => match held_locks(conn).await {
-                Ok((member, held)) => {
-                    *shards = held;
-                    member
-                }
-                Err(_) => false,
-            },
-            RelayLock::File(_) | RelayLock::Process => true,
+            RelayLock::Postgres { conn, shards } => {
+                let rows: Vec<Row> = sqlx::query_as(UNSENT_IN)
+                    .bind(limit)
+                    .bind(&shards[..])
+                    .fetch_all(conn)
+                    .await?;
+                outbox_rows(rows)
+            }
+            RelayLock::File(_) | RelayLock::Process => db.unsent_outbox(limit).await,
         }
     }
 

@@ -1,8 +1,9 @@
 //! What an invocation reads and writes, kept apart from the database until it commits.
 //!
-//! A [`Staged`] reads from a snapshot (a read-only transaction opened at the first read,
-//! on SQLite from the reader pool, so the Wasm call never holds the single write lock)
-//! and keeps every write in memory. When the guest returns ok, [`Staged::finish`] turns
+//! A [`Staged`] reads the latest commit through a connection taken at the first read (on
+//! SQLite from the reader pool, so the Wasm call never holds the single write lock; a
+//! query reads from a snapshot instead, see [`Staged::for_query`]) and keeps every write
+//! in memory. When the guest returns ok, [`Staged::finish`] turns
 //! it into a [`Unit`]: the inbox claim, the writes, the messages, timers and deliveries,
 //! and the reads they were based on. The group committer ([`super::group`]) applies many
 //! units in one transaction, checking each unit's reads first: a unit whose reads no
@@ -270,7 +271,7 @@ impl Check {
 }
 
 /// Database rows of a listing with writes laid over them, in key order, at most `limit`.
-fn merge_listing(
+pub(crate) fn merge_listing(
     rows: Vec<(String, Vec<u8>)>,
     over: impl Iterator<Item = (String, Option<Vec<u8>>)>,
     limit: u32,
@@ -289,11 +290,14 @@ fn merge_listing(
 pub struct Staged {
     db: Db,
     component: String,
-    snapshot: Option<Tx>,
+    /// Where reads go, opened at the first one.
+    reads: Option<Tx>,
+    /// Reads from one snapshot, for a query, whose reads nothing checks afterwards.
+    snapshot: bool,
     base: Overlay,
     /// The unit's own writes, last one per key.
     writes: BTreeMap<String, Option<Vec<u8>>>,
-    /// What the snapshot and the overlay answered per key, so a key read twice is read
+    /// What the database and the overlay answered per key, so a key read twice is read
     /// (and checked) once.
     seen: HashMap<String, Option<Vec<u8>>>,
     checks: Vec<Check>,
@@ -312,7 +316,8 @@ impl Staged {
         Staged {
             db: db.clone(),
             component: component.to_string(),
-            snapshot: None,
+            reads: None,
+            snapshot: false,
             base,
             writes: BTreeMap::new(),
             seen: HashMap::new(),
@@ -325,11 +330,23 @@ impl Staged {
         }
     }
 
-    async fn snapshot(&mut self) -> Result<&mut Tx, StoreError> {
-        if self.snapshot.is_none() {
-            self.snapshot = Some(self.db.begin_snapshot().await?);
+    /// A view for a read-only query of `component`: every read comes from one snapshot,
+    /// since a query's reads are not checked at a commit.
+    pub fn for_query(db: &Db, component: &str) -> Staged {
+        Staged {
+            snapshot: true,
+            ..Staged::new(db, component, Overlay::default())
         }
-        Ok(self.snapshot.as_mut().expect("just opened"))
+    }
+
+    async fn reads(&mut self) -> Result<&mut Tx, StoreError> {
+        if self.reads.is_none() {
+            self.reads = Some(match self.snapshot {
+                true => self.db.begin_snapshot().await?,
+                false => self.db.reader().await?,
+            });
+        }
+        Ok(self.reads.as_mut().expect("just opened"))
     }
 
     /// `key` as the database and the earlier events of the group left it.
@@ -341,7 +358,7 @@ impl Staged {
             Some(value) => value.clone(),
             None => match self.db.hot.turn(&self.component, key) {
                 // Partitions fought over this key: wait for the turn, held to the commit,
-                // and read what the last holder committed (the snapshot may be older).
+                // and read what the last holder committed.
                 Some(turn) if !self.base.turns.contains_key(key) => {
                     // Waiting is bounded, so turns never deadlock: a chain holding one
                     // turn that wants another, or a holder that waits for the permit a
@@ -360,7 +377,7 @@ impl Staged {
                 Some(_) => self.db.read_latest(&self.component, key).await?,
                 None => {
                     let component = self.component.clone();
-                    self.snapshot().await?.get(&component, key).await?
+                    self.reads().await?.get(&component, key).await?
                 }
             },
         };
@@ -407,7 +424,7 @@ impl Staged {
         let fetch = limit.saturating_add(hidden.min(u32::MAX as usize) as u32);
         let component = self.component.clone();
         let rows = self
-            .snapshot()
+            .reads()
             .await?
             .list_prefix(&component, prefix, Some(&after), fetch, max_bytes)
             .await?;
@@ -483,7 +500,7 @@ impl Staged {
                 Some(exists) => *exists,
                 None => {
                     let component = self.component.clone();
-                    let existed = self.snapshot().await?.timer_exists(&component, id).await?;
+                    let existed = self.reads().await?.timer_exists(&component, id).await?;
                     self.checks.push(Check::Timer {
                         id: id.to_string(),
                         existed,
@@ -509,18 +526,19 @@ impl Staged {
         self.effects.push(effect);
     }
 
-    /// Ends the snapshot and hands back the overlay, keeping nothing (a failed or dry run).
+    /// Gives the read connection back and hands back the overlay, keeping nothing (a
+    /// failed or dry run).
     pub async fn discard(mut self) -> Overlay {
-        if let Some(tx) = self.snapshot.take() {
+        if let Some(tx) = self.reads.take() {
             let _ = tx.rollback().await;
         }
         self.base
     }
 
-    /// Ends the snapshot; returns the unit to commit and the overlay with this unit's
-    /// writes laid over it, for the partition's next event.
+    /// Gives the read connection back; returns the unit to commit and the overlay with
+    /// this unit's writes laid over it, for the partition's next event.
     pub async fn finish(mut self, inbox: InboxRecord) -> (Unit, Overlay) {
-        if let Some(tx) = self.snapshot.take() {
+        if let Some(tx) = self.reads.take() {
             let _ = tx.rollback().await;
         }
         let mut base = self.base;

@@ -729,7 +729,10 @@ async fn relays_share_the_outbox_shards_and_take_over_a_dead_ones() {
     let mut both: Vec<i16> = a.iter().chain(&b).copied().collect();
     both.sort_unstable();
     assert_eq!(both, all, "disjoint, and together every shard");
-    assert!(first.still_held().await);
+    first
+        .unsent(&db, 10)
+        .await
+        .expect("the holder reads its shards' rows on its session");
 
     // The first relay's session is killed (a restarted server, an operator's pg_terminate_backend).
     sqlx::query(
@@ -741,7 +744,10 @@ async fn relays_share_the_outbox_shards_and_take_over_a_dead_ones() {
     .execute(db.postgres_pool().unwrap())
     .await
     .unwrap();
-    assert!(!first.still_held().await, "the holder must notice");
+    assert!(
+        first.unsent(&db, 10).await.is_err(),
+        "the holder must notice: its read of the rows fails"
+    );
     // The server frees a terminated session's locks as that backend exits, a moment
     // later; the relay loop rebalances every second, so the survivor tries again.
     let start = Instant::now();

@@ -402,8 +402,77 @@ async fn a_group_commit_decides_each_event_as_if_alone(db: &Db) {
     assert_eq!(fired.message.topic, "g.second", "the last setting of t3 stands");
 }
 
+/// A unit that listed keys is decided in a group as if alone too: against what the
+/// group's earlier units wrote (a delete pulls the next key into its window, an insert
+/// pushes one out), not only against what the database held before the group.
+async fn a_listing_in_a_group_sees_the_earlier_units_writes(db: &Db) {
+    let (seed, _) = unit_of(db, "seed", Overlay::default(), async |s| {
+        for key in ["p/1", "p/2", "p/3"] {
+            s.put(key, b"v");
+        }
+    })
+    .await;
+    assert_eq!(db.commit_chain(vec![seed]).await.unwrap(), vec![UnitResult::Committed]);
+    let listed = async |s: &mut Staged, after: Option<&str>, limit: u32| -> Vec<String> {
+        let rows = s.list_prefix("p/", after, limit, usize::MAX).await.unwrap().unwrap();
+        rows.into_iter().map(|(key, _)| key).collect()
+    };
+
+    // All read before x1 commits.
+    let (x1, _) = unit_of(db, "x1", Overlay::default(), async |s| {
+        assert!(s.delete("p/1").await.unwrap());
+        s.put("p/0", b"new");
+    })
+    .await;
+    // y1's first two keys become p/0 and p/2: a conflict.
+    let (y1, _) = unit_of(db, "y1", Overlay::default(), async |s| {
+        assert_eq!(listed(s, None, 2).await, ["p/1", "p/2"]);
+    })
+    .await;
+    // After p/1 nothing moved: w1 holds.
+    let (w1, _) = unit_of(db, "w1", Overlay::default(), async |s| {
+        assert_eq!(listed(s, Some("p/1"), 1).await, ["p/2"]);
+        s.put("w1", b"done");
+    })
+    .await;
+    // z1 saw p/3 as the last key; its own write p/4 is in its answer.
+    let (z1, _) = unit_of(db, "z1", Overlay::default(), async |s| {
+        s.put("p/4", b"own");
+        assert_eq!(listed(s, Some("p/2"), 5).await, ["p/3", "p/4"]);
+    })
+    .await;
+    let results = db.commit_chains(vec![vec![x1], vec![y1], vec![w1], vec![z1]]).await;
+    let results: Vec<Vec<UnitResult>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        results,
+        vec![
+            vec![UnitResult::Committed],
+            vec![UnitResult::Conflict],
+            vec![UnitResult::Committed],
+            vec![UnitResult::Committed],
+        ]
+    );
+
+    // v1 listed one key after p/0 while p/2 stood; u1, before it in the group, deletes
+    // p/2, so p/3 is what v1 would see now.
+    let (v1, _) = unit_of(db, "v1", Overlay::default(), async |s| {
+        assert_eq!(listed(s, Some("p/0"), 1).await, ["p/2"]);
+    })
+    .await;
+    let (u1, _) = unit_of(db, "u1", Overlay::default(), async |s| {
+        assert!(s.delete("p/2").await.unwrap());
+    })
+    .await;
+    let results = db.commit_chains(vec![vec![u1], vec![v1]]).await;
+    let results: Vec<Vec<UnitResult>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(results, vec![vec![UnitResult::Committed], vec![UnitResult::Conflict]]);
+    assert_eq!(db.peek("g", "p/1").await.unwrap(), None);
+    assert_eq!(db.peek("g", "p/4").await.unwrap().as_deref(), Some(&b"own"[..]));
+}
+
 on_both_backends!(
     a_group_commit_decides_each_event_as_if_alone,
+    a_listing_in_a_group_sees_the_earlier_units_writes,
     components_cannot_see_each_others_data,
     a_failed_handler_leaves_nothing_behind,
     a_repeated_event_id_runs_once,
