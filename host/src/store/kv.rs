@@ -195,7 +195,7 @@ impl Tx {
 
 /// The least string above every string that starts with `prefix`, in code point order;
 /// None when there is none (an empty prefix, or one of only `char::MAX`).
-fn prefix_end(prefix: &str) -> Option<String> {
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         // The next scalar value: surrogates are not chars, so 0xD7FF is followed by 0xE000.

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sqlx::{Postgres, Transaction};
 
 use super::group::{ChainResults, UnitResult};
+use super::kv::prefix_end;
 use super::outbox::{OUTBOX_CHANNEL, shard_of};
 use super::staged::{Check, Unit, lock_id, merge_listing};
 use super::{StoreError, Tx, TxInner, encode_headers, now_ms};
@@ -88,7 +89,7 @@ pub(crate) async fn apply(
     // Each listing as the database has it, wide enough to stay exact once the group's
     // earlier writes are laid over it: each deleted key in the range can pull one more
     // row into the window.
-    let mut listings: HashMap<ListingAt, Vec<(String, Vec<u8>)>> = HashMap::new();
+    let mut wanted: Vec<(ListingAt, &str, &str, &str, u32)> = Vec::new();
     for (at, unit) in chains.iter().flatten().enumerate() {
         let component = unit.inbox.component.as_str();
         for (i, check) in unit.checks.iter().enumerate() {
@@ -107,13 +108,10 @@ pub(crate) async fn apply(
                 .map(|(key, _)| key)
                 .collect();
             let wide = fetch.saturating_add(u32::try_from(deleted.len()).unwrap_or(u32::MAX));
-            let rows = tx
-                .list_prefix(component, prefix, Some(after), wide, usize::MAX)
-                .await?
-                .unwrap_or_default();
-            listings.insert((at, i), rows);
+            wanted.push(((at, i), component, prefix, after, wide));
         }
     }
+    let listings = listings(tx, &wanted).await?;
 
     let TxInner::Postgres(pg) = &mut tx.inner else {
         return Ok(None);
@@ -128,6 +126,53 @@ pub(crate) async fn apply(
         tx.wrote_effects |= units().any(|u| !u.effects.is_empty());
     }
     Ok(applied)
+}
+
+/// The listings `wanted` (where, component, prefix, after, how many rows), in one
+/// statement for those whose prefix has an upper bound, so the index scan of each stops
+/// at its prefix's end (see [`super::kv`]); the rare others (an empty prefix) one each.
+async fn listings(
+    tx: &mut Tx,
+    wanted: &[(ListingAt, &str, &str, &str, u32)],
+) -> Result<HashMap<ListingAt, Vec<(String, Vec<u8>)>>, StoreError> {
+    let mut out: HashMap<ListingAt, Vec<(String, Vec<u8>)>> = HashMap::new();
+    let mut bounded = Vec::new();
+    for &(at, component, prefix, after, rows) in wanted {
+        match prefix_end(prefix) {
+            Some(end) => bounded.push((at, component, prefix, after, end, rows)),
+            None => {
+                let listed = tx.list_prefix(component, prefix, Some(after), rows, usize::MAX).await?;
+                out.insert(at, listed.unwrap_or_default());
+            }
+        }
+    }
+    if bounded.is_empty() {
+        return Ok(out);
+    }
+    let TxInner::Postgres(pg) = &mut tx.inner else {
+        return Ok(out);
+    };
+    let found: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT q.n, l.key, l.value FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+         WITH ORDINALITY AS q(c, p, a, e, lim, n) CROSS JOIN LATERAL (SELECT key, value FROM kv \
+         WHERE component = q.c AND key >= q.p AND key < q.e AND key > q.a AND substr(key, 1, length(q.p)) = q.p \
+         ORDER BY key LIMIT q.lim) AS l ORDER BY q.n, l.key",
+    )
+    .bind(bounded.iter().map(|b| b.1).collect::<Vec<_>>())
+    .bind(bounded.iter().map(|b| b.2).collect::<Vec<_>>())
+    .bind(bounded.iter().map(|b| b.3).collect::<Vec<_>>())
+    .bind(bounded.iter().map(|b| b.4.as_str()).collect::<Vec<_>>())
+    .bind(bounded.iter().map(|b| i64::from(b.5)).collect::<Vec<_>>())
+    .fetch_all(&mut **pg)
+    .await?;
+    for (at, ..) in &bounded {
+        out.entry(*at).or_default();
+    }
+    for (n, key, value) in found {
+        let at = bounded[usize::try_from(n - 1).expect("ordinality counts from 1")].0;
+        out.entry(at).or_default().push((key, value));
+    }
+    Ok(out)
 }
 
 async fn apply_pg(
