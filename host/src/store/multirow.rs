@@ -248,12 +248,7 @@ async fn apply_pg(
                     timers.get(&(component.clone(), id.clone())).copied().unwrap_or(false) != *existed
                 }
                 Check::Listing {
-                    prefix,
-                    after,
-                    fetch,
-                    limit,
-                    own,
-                    answer,
+                    prefix, after, fetch, ..
                 } => {
                     // What the database would list after the earlier units' writes: the
                     // rows read, with every key of the range `values` knows laid over them
@@ -263,8 +258,7 @@ async fn apply_pg(
                         .filter(|((c, key), _)| c == component && key.starts_with(prefix.as_str()) && key > after)
                         .map(|((_, key), value)| (key.clone(), value.clone()));
                     let rows = listings.get(&(at - 1, *i)).cloned().unwrap_or_default();
-                    let window = merge_listing(rows, over, *fetch);
-                    merge_listing(window, own.iter().cloned(), *limit) != *answer
+                    !check.lists_as_before(merge_listing(rows, over, *fetch))
                 }
             });
             let failed = failed.map(|(_, check)| check);

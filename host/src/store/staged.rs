@@ -248,22 +248,26 @@ pub(crate) enum Applied {
 }
 
 impl Check {
+    /// For a listing: whether `rows`, the database's `fetch` rows of its range now, with
+    /// the unit's own writes laid over them, give the answer the unit saw.
+    pub(crate) fn lists_as_before(&self, rows: Vec<(String, Vec<u8>)>) -> bool {
+        match self {
+            Check::Listing { limit, own, answer, .. } => merge_listing(rows, own.iter().cloned(), *limit) == *answer,
+            _ => false,
+        }
+    }
+
     async fn holds(&self, tx: &mut Tx, component: &str) -> Result<bool, StoreError> {
         Ok(match self {
             Check::Key { key, seen } => tx.get(component, key).await? == *seen,
             Check::Listing {
-                prefix,
-                after,
-                fetch,
-                limit,
-                own,
-                answer,
+                prefix, after, fetch, ..
             } => {
                 let rows = tx
                     .list_prefix(component, prefix, Some(after), *fetch, usize::MAX)
                     .await?
                     .unwrap_or_default();
-                merge_listing(rows, own.iter().cloned(), *limit) == *answer
+                self.lists_as_before(rows)
             }
             Check::Timer { id, existed } => tx.timer_exists(component, id).await? == *existed,
         })
