@@ -86,29 +86,20 @@ pub(crate) async fn apply(
     // Text without parameters goes as one simple query, its statements in order.
     sqlx::Executor::execute(&mut **pg, locks(chains).as_str()).await?;
 
-    // Each listing as the database has it, wide enough to stay exact once the group's
-    // earlier writes are laid over it: each deleted key in the range can pull one more
-    // row into the window.
+    // Each listing as the database has it, `fetch` rows as the unit read it. The group's
+    // earlier writes are laid over them when the unit is decided. No wider read is
+    // needed: `fetch` covers the answer and the unit's own hidden rows, so a deletion by
+    // an earlier unit either removes a row of the answer (a conflict either way) or one
+    // beyond it, and the answer's rows stay within what was read.
     let mut wanted: Vec<(ListingAt, &str, &str, &str, u32)> = Vec::new();
     for (at, unit) in chains.iter().flatten().enumerate() {
-        let component = unit.inbox.component.as_str();
         for (i, check) in unit.checks.iter().enumerate() {
-            let Check::Listing {
+            if let Check::Listing {
                 prefix, after, fetch, ..
             } = check
-            else {
-                continue;
-            };
-            let deleted: BTreeSet<&String> = chains
-                .iter()
-                .flatten()
-                .filter(|u| u.inbox.component == component)
-                .flat_map(|u| u.writes.iter())
-                .filter(|(key, value)| value.is_none() && key.starts_with(prefix.as_str()) && *key > *after)
-                .map(|(key, _)| key)
-                .collect();
-            let wide = fetch.saturating_add(u32::try_from(deleted.len()).unwrap_or(u32::MAX));
-            wanted.push(((at, i), component, prefix, after, wide));
+            {
+                wanted.push(((at, i), unit.inbox.component.as_str(), prefix, after, *fetch));
+            }
         }
     }
     let listings = listings(tx, &wanted).await?;
@@ -117,7 +108,7 @@ pub(crate) async fn apply(
         return Ok(None);
     };
     let origin = tx.signals.origin.clone();
-    let applied = apply_pg(pg, chains, hot, &origin, &listings).await?;
+    let applied = apply_pg(pg, chains, hot, &origin, listings).await?;
     if applied.is_some() {
         // Wake the relay, the timer pump and the delivery worker of this host at commit.
         let units = || chains.iter().flatten();
@@ -180,7 +171,7 @@ async fn apply_pg(
     chains: &[Vec<Unit>],
     hot: &super::hot::HotKeys,
     origin: &str,
-    listings: &HashMap<ListingAt, Vec<(String, Vec<u8>)>>,
+    mut listings: HashMap<ListingAt, Vec<(String, Vec<u8>)>>,
 ) -> Result<Option<Vec<Vec<UnitResult>>>, StoreError> {
     let units = || chains.iter().flatten();
 
@@ -257,7 +248,7 @@ async fn apply_pg(
                         .iter()
                         .filter(|((c, key), _)| c == component && key.starts_with(prefix.as_str()) && key > after)
                         .map(|((_, key), value)| (key.clone(), value.clone()));
-                    let rows = listings.get(&(at - 1, *i)).cloned().unwrap_or_default();
+                    let rows = listings.remove(&(at - 1, *i)).unwrap_or_default();
                     !check.lists_as_before(merge_listing(rows, over, *fetch))
                 }
             });

@@ -337,7 +337,7 @@ impl RelayLock {
         let (members,): (i64,) = sqlx::query_as(MEMBERS).bind(MEMBER_LOCK).fetch_one(&mut *conn).await?;
         let members = members.max(1);
         let share = ((i64::from(RELAY_SHARDS) + members - 1) / members) as usize;
-        let (_, mut held) = held_locks(conn).await?;
+        let mut held = held_shards(conn).await?;
         let before = held.clone();
         while held.len() > share {
             let shard = held.pop().expect("longer than the share");
@@ -368,24 +368,19 @@ impl RelayLock {
     }
 }
 
-/// Whether the session holds the member lock, and the shards it holds, in order.
-async fn held_locks(conn: &mut sqlx::PgConnection) -> Result<(bool, Vec<i16>), StoreError> {
+/// The shards the session holds, in order.
+async fn held_shards(conn: &mut sqlx::PgConnection) -> Result<Vec<i16>, StoreError> {
     const SQL: &str = "SELECT objid::int8 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
                        AND granted AND objid::int8 BETWEEN $1 AND $2";
     let rows: Vec<(i64,)> = sqlx::query_as(SQL)
-        .bind(MEMBER_LOCK)
+        .bind(SHARD_LOCK_BASE)
         .bind(SHARD_LOCK_BASE + i64::from(RELAY_SHARDS) - 1)
         .fetch_all(conn)
         .await?;
-    let member = rows.iter().any(|(id,)| *id == MEMBER_LOCK);
-    let mut shards: Vec<i16> = rows
-        .into_iter()
-        .filter(|(id,)| *id >= SHARD_LOCK_BASE)
-        .map(|(id,)| (id - SHARD_LOCK_BASE) as i16)
-        .collect();
+    let mut shards: Vec<i16> = rows.into_iter().map(|(id,)| (id - SHARD_LOCK_BASE) as i16).collect();
     shards.sort_unstable();
     shards.dedup();
-    Ok((member, shards))
+    Ok(shards)
 }
 
 #[cfg(test)]

@@ -360,10 +360,12 @@ impl Staged {
         }
         let value = match self.base.kv.get(key) {
             Some(value) => value.clone(),
-            None => match self.db.hot.turn(&self.component, key) {
+            None => {
+                let hot = self.db.hot.turn(&self.component, key);
+                let is_hot = hot.is_some();
                 // Partitions fought over this key: wait for the turn, held to the commit,
                 // and read what the last holder committed.
-                Some(turn) if !self.base.turns.contains_key(key) => {
+                if let Some(turn) = hot.filter(|_| !self.base.turns.contains_key(key)) {
                     // Waiting is bounded, so turns never deadlock: a chain holding one
                     // turn that wants another, or a holder that waits for the permit a
                     // waiter holds. Without the turn the read is only checked at commit.
@@ -376,14 +378,16 @@ impl Staged {
                     if let Some(guard) = guard {
                         self.base.turns.insert(key.to_string(), guard);
                     }
-                    self.db.read_latest(&self.component, key).await?
                 }
-                Some(_) => self.db.read_latest(&self.component, key).await?,
-                None => {
-                    let component = self.component.clone();
+                let component = self.component.clone();
+                if is_hot && self.snapshot {
+                    // A query's snapshot may be older than the last holder's commit.
+                    self.db.read_latest(&component, key).await?
+                } else {
+                    // An invocation's reads see the latest commit already.
                     self.reads().await?.get(&component, key).await?
                 }
-            },
+            }
         };
         self.seen.insert(key.to_string(), value.clone());
         self.checks.push(Check::Key {
