@@ -470,8 +470,50 @@ async fn a_listing_in_a_group_sees_the_earlier_units_writes(db: &Db) {
     assert_eq!(db.peek("g", "p/4").await.unwrap().as_deref(), Some(&b"own"[..]));
 }
 
+/// Listings whose prefix has no successor (empty, or only `char::MAX`) and prefixes
+/// beside the surrogate gap are decided in a group on the database's own key order.
+async fn listings_of_edge_prefixes_are_decided_in_a_group(db: &Db) {
+    let keys = ["a\u{D7FF}x", "a\u{E000}", "b", "\u{10FFFF}\u{10FFFF}k"];
+    let (seed, _) = unit_of(db, "seed", Overlay::default(), async |s| {
+        for key in keys {
+            s.put(key, b"v");
+        }
+    })
+    .await;
+    assert_eq!(db.commit_chain(vec![seed]).await.unwrap(), vec![UnitResult::Committed]);
+    let listing = |prefix: &'static str, expected: Vec<&'static str>| {
+        unit_of(db, prefix, Overlay::default(), async move |s| {
+            let rows = s.list_prefix(prefix, None, 10, usize::MAX).await.unwrap().unwrap();
+            let got: Vec<String> = rows.into_iter().map(|(key, _)| key).collect();
+            assert_eq!(got, expected, "prefix {prefix:?}");
+        })
+    };
+    let (near_gap, _) = listing("a\u{D7FF}", vec!["a\u{D7FF}x"]).await;
+    let (top, _) = listing("\u{10FFFF}", vec!["\u{10FFFF}\u{10FFFF}k"]).await;
+    let (all, _) = listing("", keys.to_vec()).await;
+    let (delete, _) = unit_of(db, "delete", Overlay::default(), async |s| {
+        assert!(s.delete("b").await.unwrap());
+    })
+    .await;
+    let results = db
+        .commit_chains(vec![vec![delete], vec![near_gap], vec![top], vec![all]])
+        .await;
+    let results: Vec<Vec<UnitResult>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        results,
+        vec![
+            vec![UnitResult::Committed],
+            vec![UnitResult::Committed],
+            vec![UnitResult::Committed],
+            vec![UnitResult::Conflict],
+        ],
+        "only the listing of every key saw b"
+    );
+}
+
 on_both_backends!(
     a_group_commit_decides_each_event_as_if_alone,
+    listings_of_edge_prefixes_are_decided_in_a_group,
     a_listing_in_a_group_sees_the_earlier_units_writes,
     components_cannot_see_each_others_data,
     a_failed_handler_leaves_nothing_behind,
