@@ -6,6 +6,7 @@
 //! paths stay readable: `observe::metrics().event(&route, "retried")`.
 
 pub mod metrics;
+pub mod otlp;
 pub mod sampler;
 pub mod tracing;
 

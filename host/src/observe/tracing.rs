@@ -13,51 +13,49 @@
 //! header to itself before producing, so the next `process` span hangs below it. One
 //! order is then one trace from `POST /orders` to its last event.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider as _};
-use opentelemetry::{Context, SpanId, TraceId};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, dynamic_filter_fn};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use super::otlp::{self, Exporter, Sampler, Settings};
 use crate::config::Route;
 use crate::event::{InboundEvent, TraceContext, headers};
 
-/// Whether spans are exported (an OTLP endpoint is configured and the exporter runs).
-static EXPORTING: OnceLock<bool> = OnceLock::new();
+/// The sampler of the running exporter, when spans are exported.
+static EXPORTING: OnceLock<Option<Sampler>> = OnceLock::new();
+
+/// The sampler when spans go out over OTLP now.
+fn sampler() -> Option<&'static Sampler> {
+    EXPORTING.get()?.as_ref().filter(|_| super::tracing_enabled())
+}
 
 /// True when spans go out over OTLP.
 pub fn exporting() -> bool {
-    EXPORTING.get().copied().unwrap_or(false) && super::tracing_enabled()
+    sampler().is_some()
 }
 
 /// Flushes and stops the exporter when dropped (at the end of `main`).
 #[must_use = "dropping the guard stops the exporter"]
 pub struct TracingGuard {
-    provider: Option<SdkTracerProvider>,
+    exporter: Mutex<Option<Exporter>>,
 }
 
 impl Drop for TracingGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take()
-            && let Err(err) = provider.shutdown()
-        {
-            eprintln!("warning: exporting the last spans failed: {err}");
+        if let Some(mut exporter) = self.exporter.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            exporter.shutdown();
         }
     }
 }
 
 /// Installs the process's subscriber: log lines on stderr (text, or JSON when `json`)
 /// filtered by `SWITCHYARD_LOG` (default `info`), plus the OTLP exporter when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*` variables tune it:
-/// `OTEL_SERVICE_NAME`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`...).
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; the
+/// other standard variables tune it ([`otlp::Settings`]).
 pub fn init_tracing(json: bool) -> TracingGuard {
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -66,115 +64,44 @@ pub fn init_tracing(json: bool) -> TracingGuard {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
-    let (provider, problem) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-    {
-        Ok(endpoint) if !endpoint.trim().is_empty() => match provider() {
-            Ok(p) => (Some(p), None),
-            Err(err) => (None, Some(format!("cannot export traces to {endpoint:?}: {err}"))),
-        },
-        _ => (None, None),
+    let (exporter, problem) = match Settings::from_env() {
+        Ok(Some(settings)) => {
+            let endpoint = settings.endpoint.clone();
+            match Exporter::start(settings) {
+                Ok(started) => (Some(started), None),
+                Err(err) => (
+                    None,
+                    Some(format!("cannot start the span exporter for {endpoint}: {err}")),
+                ),
+            }
+        }
+        Ok(None) => (None, None),
+        Err(err) => (None, Some(err.to_string())),
     };
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("switchyard"))
-            .with_level(false)
-            .with_threads(false)
-            .with_location(false)
-            .with_target(false)
-            // Each of these ran on every poll of an instrumented future (an invocation is
-            // polled at every host call and epoch tick): clocks for busy/idle time, and
-            // the OpenTelemetry context attached to the thread, which nothing here reads
-            // (`context_of` takes it from the span).
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_filter(
-                // Which callsites are exported is decided once; whether now, per span
-                // (a benchmark turns it off and on).
-                dynamic_filter_fn(|_, _| super::tracing_enabled())
-                    .with_callsite_filter(|meta| {
-                        if meta.is_span() && meta.fields().field("otel.kind").is_some() {
-                            tracing::subscriber::Interest::sometimes()
-                        } else {
-                            tracing::subscriber::Interest::never()
-                        }
-                    })
-                    // The exported spans are at debug at most. Without a hint the process's
-                    // maximum level became trace, and every `log` record of every crate
-                    // was turned into an event only to be dropped.
-                    .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG),
-            )
-    });
-    let _ = EXPORTING.set(provider.is_some());
+    let (exporter, layer) = exporter.unzip();
+    let _ = EXPORTING.set(layer.as_ref().map(|l| l.sampler()));
+    let otlp = layer.map(otlp::OtlpLayer::filtered);
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(otel)
+        .with(otlp)
         .init();
     if let Some(problem) = problem {
-        tracing::error!("{problem} (fix OTEL_EXPORTER_OTLP_ENDPOINT or unset it); no traces are exported");
+        tracing::error!("{problem}; no traces are exported");
     }
-    TracingGuard { provider }
+    TracingGuard {
+        exporter: Mutex::new(exporter),
+    }
 }
 
-fn provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    use opentelemetry_otlp::WithExportConfig;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .build()?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "switchyard".into()))
-        .build();
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build())
-}
-
-/// The context a W3C trace context names as the parent.
-fn remote(trace: &TraceContext) -> Option<Context> {
-    let trace_id = TraceId::from_hex(&trace.trace_id).ok()?;
-    let span_id = SpanId::from_hex(&trace.parent_id).ok()?;
-    let flags = TraceFlags::new(u8::from_str_radix(&trace.flags, 16).ok()?);
-    let state = trace.tracestate.parse::<TraceState>().unwrap_or_default();
-    let context = SpanContext::new(trace_id, span_id, flags, true, state);
-    context
-        .is_valid()
-        .then(|| Context::new().with_remote_span_context(context))
-}
-
-/// The W3C trace context naming `span` as the parent, if it is exported.
-fn context_of(span: &Span) -> Option<TraceContext> {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| TraceContext {
-        trace_id: span_context.trace_id().to_string(),
-        parent_id: span_context.span_id().to_string(),
-        flags: format!("{:02x}", span_context.trace_flags().to_u8()),
-        tracestate: span_context.trace_state().header(),
-    })
-}
-
-/// Message headers as an OpenTelemetry carrier.
-struct HeaderCarrier<'a>(&'a [(String, String)]);
-
-impl Extractor for HeaderCarrier<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
+/// The parent named by `headers` (`traceparent`/`tracestate`), if valid.
+fn extract(headers: &[(String, String)]) -> Option<TraceContext> {
+    let find = |name: &str| {
+        headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(key))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(n, _)| n.as_str()).collect()
-    }
-}
-
-/// The parent named by `headers` (`traceparent`/`tracestate`), through the propagator.
-fn extract(headers: &[(String, String)]) -> Option<Context> {
-    let context = TraceContextPropagator::new().extract(&HeaderCarrier(headers));
-    context.span().span_context().is_valid().then_some(context)
+    };
+    TraceContext::parse(find(headers::TRACEPARENT)?, find(headers::TRACESTATE).unwrap_or(""))
 }
 
 /// The `process <topic>` span of one invocation of `route`'s component for `event`,
@@ -199,8 +126,9 @@ pub fn process_span(route: &Route, version: &str, event: &InboundEvent) -> Span 
         switchyard.component.version = version,
         switchyard.request_id = event.request_id.as_deref().unwrap_or(""),
     );
-    if let Some(parent) = extract(&event.headers).or_else(|| remote(&event.trace)) {
-        let _ = span.set_parent(parent);
+    if let Some(sampler) = sampler() {
+        let parent = extract(&event.headers).unwrap_or_else(|| event.trace.clone());
+        otlp::set_remote_parent(&span, &parent, sampler);
     }
     span
 }
@@ -209,11 +137,11 @@ pub fn process_span(route: &Route, version: &str, event: &InboundEvent) -> Span 
 /// exported, the span takes the incoming `traceparent` as its parent and the request
 /// continues as that span; otherwise a child of the incoming context, or a new trace.
 pub fn request_trace(span: &Span, incoming: Option<TraceContext>) -> TraceContext {
-    if exporting() {
-        if let Some(parent) = incoming.as_ref().and_then(remote) {
-            let _ = span.set_parent(parent);
+    if let Some(sampler) = sampler() {
+        if let Some(parent) = &incoming {
+            otlp::set_remote_parent(span, parent, sampler);
         }
-        if let Some(own) = context_of(span) {
+        if let Some(own) = otlp::context_of(span) {
             return TraceContext {
                 tracestate: incoming.map(|i| i.tracestate).unwrap_or_default(),
                 ..own
@@ -227,7 +155,7 @@ pub fn request_trace(span: &Span, incoming: Option<TraceContext>) -> TraceContex
 /// when spans are exported, else a new child of the event's context.
 pub fn outgoing(trace: &TraceContext) -> TraceContext {
     if exporting()
-        && let Some(own) = context_of(&Span::current())
+        && let Some(own) = otlp::context_of(&Span::current())
     {
         return TraceContext {
             tracestate: trace.tracestate.clone(),
@@ -258,11 +186,11 @@ pub fn send_span(topic: &str, headers: &mut Vec<(String, String)>) -> Span {
         messaging.destination.name = topic,
         messaging.message.id = %message_id,
     );
-    if let Some(parent) = extract(headers) {
-        let _ = span.set_parent(parent);
+    if let (Some(parent), Some(sampler)) = (extract(headers), sampler()) {
+        otlp::set_remote_parent(&span, &parent, sampler);
     }
     // `tracestate` travels on untouched beside the new `traceparent`.
-    if let Some(own) = context_of(&span) {
+    if let Some(own) = otlp::context_of(&span) {
         headers.retain(|(n, _)| n != headers::TRACEPARENT);
         headers.push((headers::TRACEPARENT.to_string(), own.traceparent()));
     }
@@ -274,18 +202,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_w3c_context_becomes_a_remote_parent_and_back() {
+    fn the_parent_comes_from_the_headers() {
         let trace = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "").unwrap();
-        let context = remote(&trace).unwrap();
-        let span = context.span();
-        let span_context = span.span_context();
-        assert_eq!(span_context.trace_id().to_string(), trace.trace_id);
-        assert_eq!(span_context.span_id().to_string(), trace.parent_id);
-        assert!(span_context.is_sampled() && span_context.is_remote());
-        let headers = vec![(headers::TRACEPARENT.to_string(), trace.traceparent())];
+        let headers = vec![
+            ("TraceParent".to_string(), trace.traceparent()),
+            (headers::TRACESTATE.to_string(), "k=v".to_string()),
+        ];
         let extracted = extract(&headers).unwrap();
-        assert_eq!(extracted.span().span_context().trace_id(), span_context.trace_id());
+        assert_eq!(
+            (extracted.trace_id.as_str(), extracted.parent_id.as_str()),
+            (trace.trace_id.as_str(), trace.parent_id.as_str())
+        );
+        assert_eq!(extracted.tracestate, "k=v");
         assert!(extract(&[]).is_none());
+        assert!(extract(&[(headers::TRACEPARENT.to_string(), "00-zz-yy-01".to_string())]).is_none());
     }
 
     #[test]

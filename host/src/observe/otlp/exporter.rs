@@ -1,0 +1,215 @@
+//! The batch exporter: closed spans wait in a bounded [`Queue`]; one thread takes them
+//! every `OTEL_BSP_SCHEDULE_DELAY` (or as soon as a batch is full) and posts them as one
+//! OTLP `ExportTraceServiceRequest` in protobuf. A span is written in its wire form when
+//! it closes ([`wire::put_span`]), so the queue holds bytes and the thread only frames
+//! and sends them.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::layer::{OtlpLayer, Recorded};
+use super::settings::Settings;
+use super::wire;
+
+/// Spans in their wire form, and how many.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    spans: usize,
+}
+
+/// Closed spans waiting for the exporter; full means dropped (and counted), never
+/// blocking the thread that closed the span.
+pub struct Queue {
+    batch: Mutex<Batch>,
+    wake: Condvar,
+    max_queue_size: usize,
+    max_export_batch_size: usize,
+    dropped: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Queue {
+    fn new(settings: &Settings) -> Queue {
+        Queue {
+            batch: Mutex::default(),
+            wake: Condvar::new(),
+            max_queue_size: settings.max_queue_size,
+            max_export_batch_size: settings.max_export_batch_size,
+            dropped: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn push(&self, span: &Recorded) {
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        if batch.spans >= self.max_queue_size {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        wire::put_span(span, &mut batch.bytes);
+        batch.spans += 1;
+        if batch.spans == self.max_export_batch_size {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until a batch is full, `delay` passed or the exporter stops; then takes all
+    /// (a little more than a batch when spans closed while it woke).
+    fn take(&self, delay: Duration) -> (Batch, bool) {
+        let deadline = Instant::now() + delay;
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let stopping = self.stopping.load(Ordering::Acquire);
+            let now = Instant::now();
+            if stopping || batch.spans >= self.max_export_batch_size || now >= deadline {
+                let capacity = batch.bytes.len();
+                let taken = std::mem::replace(
+                    &mut *batch,
+                    Batch {
+                        bytes: Vec::with_capacity(capacity),
+                        spans: 0,
+                    },
+                );
+                return (taken, stopping);
+            }
+            batch = self
+                .wake
+                .wait_timeout(batch, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The running exporter; [`Exporter::shutdown`] sends what is left and stops it.
+pub struct Exporter {
+    queue: Arc<Queue>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Starts the exporter's thread and returns it with the layer that feeds it.
+    pub fn start(settings: Settings) -> std::io::Result<(Exporter, OtlpLayer)> {
+        let queue = Arc::new(Queue::new(&settings));
+        let layer = OtlpLayer {
+            queue: queue.clone(),
+            sampler: settings.sampler,
+        };
+        let thread = std::thread::Builder::new().name("otlp-exporter".into()).spawn({
+            let queue = queue.clone();
+            move || run(&settings, &queue)
+        })?;
+        Ok((
+            Exporter {
+                queue,
+                thread: Some(thread),
+            },
+            layer,
+        ))
+    }
+
+    /// Sends the spans still queued and stops the thread (waiting at most for one post
+    /// per remaining batch, each bounded by the export timeout).
+    pub fn shutdown(&mut self) {
+        self.queue.stopping.store(true, Ordering::Release);
+        self.queue.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(settings: &Settings, queue: &Queue) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: the span exporter cannot start its runtime ({err}); no traces are exported");
+            return;
+        }
+    };
+    // The client's connector needs the runtime's reactor from the start.
+    let _entered = runtime.enter();
+    let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("error: the span exporter cannot make an HTTP client ({err}); no traces are exported");
+            return;
+        }
+    };
+    let envelope = wire::Envelope::new(&settings.resource);
+    let mut reported_dropped = 0;
+    let mut failing = false;
+    loop {
+        let (batch, stopping) = queue.take(settings.schedule_delay);
+        if batch.spans > 0 {
+            let count = batch.spans;
+            let body = envelope.request(&batch.bytes);
+            let sent = runtime.block_on(
+                client
+                    .post(&settings.endpoint)
+                    .headers(settings.headers.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(body)
+                    .send(),
+            );
+            match sent.map(|r| r.status()) {
+                Ok(status) if status.is_success() => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(endpoint = %settings.endpoint, "exporting spans works again");
+                    }
+                }
+                outcome => {
+                    // Once per outage, not once per batch.
+                    if !std::mem::replace(&mut failing, true) {
+                        let why = match outcome {
+                            Ok(status) => format!("the collector answered {status}"),
+                            Err(err) => format!("{err}"),
+                        };
+                        tracing::warn!(
+                            endpoint = %settings.endpoint,
+                            spans = count,
+                            "exporting spans failed: {why}; they are dropped (is the collector up at OTEL_EXPORTER_OTLP_ENDPOINT?)"
+                        );
+                    }
+                }
+            }
+        }
+        let dropped = queue.dropped.load(Ordering::Relaxed);
+        if dropped > reported_dropped {
+            tracing::warn!(
+                dropped = dropped - reported_dropped,
+                "spans dropped because the export queue was full (raise OTEL_BSP_MAX_QUEUE_SIZE or lower OTEL_BSP_SCHEDULE_DELAY)"
+            );
+            reported_dropped = dropped;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+impl Queue {
+    pub(super) fn for_tests(settings: &Settings) -> Queue {
+        Queue::new(settings)
+    }
+
+    /// The queued spans as the request the exporter would send.
+    pub(super) fn request_for_tests(&self) -> Vec<u8> {
+        let batch = std::mem::take(&mut *self.batch.lock().unwrap());
+        wire::Envelope::new(&[]).request(&batch.bytes)
+    }
+
+    pub(super) fn dropped_for_tests(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
