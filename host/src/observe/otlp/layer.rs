@@ -15,16 +15,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 use super::exporter::Queue;
 use super::sampler::Sampler;
+use super::wire::{self, Value};
 use crate::event::TraceContext;
-
-/// An attribute's value as recorded; it becomes its protobuf form on the exporter's thread.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-}
 
 /// OTLP span kinds (`opentelemetry.proto.trace.v1.Span.SpanKind`).
 fn kind(name: &str) -> i32 {
@@ -54,7 +46,9 @@ pub struct Recorded {
     pub kind: i32,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    pub attributes: Vec<(&'static str, Value)>,
+    /// `Span.attributes` entries in wire form, written as fields are recorded: no
+    /// allocation per attribute.
+    pub attributes: Vec<u8>,
 }
 
 fn unix_nanos() -> u64 {
@@ -128,10 +122,13 @@ where
             kind: 0,
             start_unix_nanos: unix_nanos(),
             end_unix_nanos: 0,
-            attributes: Vec::with_capacity(attrs.fields().len()),
+            attributes: Vec::with_capacity(64 * attrs.fields().len()),
         };
         // Recorded even when not sampled: a remote parent set later may turn it on.
-        attrs.record(&mut Visitor(&mut recorded));
+        attrs.record(&mut Visitor {
+            span: &mut recorded,
+            again: false,
+        });
         span.extensions_mut().insert(recorded);
     }
 
@@ -139,7 +136,10 @@ where
         if let Some(span) = ctx.span(id)
             && let Some(recorded) = span.extensions_mut().get_mut::<Recorded>()
         {
-            values.record(&mut Visitor(recorded));
+            values.record(&mut Visitor {
+                span: recorded,
+                again: true,
+            });
         }
     }
 
@@ -155,25 +155,36 @@ where
     }
 }
 
-struct Visitor<'a>(&'a mut Recorded);
+struct Visitor<'a> {
+    span: &'a mut Recorded,
+    /// Recording after the span started: a field may already have a value to replace.
+    again: bool,
+}
+
+thread_local! {
+    /// Where `%value` fields are formatted before they are written, reused.
+    static FORMATTED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
 
 impl Visitor<'_> {
-    fn set(&mut self, field: &Field, value: Value) {
+    fn set(&mut self, field: &Field, value: Value<'_>) {
         match field.name() {
-            "otel.name" => self.0.name = Some(text(value)),
-            "otel.kind" => self.0.kind = kind(&text(value)),
+            "otel.name" => self.span.name = Some(text(value)),
+            "otel.kind" => self.span.kind = kind(&text(value)),
             name if name.starts_with("otel.") => {}
-            name => match self.0.attributes.iter_mut().find(|(k, _)| *k == name) {
-                Some((_, old)) => *old = value,
-                None => self.0.attributes.push((name, value)),
-            },
+            name => {
+                if self.again {
+                    wire::remove_attribute(name, &mut self.span.attributes);
+                }
+                wire::put_attribute(name, value, &mut self.span.attributes);
+            }
         }
     }
 }
 
-fn text(value: Value) -> String {
+fn text(value: Value<'_>) -> String {
     match value {
-        Value::Str(s) => s,
+        Value::Str(s) => s.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(f) => f.to_string(),
         Value::Bool(b) => b.to_string(),
@@ -182,11 +193,20 @@ fn text(value: Value) -> String {
 
 impl Visit for Visitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.set(field, Value::Str(value.to_owned()));
+        self.set(field, Value::Str(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
-        self.set(field, Value::Str(format!("{value:?}")));
+        use std::fmt::Write as _;
+        FORMATTED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut formatted) => {
+                formatted.clear();
+                let _ = write!(formatted, "{value:?}");
+                self.set(field, Value::Str(&formatted));
+            }
+            // A value whose formatting starts an exported span of its own.
+            Err(_) => self.set(field, Value::Str(&format!("{value:?}"))),
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -196,7 +216,7 @@ impl Visit for Visitor<'_> {
     fn record_u64(&mut self, field: &Field, value: u64) {
         match i64::try_from(value) {
             Ok(v) => self.set(field, Value::Int(v)),
-            Err(_) => self.set(field, Value::Str(value.to_string())),
+            Err(_) => self.set(field, Value::Str(&value.to_string())),
         }
     }
 

@@ -10,7 +10,16 @@
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use super::layer::{Recorded, Value};
+use super::layer::Recorded;
+
+/// An attribute's value, borrowed while it is written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
 
 fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
@@ -28,7 +37,7 @@ fn put_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
 }
 
 /// `AnyValue`'s length: one field of its `value` oneof.
-fn any_value_len(value: &Value) -> usize {
+fn any_value_len(value: &Value<'_>) -> usize {
     match value {
         Value::Str(s) => delimited_len(1, s.len()),
         Value::Bool(_) => key_len(2) + 1,
@@ -37,7 +46,7 @@ fn any_value_len(value: &Value) -> usize {
     }
 }
 
-fn put_any_value(value: &Value, buf: &mut Vec<u8>) {
+fn put_any_value(value: &Value<'_>, buf: &mut Vec<u8>) {
     match value {
         Value::Str(s) => put_delimited(1, s.as_bytes(), buf),
         Value::Bool(b) => {
@@ -56,12 +65,44 @@ fn put_any_value(value: &Value, buf: &mut Vec<u8>) {
 }
 
 /// `KeyValue { key = 1, value = 2 }`'s length.
-fn key_value_len(key: &str, value: &Value) -> usize {
+fn key_value_len(key: &str, value: &Value<'_>) -> usize {
     delimited_len(1, key.len()) + delimited_len(2, any_value_len(value))
 }
 
+/// Appends the attribute `key` = `value` as a `Span.attributes` entry (field 9), the
+/// form [`Recorded::attributes`] keeps them in.
+pub fn put_attribute(key: &str, value: Value<'_>, attributes: &mut Vec<u8>) {
+    put_key_value(9, key, &value, attributes);
+}
+
+/// Removes the entry of `key` from attributes written by [`put_attribute`], if there is
+/// one (a field recorded again replaces its value).
+pub fn remove_attribute(key: &str, attributes: &mut Vec<u8>) {
+    let mut at = 0;
+    while at < attributes.len() {
+        let mut rest = &attributes[at..];
+        let before = rest.len();
+        // Each entry: tag 9, its length, then `KeyValue` whose first field is the key.
+        let entry = (|| {
+            prost::encoding::decode_varint(&mut rest).ok()?;
+            let len = prost::encoding::decode_varint(&mut rest).ok()? as usize;
+            let header = before - rest.len();
+            let mut body = rest.get(..len)?;
+            prost::encoding::decode_varint(&mut body).ok()?;
+            let key_len = prost::encoding::decode_varint(&mut body).ok()? as usize;
+            Some((header + len, body.get(..key_len)?))
+        })();
+        let Some((entry_len, entry_key)) = entry else { return };
+        if entry_key == key.as_bytes() {
+            attributes.drain(at..at + entry_len);
+            return;
+        }
+        at += entry_len;
+    }
+}
+
 /// Writes `KeyValue` number `tag` of its parent message.
-fn put_key_value(tag: u32, key: &str, value: &Value, buf: &mut Vec<u8>) {
+fn put_key_value(tag: u32, key: &str, value: &Value<'_>, buf: &mut Vec<u8>) {
     put_header(tag, key_value_len(key, value), buf);
     put_delimited(1, key.as_bytes(), buf);
     put_header(2, any_value_len(value), buf);
@@ -91,12 +132,7 @@ fn span_len(r: &Recorded) -> usize {
         len += key_len(6) + encoded_len_varint(r.kind as u64);
     }
     len += 2 * (key_len(7) + 8);
-    len += r
-        .attributes
-        .iter()
-        .map(|(k, v)| delimited_len(9, key_value_len(k, v)))
-        .sum::<usize>();
-    len + key_len(16) + 4
+    len + r.attributes.len() + key_len(16) + 4
 }
 
 /// Appends `r` as one entry of `ScopeSpans.spans` (field 2).
@@ -119,9 +155,7 @@ pub fn put_span(r: &Recorded, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&r.start_unix_nanos.to_le_bytes());
     encode_key(8, WireType::SixtyFourBit, buf);
     buf.extend_from_slice(&r.end_unix_nanos.to_le_bytes());
-    for (key, value) in &r.attributes {
-        put_key_value(9, key, value, buf);
-    }
+    buf.extend_from_slice(&r.attributes);
     encode_key(16, WireType::ThirtyTwoBit, buf);
     let flags = SAMPLED | HAS_IS_REMOTE | if r.remote_parent { IS_REMOTE } else { 0 };
     buf.extend_from_slice(&flags.to_le_bytes());
@@ -141,11 +175,11 @@ impl Envelope {
         let version = env!("CARGO_PKG_VERSION");
         let attributes: Vec<(&str, Value)> = resource
             .iter()
-            .map(|(k, v)| (k.as_str(), Value::Str(v.clone())))
+            .map(|(k, v)| (k.as_str(), Value::Str(v)))
             .chain([
-                ("telemetry.sdk.name", Value::Str("switchyard".into())),
-                ("telemetry.sdk.language", Value::Str("rust".into())),
-                ("telemetry.sdk.version", Value::Str(version.into())),
+                ("telemetry.sdk.name", Value::Str("switchyard")),
+                ("telemetry.sdk.language", Value::Str("rust")),
+                ("telemetry.sdk.version", Value::Str(version)),
             ])
             .collect();
         let mut body = Vec::new();
@@ -183,7 +217,11 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::any_value;
     use prost::Message as _;
 
-    fn recorded(attributes: Vec<(&'static str, Value)>) -> Recorded {
+    fn recorded(attributes: Vec<(&str, Value)>) -> Recorded {
+        let mut encoded = Vec::new();
+        for (key, value) in attributes {
+            put_attribute(key, value, &mut encoded);
+        }
         Recorded {
             trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
             span_id: 0x00f067aa0ba902b7,
@@ -196,7 +234,7 @@ mod tests {
             kind: 1,
             start_unix_nanos: 10,
             end_unix_nanos: u64::MAX - 1,
-            attributes,
+            attributes: encoded,
         }
     }
 
@@ -207,7 +245,7 @@ mod tests {
         put_span(
             &recorded(vec![
                 ("offset", Value::Int(-7)),
-                ("topic", Value::Str("t".repeat(200))),
+                ("topic", Value::Str(&"t".repeat(200))),
                 ("ok", Value::Bool(true)),
                 ("ratio", Value::Float(0.5)),
             ]),
@@ -265,5 +303,33 @@ mod tests {
             (root.name.as_str(), root.kind, root.flags),
             ("POST /orders", 0, SAMPLED | HAS_IS_REMOTE)
         );
+    }
+}
+
+#[cfg(test)]
+mod attribute_tests {
+    use super::*;
+
+    #[test]
+    fn an_attribute_is_removed_wherever_it_is_and_the_others_stay() {
+        let long = "v".repeat(300);
+        let all = [
+            ("a", Value::Int(1)),
+            ("bb", Value::Str(&long)),
+            ("c", Value::Bool(true)),
+        ];
+        for gone in ["a", "bb", "c"] {
+            let mut attributes = Vec::new();
+            for (k, v) in all {
+                put_attribute(k, v, &mut attributes);
+            }
+            remove_attribute(gone, &mut attributes);
+            remove_attribute("absent", &mut attributes);
+            let mut expected = Vec::new();
+            for (k, v) in all.iter().filter(|(k, _)| *k != gone) {
+                put_attribute(k, *v, &mut expected);
+            }
+            assert_eq!(attributes, expected, "removing {gone}");
+        }
     }
 }
