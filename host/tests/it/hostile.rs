@@ -164,7 +164,71 @@ async fn event_ids_with_nul_bytes_or_over_the_index_limit_are_claimed_once(db: &
     assert_eq!(db.peek("probe", "n").await.unwrap().as_deref(), Some(&b"2"[..]));
 }
 
+/// Prefixes a guest may pass to `list-prefix` that break naive range or `LIKE` bounds:
+/// the empty prefix, the last code point (no successor), the code points beside the
+/// surrogate gap, and `LIKE`'s wildcards and escape.
+async fn hostile_list_prefixes_from_a_guest_list_exactly_their_keys(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    let keys = [
+        "\\c",
+        "%a",
+        "_b",
+        "a",
+        "a%",
+        "a\u{10FFFF}",
+        "b",
+        "\u{D7FF}",
+        "\u{D7FF}x",
+        "\u{E000}",
+        "\u{10FFFF}",
+        "\u{10FFFF}\u{10FFFF}",
+    ]
+    .map(String::from);
+    let puts: Vec<_> = keys
+        .iter()
+        .map(|k| json!({"op": "put", "key": k, "value": "v"}))
+        .collect();
+    committed(
+        &runtime
+            .invoke(&probe, db, &event("fill", json!({"steps": puts})))
+            .await
+            .unwrap(),
+    );
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    for (i, prefix) in [
+        "",
+        "\u{10FFFF}",
+        "\u{D7FF}",
+        "\u{E000}",
+        "a",
+        "a\u{10FFFF}",
+        "%",
+        "_",
+        "\\",
+        "a%",
+        "z",
+    ]
+    .map(String::from)
+    .into_iter()
+    .enumerate()
+    {
+        let expected: Vec<&String> = sorted.iter().filter(|k| k.starts_with(&prefix)).collect();
+        let plan = json!({"steps": [{"op": "expect-prefix", "prefix": prefix, "keys": expected}]});
+        let outcome = runtime
+            .invoke(&probe, db, &event(&format!("list{i}"), plan))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, Outcome::Committed(_)),
+            "prefix {prefix:?}: expected {expected:?}, got {outcome:?}"
+        );
+    }
+}
+
 on_both_backends!(
+    hostile_list_prefixes_from_a_guest_list_exactly_their_keys,
     a_guest_asleep_in_a_host_call_is_stopped_at_its_deadline,
     floods_of_publishes_and_writes_fail_the_invocation_with_the_cap_named,
     floods_of_logs_and_stdout_are_cut_not_fatal,

@@ -213,3 +213,128 @@ impl Queue {
         self.dropped.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// What a collector received: each request's `authorization` header and body.
+    type Received = Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>;
+
+    /// A collector on a thread of its own, answering `status` to every request.
+    fn collector(status: u16) -> (String, Received) {
+        let received = Received::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let kept = received.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/v1/traces",
+                    axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(String::from);
+                        kept.lock().unwrap().push((auth, body.to_vec()));
+                        std::future::ready(axum::http::StatusCode::from_u16(status).unwrap())
+                    }),
+                );
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        (url, received)
+    }
+
+    fn settings(url: &str, vars: &[(&str, &str)]) -> Settings {
+        let vars: std::collections::HashMap<&str, &str> = [("OTEL_EXPORTER_OTLP_ENDPOINT", url)]
+            .into_iter()
+            .chain(vars.iter().copied())
+            .collect();
+        Settings::from_vars(|name| vars.get(name).map(|v| v.to_string()))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn span_names(body: &[u8]) -> Vec<String> {
+        let request = ExportTraceServiceRequest::decode(body).unwrap();
+        request
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .map(|s| s.name)
+            .collect()
+    }
+
+    #[test]
+    fn the_last_spans_are_sent_at_shutdown_with_the_configured_headers() {
+        let (url, received) = collector(200);
+        // A delay no test waits for: only shutting down sends these.
+        let settings = settings(
+            &url,
+            &[
+                ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20t"),
+            ],
+        );
+        let (mut exporter, layer) = Exporter::start(settings).unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer.filtered()), || {
+            for name in ["a", "b", "c"] {
+                drop(tracing::info_span!("x", otel.name = name, otel.kind = "internal"));
+            }
+        });
+        assert!(received.lock().unwrap().is_empty());
+        exporter.shutdown();
+        let received = received.lock().unwrap();
+        let [(auth, body)] = &received[..] else {
+            panic!("{} requests", received.len())
+        };
+        assert_eq!(auth.as_deref(), Some("Bearer t"));
+        assert_eq!(span_names(body), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_full_batch_goes_out_at_once_and_a_failing_collector_stops_nothing() {
+        let (url, received) = collector(503);
+        let settings = settings(
+            &url,
+            &[
+                ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"),
+            ],
+        );
+        let (mut exporter, layer) = Exporter::start(settings).unwrap();
+        let requests = || received.lock().unwrap().len();
+        let wait_for = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while requests() < n {
+                assert!(Instant::now() < deadline, "{} requests, waiting for {n}", requests());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer.filtered()), || {
+            drop(tracing::info_span!("x", otel.name = "1", otel.kind = "internal"));
+            drop(tracing::info_span!("x", otel.name = "2", otel.kind = "internal"));
+            // Refused (503): those spans are gone, the exporter goes on.
+            wait_for(1);
+            drop(tracing::info_span!("x", otel.name = "3", otel.kind = "internal"));
+            drop(tracing::info_span!("x", otel.name = "4", otel.kind = "internal"));
+            wait_for(2);
+        });
+        exporter.shutdown();
+        let received = received.lock().unwrap();
+        assert_eq!(received.len(), 2, "nothing was left to send at shutdown");
+        assert_eq!(span_names(&received[0].1), ["1", "2"]);
+        assert_eq!(span_names(&received[1].1), ["3", "4"]);
+    }
+}
