@@ -76,6 +76,12 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    /// `exported`, `queue_full` (dropped before export) or `export_failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     /// The route template (`/orders/{request_id}`), never the raw path: bounded cardinality.
@@ -115,6 +121,8 @@ pub struct Metrics {
     pub relay_failures: Family<FailureLabels, Counter>,
     /// `switchyard_dead_letters_total{topic}` (the dead-letter topic).
     pub dead_letters: Family<TopicLabels, Counter>,
+    /// `switchyard_trace_spans_total{outcome}`.
+    pub trace_spans: Family<SpanLabels, Counter>,
     /// `http_server_request_duration_seconds{method,route,status}`.
     pub http_duration: Family<HttpLabels, Histogram>,
     /// `switchyard_component_info{component,version}`: 1 per loaded version.
@@ -152,6 +160,7 @@ impl Metrics {
             relay_sent: Family::default(),
             relay_failures: Family::default(),
             dead_letters: Family::default(),
+            trace_spans: Family::default(),
             http_duration: http_histogram(),
             component_info: Family::default(),
             versions: RwLock::default(),
@@ -219,6 +228,11 @@ impl Metrics {
             m.dead_letters.clone(),
         );
         registry.register(
+            "switchyard_trace_spans",
+            "Spans handed to the OTLP exporter, by outcome (exported; queue_full: dropped because OTEL_BSP_MAX_QUEUE_SIZE spans waited; export_failed: the collector refused or did not answer)",
+            m.trace_spans.clone(),
+        );
+        registry.register(
             "http_server_request_duration_seconds",
             "Gateway requests by method, route template and status, with their duration",
             m.http_duration.clone(),
@@ -237,6 +251,11 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String never fails");
         out
+    }
+
+    /// Counts `n` spans with `outcome` (see [`SpanLabels`]).
+    pub fn spans(&self, outcome: &'static str, n: u64) {
+        self.trace_spans.get_or_create(&SpanLabels { outcome }).inc_by(n);
     }
 
     /// Records a loaded component's version (the info metric and the duration label).
@@ -409,6 +428,7 @@ mod tests {
         m.relayed("orders", Some("parked"));
         m.memory_grew(1 << 20);
         m.memory_grew(1 << 10);
+        m.spans("exported", 3);
         let text = m.encode();
         assert!(
             text.contains("switchyard_component_info{component=\"order\",version=\"def\"} 1"),
@@ -423,6 +443,7 @@ mod tests {
         assert!(text.contains("switchyard_relay_sent_total{topic=\"orders\"} 1"));
         assert!(text.contains("switchyard_relay_failures_total{topic=\"orders\",reason=\"parked\"} 1"));
         assert!(text.contains("switchyard_instance_memory_peak_bytes 1048576"));
+        assert!(text.contains("switchyard_trace_spans_total{outcome=\"exported\"} 3"));
         assert!(text.contains("# TYPE switchyard_handler_duration_seconds histogram"));
     }
 }

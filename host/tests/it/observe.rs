@@ -597,6 +597,12 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
         names.iter().any(|n| n == "storage.put"),
         "host calls are spans: {names:?}"
     );
+    // The exporter counts what it sent.
+    let exported = host
+        .scrape()
+        .await
+        .value("switchyard_trace_spans_total", &[("outcome", "exported")]);
+    assert!(exported.is_some_and(|n| n >= 1.0), "{exported:?}");
 }
 
 on_both_stacks!(one_order_is_one_trace);

@@ -47,6 +47,7 @@ impl Queue {
         let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
         if batch.spans >= self.max_queue_size {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::observe::metrics().spans("queue_full", 1);
             return;
         }
         wire::put_span(span, &mut batch.bytes);
@@ -163,11 +164,13 @@ fn run(settings: &Settings, queue: &Queue) {
             );
             match sent.map(|r| r.status()) {
                 Ok(status) if status.is_success() => {
+                    crate::observe::metrics().spans("exported", count as u64);
                     if std::mem::take(&mut failing) {
                         tracing::info!(endpoint = %settings.endpoint, "exporting spans works again");
                     }
                 }
                 outcome => {
+                    crate::observe::metrics().spans("export_failed", count as u64);
                     // Once per outage, not once per batch.
                     if !std::mem::replace(&mut failing, true) {
                         let why = match outcome {
@@ -215,7 +218,7 @@ impl Queue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message as _;
@@ -265,6 +268,12 @@ mod tests {
             .unwrap()
     }
 
+    /// `switchyard_trace_spans_total{outcome}` now (the process's metrics, shared by tests).
+    pub(in crate::observe::otlp) fn spans_counted(outcome: &'static str) -> u64 {
+        let labels = crate::observe::metrics::SpanLabels { outcome };
+        crate::observe::metrics().trace_spans.get_or_create(&labels).get()
+    }
+
     fn span_names(body: &[u8]) -> Vec<String> {
         let request = ExportTraceServiceRequest::decode(body).unwrap();
         request
@@ -301,6 +310,7 @@ mod tests {
         };
         assert_eq!(auth.as_deref(), Some("Bearer t"));
         assert_eq!(span_names(body), ["a", "b", "c"]);
+        assert!(spans_counted("exported") >= 3);
     }
 
     #[test]
@@ -313,6 +323,7 @@ mod tests {
                 ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"),
             ],
         );
+        let failed_before = spans_counted("export_failed");
         let (mut exporter, layer) = Exporter::start(settings).unwrap();
         let requests = || received.lock().unwrap().len();
         let wait_for = |n: usize| {
@@ -336,5 +347,6 @@ mod tests {
         assert_eq!(received.len(), 2, "nothing was left to send at shutdown");
         assert_eq!(span_names(&received[0].1), ["1", "2"]);
         assert_eq!(span_names(&received[1].1), ["3", "4"]);
+        assert!(spans_counted("export_failed") >= failed_before + 4);
     }
 }

@@ -148,11 +148,13 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_spans_instead_of_waiting() {
+        let counted_before = exporter::tests::spans_counted("queue_full");
         let (spans, dropped) = exported(settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "2")]), || {
             for _ in 0..5 {
                 drop(tracing::info_span!("x", otel.kind = "internal"));
             }
         });
         assert_eq!((spans.len(), dropped), (2, 3));
+        assert!(exporter::tests::spans_counted("queue_full") >= counted_before + 3);
     }
 }
