@@ -258,7 +258,8 @@ pub(super) mod tests {
         (url, received)
     }
 
-    fn settings(url: &str, vars: &[(&str, &str)]) -> Settings {
+    /// Settings exporting to `url`, with `vars` on top (the tests' environment).
+    pub(in crate::observe::otlp) fn settings(url: &str, vars: &[(&str, &str)]) -> Settings {
         let vars: std::collections::HashMap<&str, &str> = [("OTEL_EXPORTER_OTLP_ENDPOINT", url)]
             .into_iter()
             .chain(vars.iter().copied())

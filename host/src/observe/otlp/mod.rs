@@ -32,14 +32,9 @@ mod tests {
     use prost::Message as _;
     use tracing_subscriber::layer::SubscriberExt;
 
+    /// Nothing is posted in these tests: the queue is read directly.
     fn settings(vars: &[(&str, &str)]) -> Settings {
-        let vars: std::collections::HashMap<&str, &str> = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")]
-            .into_iter()
-            .chain(vars.iter().copied())
-            .collect();
-        Settings::from_vars(|name| vars.get(name).map(|v| v.to_string()))
-            .unwrap()
-            .unwrap()
+        exporter::tests::settings("http://127.0.0.1:9", vars)
     }
 
     /// Runs `f` under a subscriber with the layer of `settings`; returns the spans it
