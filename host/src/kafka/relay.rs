@@ -6,14 +6,19 @@
 //! outbox rows commits in this process, and every [`POLL`] for rows other processes
 //! wrote. Timers move due rows into the outbox in one transaction, so each fires once.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
-use crate::store::{Db, OutboxRow, RelayLock, now_ms};
+use crate::protocol::Signer;
+use crate::store::{Db, OutboxRow, RelayLock, StoreError, now_ms};
 
 use super::to_kafka_headers;
 
@@ -61,13 +66,30 @@ pub enum RelayError {
     Transient { id: i64, topic: String, error: KafkaError },
 }
 
+/// Rows the relay keeps enqueued in the producer and not yet acknowledged, at most.
+const MAX_IN_FLIGHT: usize = 2 * BATCH as usize;
+/// How often a relay with rows in flight reads every unsent row again, not only those
+/// above the highest id it enqueued: ids are taken at insert, so a row with a lower id
+/// (another host's, the gateway's, a timer's) can become visible later.
+const FULL_READ: Duration = Duration::from_secs(1);
+
 /// Relays until `shutdown` turns true, then sends what is left once more and returns.
+///
+/// Pipelined: rows committed while earlier ones wait for the broker's acknowledgement are
+/// read and enqueued at once, behind them in the producer's queue, so per-key order
+/// holds. Under `just load 100` on Kafka + PostgreSQL, rounds that awaited every
+/// acknowledgement before reading again (10 ms median, 26 ms p90) left a committed row
+/// waiting 23 ms (median) for its send: the relay sat in acknowledgement waits 85 % of
+/// the time.
 pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watch::Receiver<bool>) {
     let me = relay_name();
     let mut producer: Option<FutureProducer> = None;
     let mut lock: Option<RelayLock> = None;
     let mut rebalanced_at: Option<Instant> = None;
     let mut listener = None;
+    let mut flight = InFlight::default();
+    // Whether unsent rows may be waiting: after a wake-up, a full read or a refusal.
+    let mut look = true;
     loop {
         let stopping = *shutdown.borrow();
         if lock.is_none() {
@@ -79,6 +101,7 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
                     }
                     lock = Some(l);
                     rebalanced_at = Some(Instant::now());
+                    look = true;
                 }
                 Ok(None) => {} // another process relays
                 Err(err) => tracing::warn!(error = %err, "relay lock failed"),
@@ -95,7 +118,12 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
             }
         }
         let held = lock.as_mut().expect("taken above");
-        if rebalanced_at.is_none_or(|at| at.elapsed() >= REBALANCE) {
+        if held.shards().is_some() && rebalanced_at.is_none_or(|at| at.elapsed() >= REBALANCE) {
+            // Shards change hands with nothing of theirs in flight, so the next owner of
+            // a shard never sends ahead of this relay.
+            if let Err(err) = flight.drain(&db, &me).await {
+                tracing::warn!(error = %err, "outbox relay failed to mark rows sent");
+            }
             rebalanced_at = Some(Instant::now());
             match held.rebalance().await {
                 Ok(true) => tracing::info!(shards = ?held.shards(), "this host now relays outbox shards"),
@@ -118,41 +146,65 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
                 }
             },
         };
-        let rows = if held.shards().is_some_and(<[i16]>::is_empty) {
-            Vec::new() // every shard is another relay's for now
-        } else {
-            match held.unsent(&db, BATCH).await {
-                Ok(rows) => rows,
+        if stopping {
+            // The last rounds, each awaited whole: a broker that is down holds them (the
+            // unmarked rows go out after the next start).
+            if let Err(err) = flight.drain(&db, &me).await {
+                tracing::warn!(error = %err, "outbox relay failed to mark rows sent");
+            }
+            loop {
+                let rows = match held.unsent(&db, BATCH, 0).await {
+                    Ok(rows) => rows,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "outbox relay could not read its last rows");
+                        return;
+                    }
+                };
+                match relay_rows(&db, active, rows, &me).await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => return,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "outbox relay's last round failed");
+                        return;
+                    }
+                }
+            }
+        }
+        if look && flight.len() < MAX_IN_FLIGHT && !held.shards().is_some_and(<[i16]>::is_empty) {
+            // Above the highest id in flight, or all, rows in flight included (skipped).
+            let full_read = flight.is_empty() || flight.read_all_at.elapsed() >= FULL_READ;
+            let (after, limit) = if full_read {
+                flight.read_all_at = Instant::now();
+                (0, BATCH + flight.len() as i64)
+            } else {
+                (flight.highest, BATCH)
+            };
+            match held.unsent(&db, limit, after).await {
+                Ok(rows) => {
+                    let full = rows.len() as i64 == limit;
+                    let refused = flight.enqueue(active, db.signer(), rows);
+                    // Refused (queue full, failing producer): look again once
+                    // acknowledgements made room, or after a pause when none will come.
+                    look = full && !refused;
+                    if refused && flight.is_empty() {
+                        tokio::time::sleep(BACKOFF).await;
+                        look = true;
+                    }
+                    if look {
+                        continue;
+                    }
+                    if refused {
+                        flight.refused = true;
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "lost the relay session; other hosts take its shards");
+                    if let Err(err) = flight.drain(&db, &me).await {
+                        tracing::warn!(error = %err, "outbox relay failed to mark rows sent");
+                    }
                     lock = None;
                     continue;
                 }
-            }
-        };
-        let read = rows.len();
-        let round = tokio::select! {
-            round = relay_rows(&db, active, rows, &me) => round,
-            // A broker that is down holds a round forever; shutdown does not wait for it
-            // (the unmarked rows go out after the next start).
-            _ = shutdown.wait_for(|stop| *stop), if !stopping => continue,
-        };
-        match round {
-            // A full batch: more may wait; some failed: try them again. Otherwise wait, as
-            // a commit of this process during the round left a wake-up.
-            Ok(n) if n > 0 && (stopping || read as i64 == BATCH || n < read) => continue,
-            Ok(_) if stopping => return,
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "outbox relay round failed");
-                if matches!(err, RelayError::ProducerFatal(_)) {
-                    producer = None;
-                }
-                if stopping {
-                    return;
-                }
-                tokio::time::sleep(BACKOFF).await;
-                continue;
             }
         }
         if listener.is_none() {
@@ -176,11 +228,129 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
             }
         };
         tokio::select! {
-            _ = db.signals().outbox.notified() => {}
-            ok = notified => if !ok { listener = None },
-            _ = tokio::time::sleep(POLL) => {}
-            _ = shutdown.changed() => {}
+            Some(first) = flight.acks.next(), if !flight.is_empty() => {
+                let settled = flight.settle(first, &db, &me).await;
+                if let Some((code, reason)) = active.client().fatal_error() {
+                    tracing::warn!(code = ?code, %reason, "the relay's producer failed for good; it is recreated");
+                    producer = None;
+                    if let Err(err) = flight.drain(&db, &me).await {
+                        tracing::warn!(error = %err, "outbox relay failed to mark rows sent");
+                    }
+                    tokio::time::sleep(BACKOFF).await;
+                    look = true;
+                    continue;
+                }
+                match settled {
+                    Ok(Settled { retry: Some(err), .. }) => {
+                        tracing::warn!(error = %err, "outbox relay round failed");
+                        tokio::time::sleep(BACKOFF).await;
+                        look = true;
+                    }
+                    Ok(_) => look |= std::mem::take(&mut flight.refused),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "outbox relay failed to mark rows sent");
+                        tokio::time::sleep(BACKOFF).await;
+                        look = true;
+                    }
+                }
+            }
+            _ = db.signals().outbox.notified() => look = true,
+            ok = notified => {
+                if !ok {
+                    listener = None;
+                }
+                look = true;
+            }
+            _ = tokio::time::sleep(POLL) => look = true,
+            _ = shutdown.changed() => look = true,
         }
+    }
+}
+
+/// Rows enqueued in the producer whose acknowledgements the relay has not settled.
+struct InFlight {
+    /// Ids of rows enqueued and not yet marked: a read returns them as unsent until then.
+    ids: HashSet<i64>,
+    acks: FuturesUnordered<BoxFuture<'static, (OutboxRow, Verdict)>>,
+    /// The highest id enqueued.
+    highest: i64,
+    /// When every unsent row was last read.
+    read_all_at: Instant,
+    /// The producer refused a row since the last acknowledgement.
+    refused: bool,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            ids: HashSet::new(),
+            acks: FuturesUnordered::new(),
+            highest: 0,
+            read_all_at: Instant::now(),
+            refused: false,
+        }
+    }
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Enqueues `rows` (unsent, oldest first) that are not in flight already; stops at
+    /// the first the producer refuses for now, so no later row of its key goes ahead of
+    /// it. Rows refused for good are settled with their acknowledgements. Returns whether
+    /// one was refused for now.
+    fn enqueue(&mut self, producer: &FutureProducer, signer: &Signer, rows: Vec<OutboxRow>) -> bool {
+        for row in rows {
+            let id = row.id;
+            if self.ids.contains(&id) {
+                continue;
+            }
+            let verdict: BoxFuture<'static, (OutboxRow, Verdict)> = match send(producer, signer, &row) {
+                Ok(delivery) => Box::pin(async move {
+                    let verdict = acknowledged(delivery.await);
+                    (row, verdict)
+                }),
+                Err(Verdict::Retry(_)) => return true,
+                Err(other) => Box::pin(std::future::ready((row, other))),
+            };
+            self.ids.insert(id);
+            self.highest = self.highest.max(id);
+            self.acks.push(verdict);
+        }
+        false
+    }
+
+    /// Settles `first` and every other acknowledgement already in.
+    async fn settle(&mut self, first: (OutboxRow, Verdict), db: &Db, me: &str) -> Result<Settled, StoreError> {
+        let mut done = vec![first];
+        while let Some(Some(next)) = self.acks.next().now_or_never() {
+            done.push(next);
+        }
+        let ids: Vec<i64> = done.iter().map(|(row, _)| row.id).collect();
+        let settled = settle(db, me, done).await;
+        // Only now: a read before the mark would have returned them as unsent.
+        for id in ids {
+            self.ids.remove(&id);
+        }
+        settled
+    }
+
+    /// Awaits and settles every row in flight.
+    async fn drain(&mut self, db: &Db, me: &str) -> Result<(), StoreError> {
+        let mut failed = None;
+        while let Some(first) = self.acks.next().await {
+            if let Err(err) = self.settle(first, db, me).await {
+                failed.get_or_insert(err);
+            }
+        }
+        self.ids.clear();
+        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -240,43 +410,69 @@ pub async fn relay_rows(
     if rows.is_empty() {
         return Ok(0);
     }
-    let signer = db.signer();
     let mut pending = Vec::with_capacity(rows.len());
-    let mut verdicts: Vec<(&OutboxRow, Verdict)> = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let message = &row.message;
-        let mut headers = message.headers.clone();
-        let _send = crate::observe::tracing::send_span(&message.topic, &mut headers);
-        signer.seal(&message.topic, message.key.as_deref(), &message.payload, &mut headers);
-        let kafka_headers = to_kafka_headers(&headers);
-        let mut record = FutureRecord::to(&message.topic)
-            .payload(&message.payload)
-            .headers(kafka_headers);
-        if let Some(key) = &message.key {
-            record = record.key(key);
-        }
-        // `send_result` enqueues now; `FutureProducer::send` would only enqueue when
-        // awaited, one acknowledgement after another.
-        match producer.send_result(record) {
+    let mut verdicts: Vec<(OutboxRow, Verdict)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match send(producer, db.signer(), &row) {
             Ok(delivery) => pending.push((row, delivery)),
-            Err((error, _)) => match verdict(error) {
-                Verdict::Retry(error) => {
-                    // Queue full or the producer is failing: stop here, keep the order.
-                    verdicts.push((row, Verdict::Retry(error)));
-                    break;
-                }
-                other => verdicts.push((row, other)),
-            },
+            Err(Verdict::Retry(error)) => {
+                // Queue full or the producer is failing: stop here, keep the order.
+                verdicts.push((row, Verdict::Retry(error)));
+                break;
+            }
+            Err(other) => verdicts.push((row, other)),
         }
     }
     for (row, delivery) in pending {
-        let v = match delivery.await {
-            Ok(Ok(_)) => Verdict::Sent,
-            Ok(Err((error, _))) => verdict(error),
-            Err(_) => Verdict::Retry(KafkaError::Canceled),
-        };
-        verdicts.push((row, v));
+        verdicts.push((row, acknowledged(delivery.await)));
     }
+    let Settled { settled, retry } = settle(db, me, verdicts).await?;
+    if let Some((code, reason)) = producer.client().fatal_error() {
+        return Err(RelayError::ProducerFatal(format!("{code:?}: {reason}")));
+    }
+    match retry {
+        Some(err) if settled == 0 => Err(err),
+        _ => Ok(settled),
+    }
+}
+
+/// Enqueues one row in the producer (with its `send` span and signature); the error is
+/// the verdict on a row the producer would not take.
+fn send(producer: &FutureProducer, signer: &Signer, row: &OutboxRow) -> Result<DeliveryFuture, Verdict> {
+    let message = &row.message;
+    let mut headers = message.headers.clone();
+    let _send = crate::observe::tracing::send_span(&message.topic, &mut headers);
+    signer.seal(&message.topic, message.key.as_deref(), &message.payload, &mut headers);
+    let mut record = FutureRecord::to(&message.topic)
+        .payload(&message.payload)
+        .headers(to_kafka_headers(&headers));
+    if let Some(key) = &message.key {
+        record = record.key(key);
+    }
+    // `send_result` enqueues now; `FutureProducer::send` would only enqueue when
+    // awaited, one acknowledgement after another.
+    producer.send_result(record).map_err(|(error, _)| verdict(error))
+}
+
+/// The verdict on a row from its delivery report.
+fn acknowledged<Canceled>(report: Result<OwnedDeliveryResult, Canceled>) -> Verdict {
+    match report {
+        Ok(Ok(_)) => Verdict::Sent,
+        Ok(Err((error, _))) => verdict(error),
+        Err(_) => Verdict::Retry(KafkaError::Canceled),
+    }
+}
+
+/// What settling some verdicts did.
+struct Settled {
+    /// Rows marked sent or parked.
+    settled: usize,
+    /// The first row left for a later round, if any.
+    retry: Option<RelayError>,
+}
+
+/// Marks the sent rows in one statement, parks the refused ones and counts every row.
+async fn settle(db: &Db, me: &str, verdicts: Vec<(OutboxRow, Verdict)>) -> Result<Settled, StoreError> {
     let sent: Vec<i64> = verdicts
         .iter()
         .filter(|(_, v)| matches!(v, Verdict::Sent))
@@ -311,19 +507,13 @@ pub async fn relay_rows(
             Verdict::Retry(error) => {
                 retry.get_or_insert(RelayError::Transient {
                     id: row.id,
-                    topic: row.message.topic.clone(),
+                    topic: row.message.topic,
                     error,
                 });
             }
         }
     }
-    if let Some((code, reason)) = producer.client().fatal_error() {
-        return Err(RelayError::ProducerFatal(format!("{code:?}: {reason}")));
-    }
-    match retry {
-        Some(err) if settled == 0 => Err(err),
-        _ => Ok(settled),
-    }
+    Ok(Settled { settled, retry })
 }
 
 /// Moves due timers into the outbox until `shutdown`: sleeps until the earliest timer is

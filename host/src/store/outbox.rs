@@ -29,9 +29,9 @@ pub struct ParkedRow {
 type Row = (i64, String, String, String, Option<Vec<u8>>, Vec<u8>, String);
 
 const UNSENT: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
-                      WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL ORDER BY id LIMIT $1";
+                      WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL AND id > $2 ORDER BY id LIMIT $1";
 const UNSENT_IN: &str = "SELECT id, event_id, component, topic, msg_key, payload, headers FROM outbox \
-                         WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL AND shard = ANY($2) \
+                         WHERE sent_at_ms IS NULL AND parked_at_ms IS NULL AND shard = ANY($2) AND id > $3 \
                          ORDER BY id LIMIT $1";
 
 fn outbox_rows(rows: Vec<Row>) -> Result<Vec<OutboxRow>, StoreError> {
@@ -133,20 +133,30 @@ impl Db {
 
     /// Unsent, unparked outbox rows in commit order, oldest first.
     pub async fn unsent_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
-        self.unsent_outbox_in(limit, None).await
+        self.unsent_outbox_in(limit, None, 0).await
     }
 
-    /// [`Db::unsent_outbox`] of some shards only (None: all).
-    pub async fn unsent_outbox_in(&self, limit: i64, shards: Option<&[i16]>) -> Result<Vec<OutboxRow>, StoreError> {
+    /// [`Db::unsent_outbox`] of some shards only (None: all), with ids above `after`.
+    pub async fn unsent_outbox_in(
+        &self,
+        limit: i64,
+        shards: Option<&[i16]>,
+        after: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows: Vec<Row> = match (&self.pool, shards) {
             (Pool::Postgres(pool), Some(shards)) => {
                 sqlx::query_as(UNSENT_IN)
                     .bind(limit)
                     .bind(shards)
+                    .bind(after)
                     .fetch_all(pool)
                     .await?
             }
-            _ => on_pool!(self, |p| sqlx::query_as(UNSENT).bind(limit).fetch_all(p).await?),
+            _ => on_pool!(self, |p| sqlx::query_as(UNSENT)
+                .bind(limit)
+                .bind(after)
+                .fetch_all(p)
+                .await?),
         };
         outbox_rows(rows)
     }
@@ -303,22 +313,24 @@ impl RelayLock {
         }
     }
 
-    /// The unsent rows of this relay's shards, oldest first, at most `limit`. On
+    /// The unsent rows of this relay's shards with ids above `after` (0: all), oldest
+    /// first, at most `limit`. On
     /// PostgreSQL they are read on the session holding the shard locks: a session can die
     /// under the relay (a restarted server, a killed backend), and the server then frees
     /// its locks for other hosts to take, so a read that succeeds on it shows the shards
     /// are still this relay's, and an error that they may not be (drop the lock).
-    pub async fn unsent(&mut self, db: &Db, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+    pub async fn unsent(&mut self, db: &Db, limit: i64, after: i64) -> Result<Vec<OutboxRow>, StoreError> {
         match self {
             RelayLock::Postgres { conn, shards } => {
                 let rows: Vec<Row> = sqlx::query_as(UNSENT_IN)
                     .bind(limit)
                     .bind(&shards[..])
+                    .bind(after)
                     .fetch_all(conn)
                     .await?;
                 outbox_rows(rows)
             }
-            RelayLock::File(_) | RelayLock::Process => db.unsent_outbox(limit).await,
+            RelayLock::File(_) | RelayLock::Process => db.unsent_outbox_in(limit, None, after).await,
         }
     }
 

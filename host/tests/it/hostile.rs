@@ -563,6 +563,37 @@ async fn a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstre
     assert_eq!(counter(&db, "sink", "count").await, 20, "each resent row ran once");
 }
 
+/// Outbox ids are taken at insert, so on PostgreSQL a row can become visible after rows
+/// with higher ids were read and sent. The relay reads above the highest id it has in
+/// flight; the late row must still go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_after_higher_ids_were_relayed_is_relayed_too() {
+    let (_dir, p, routing, brokers, test_db) = hostile_stack(true, Backend::Postgres).await;
+    let db = test_db.db.clone();
+    let inc = serde_json::to_vec(&json!({"steps": [{"op": "increment", "key": "count", "delta": 1}]})).unwrap();
+    let row = |id: &str| OutboundMessage {
+        topic: format!("{p}.out"),
+        key: Some(id.as_bytes().to_vec()),
+        payload: inc.clone(),
+        headers: vec![(names::EVENT_ID.to_string(), id.to_string())],
+    };
+    with_service(&routing, &db, &brokers, async {
+        let mut late = db.begin().await.unwrap();
+        late.insert_outbox("late", "worker", &row("late")).await.unwrap();
+        let mut early = db.begin().await.unwrap();
+        for i in 0..3 {
+            let id = format!("early-{i}");
+            early.insert_outbox(&id, "worker", &row(&id)).await.unwrap();
+        }
+        early.commit().await.unwrap();
+        wait_for(&db, "sink", "count", 3, Duration::from_secs(60)).await;
+        late.commit().await.unwrap();
+        wait_for(&db, "sink", "count", 4, Duration::from_secs(30)).await;
+    })
+    .await;
+    assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 0);
+}
+
 /// The relay's `retried` count of `topic` in this process's metrics.
 fn relay_retries(topic: &str) -> f64 {
     crate::observe::Scrape(switchyard::observe::metrics().encode())
@@ -794,7 +825,7 @@ async fn relays_share_the_outbox_shards_and_take_over_a_dead_ones() {
     both.sort_unstable();
     assert_eq!(both, all, "disjoint, and together every shard");
     first
-        .unsent(&db, 10)
+        .unsent(&db, 10, 0)
         .await
         .expect("the holder reads its shards' rows on its session");
 
@@ -809,7 +840,7 @@ async fn relays_share_the_outbox_shards_and_take_over_a_dead_ones() {
     .await
     .unwrap();
     assert!(
-        first.unsent(&db, 10).await.is_err(),
+        first.unsent(&db, 10, 0).await.is_err(),
         "the holder must notice: its read of the rows fails"
     );
     // The server frees a terminated session's locks as that backend exits, a moment
