@@ -13,10 +13,16 @@ fn workspace() -> PathBuf {
 /// Runs the binary with none of the caller's SWITCHYARD_* settings (a developer's
 /// SWITCHYARD_CONFIG or database would change what is tested).
 fn switchyard(args: &[&str], dir: &Path) -> Output {
+    switchyard_with(args, dir, &[])
+}
+
+/// [`switchyard`] with `env` set, and no OTEL_* settings but those in it.
+fn switchyard_with(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_")) {
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_") || n.starts_with("OTEL_")) {
         command.env_remove(name);
     }
+    command.envs(env.iter().copied());
     command.args(args).current_dir(dir).output().unwrap()
 }
 
@@ -64,10 +70,8 @@ fn check_points_at_config_faults_and_wrong_components() {
     );
 }
 
-#[test]
-fn invoke_runs_one_event_and_reports_its_effects() {
-    let dir = tempfile::tempdir().unwrap();
-    let event = serde_json::json!({
+fn order_event() -> serde_json::Value {
+    serde_json::json!({
         "topic": "orders.requests",
         "key": "alice",
         "payload": {
@@ -75,7 +79,13 @@ fn invoke_runs_one_event_and_reports_its_effects() {
             "items": [{"productId": "p1", "quantity": 2, "price": 9.99}],
             "deliveryAddress": "1 Main St", "paymentMethod": "card", "createdAt": 1_700_000_000_000_i64
         }
-    });
+    })
+}
+
+#[test]
+fn invoke_runs_one_event_and_reports_its_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = order_event();
     std::fs::write(dir.path().join("event.json"), event.to_string()).unwrap();
     let config = workspace().join("topics.toml");
     let args = [
@@ -120,6 +130,39 @@ fn invoke_runs_one_event_and_reports_its_effects() {
     let out = switchyard(&commit, dir.path());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["outcome"], "duplicate");
+}
+
+#[test]
+fn a_bad_trace_setting_is_named_at_start_and_the_host_runs_without_exporting() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("event.json"), order_event().to_string()).unwrap();
+    let config = workspace().join("topics.toml");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        "data",
+        "invoke",
+        "--component",
+        "order",
+        "--event",
+        "event.json",
+    ];
+    let bad = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "5s"),
+    ];
+    let out = switchyard_with(&args, dir.path(), &bad);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "OTEL_BSP_SCHEDULE_DELAY=\"5s\" is not a whole number of milliseconds; give e.g. 5000, or unset it; no traces are exported"
+        ),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "dry-run", "{report}");
 }
 
 fn count_rows(db: &Path, table: &str) -> i64 {
