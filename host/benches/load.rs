@@ -134,25 +134,36 @@ fn saga_routing(dir: &Path, run: &str) -> anyhow::Result<Routing> {
     Ok(Routing::load(&path)?)
 }
 
-/// One order's outcome as read from `orders.status`.
-struct Status {
+/// The topics the saga's critical path crosses, read for the final status and for when
+/// each leg's event was produced.
+const WATCHED: [&str; 3] = ["orders.created", "billing.payments", "orders.status"];
+
+/// One event of an order as read from a [`WATCHED`] topic.
+struct Seen {
+    topic: &'static str,
     request_id: String,
+    /// The status of an `orders.status` update.
     status: String,
+    /// When the relay produced it (the message's create time), ms since the epoch.
+    produced_ms: i64,
+    read_ms: i64,
     at: Instant,
 }
 
-/// Reads `orders.status` from its current end, forwarding every update.
-fn read_statuses(
+/// Reads the [`WATCHED`] topics from their current ends, forwarding every event.
+fn read_watched(
     base: &ClientConfig,
     partitions: i32,
     run: &str,
-    statuses: mpsc::UnboundedSender<Status>,
+    seen: mpsc::UnboundedSender<Seen>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let ends = support::end_offsets(base, "orders.status", partitions)?;
     let mut assignment = TopicPartitionList::new();
-    for (partition, end) in ends.into_iter().enumerate() {
-        assignment.add_partition_offset("orders.status", partition as i32, Offset::Offset(end))?;
+    for topic in WATCHED {
+        let ends = support::end_offsets(base, topic, partitions)?;
+        for (partition, end) in ends.into_iter().enumerate() {
+            assignment.add_partition_offset(topic, partition as i32, Offset::Offset(end))?;
+        }
     }
     let mut config = base.clone();
     config
@@ -167,16 +178,23 @@ fn read_statuses(
                 _ = stop.changed() => return Ok(()),
             };
             let at = Instant::now();
-            let Ok(update) = serde_json::from_slice::<Value>(message.payload().unwrap_or_default()) else {
+            let read_ms = switchyard::store::now_ms();
+            let Some(topic) = WATCHED.into_iter().find(|t| *t == message.topic()) else {
                 continue;
             };
-            let field = |name: &str| update[name].as_str().unwrap_or_default().to_string();
-            let status = Status {
+            let Ok(event) = serde_json::from_slice::<Value>(message.payload().unwrap_or_default()) else {
+                continue;
+            };
+            let field = |name: &str| event[name].as_str().unwrap_or_default().to_string();
+            let event = Seen {
+                topic,
                 request_id: field("requestId"),
                 status: field("status"),
+                produced_ms: message.timestamp().to_millis().unwrap_or(read_ms),
+                read_ms,
                 at,
             };
-            if statuses.send(status).is_err() {
+            if seen.send(event).is_err() {
                 return Ok(());
             }
         }
@@ -304,12 +322,70 @@ async fn send_on_schedule(
     })
 }
 
+/// The legs of an order's way to its final status, each from the end of the one before.
+const LEGS: [&str; 7] = [
+    "sent → order's commit (orders.requests)",
+    "→ relayed to orders.created",
+    "→ billing's commit",
+    "→ relayed to billing.payments",
+    "→ order's commit",
+    "→ relayed to orders.status",
+    "→ read by the driver",
+];
+
+/// Orders whose legs are timed at most (spread evenly over the run).
+const LEG_SAMPLES: usize = 500;
+
+/// Each leg's duration (ms) for up to [`LEG_SAMPLES`] orders that reached a final status:
+/// commits from the host's inbox (`handled_at_ms`, taken in the commit), relaying from the
+/// messages' create times, the first leg from the order's scheduled send time.
+async fn legs(
+    db: &Db,
+    run: &str,
+    finals: &HashMap<usize, (String, Duration, Instant)>,
+    produced: &HashMap<(&str, usize), i64>,
+    status_read: &HashMap<usize, i64>,
+    start_ms: i64,
+    rate: f64,
+) -> anyhow::Result<Vec<Vec<i64>>> {
+    let mut done: Vec<usize> = finals.keys().copied().collect();
+    done.sort_unstable();
+    let step = done.len().div_ceil(LEG_SAMPLES).max(1);
+    let mut legs = vec![Vec::new(); LEGS.len()];
+    for &i in done.iter().step_by(step) {
+        let timeline = db.request_timeline(&format!("{run}-o{i}"), 50).await?;
+        let handled = |topic: &str| timeline.iter().find(|e| e.topic == topic).map(|e| e.handled_at_ms);
+        let sent = start_ms + (i as f64 * 1000.0 / rate).round() as i64;
+        let points = [
+            Some(sent),
+            handled("orders.requests"),
+            produced.get(&("orders.created", i)).copied(),
+            handled("orders.created"),
+            produced.get(&("billing.payments", i)).copied(),
+            handled("billing.payments"),
+            produced.get(&("orders.status", i)).copied(),
+            status_read.get(&i).copied(),
+        ];
+        if let Some(points) = points.into_iter().collect::<Option<Vec<i64>>>() {
+            for (leg, pair) in legs.iter_mut().zip(points.windows(2)) {
+                leg.push(pair[1] - pair[0]);
+            }
+        }
+    }
+    for leg in &mut legs {
+        leg.sort_unstable();
+    }
+    Ok(legs)
+}
+
 /// What a run produced.
 struct Outcome {
     total: usize,
     users: usize,
     /// Final status, latency and arrival of each order that reached one, by index.
     finals: HashMap<usize, (String, Duration, Instant)>,
+    /// Per leg ([`LEGS`]), the sampled orders' durations in ms, sorted.
+    legs: Vec<Vec<i64>>,
     /// Final statuses seen more than once.
     repeated: usize,
     sent: Sent,
@@ -329,7 +405,7 @@ async fn scenario(
     // The host's consumer settings: on the embedded broker a fetch is answered only when
     // fetch.wait.max.ms is over, and with librdkafka's default (500 ms) the reader added
     // 0–500 ms to every order (p50 260 ms at 5 orders/s).
-    let reader = read_statuses(&brokers.consumer_config(), status_partitions, run, status_tx, shutdown)?;
+    let reader = read_watched(&brokers.consumer_config(), status_partitions, run, status_tx, shutdown)?;
     let base = &brokers.client_config();
 
     let mut producer_settings = producer_config(base);
@@ -367,6 +443,7 @@ async fn scenario(
         })
         .collect();
     let start = Instant::now() + Duration::from_millis(50);
+    let start_ms = switchyard::store::now_ms() + 50;
     // The sender keeps time on a thread of its own, so that the host's work on this
     // runtime's threads does not delay the schedule.
     let sender = {
@@ -381,6 +458,9 @@ async fn scenario(
 
     let prefix = format!("{run}-o");
     let mut finals = HashMap::with_capacity(total);
+    // When each order's events on the watched topics were produced and its status read.
+    let mut produced: HashMap<(&str, usize), i64> = HashMap::with_capacity(total * 2);
+    let mut status_read: HashMap<usize, i64> = HashMap::with_capacity(total);
     let mut repeated = 0;
     let deadline = start + Duration::from_secs_f64(args.duration) + Duration::from_secs(args.drain);
     while finals.len() < total {
@@ -395,9 +475,15 @@ async fn scenario(
         else {
             continue;
         };
+        if status.topic != "orders.status" {
+            produced.entry((status.topic, i)).or_insert(status.produced_ms);
+            continue;
+        }
         if !FINAL.contains(&status.status.as_str()) {
             continue;
         }
+        produced.entry((status.topic, i)).or_insert(status.produced_ms);
+        status_read.entry(i).or_insert(status.read_ms);
         let scheduled = start + Duration::from_secs_f64(i as f64 / args.rate);
         if finals
             .insert(
@@ -414,12 +500,14 @@ async fn scenario(
         .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
     drop(statuses);
     reader.abort();
+    let legs = legs(db, run, &finals, &produced, &status_read, start_ms, args.rate).await?;
     Ok(Outcome {
         total,
         users: users.len(),
         finals,
         repeated,
         sent,
+        legs,
     })
 }
 
@@ -502,6 +590,7 @@ async fn drive(args: Args) -> anyhow::Result<bool> {
         finals,
         repeated,
         sent,
+        legs,
     } = outcome?;
 
     let mut latencies: Vec<Duration> = finals.values().map(|(_, latency, _)| *latency).collect();
@@ -582,6 +671,21 @@ async fn drive(args: Args) -> anyhow::Result<bool> {
         ));
     }
     table.print();
+
+    let sampled = legs.first().map_or(0, Vec::len);
+    let mut breakdown = Table::new(
+        format!("Where the time goes: each leg of an order's way, {sampled} orders sampled evenly (ms)"),
+        &["leg", "p50", "p90", "p99"],
+    );
+    let at = |leg: &[i64], q: f64| {
+        leg.get(((leg.len().max(1) - 1) as f64 * q).round() as usize)
+            .map_or("–".to_string(), i64::to_string)
+    };
+    for (name, leg) in LEGS.iter().zip(&legs) {
+        breakdown.row(vec![name.to_string(), at(leg, 0.5), at(leg, 0.9), at(leg, 0.99)]);
+    }
+    breakdown.note("A commit is timed when the event's inbox row is written, inside the transaction (the host's wall clock); a relay by the message's create time, set when the relay hands it to the producer. So each commit leg holds the consume, the invocation and the wait for the group commit, and each relay leg the rest of the commit and the relay's wake-up and read. Same machine, one clock; ms resolution.");
+    breakdown.print();
 
     let paid = outcomes.get("PAID").copied().unwrap_or(0);
     let healthy = missing == 0 && paid == total && sent.failed == 0;
