@@ -12,12 +12,12 @@ fn workspace() -> PathBuf {
 
 /// Runs the binary with none of the caller's SWITCHYARD_* settings (a developer's
 /// SWITCHYARD_CONFIG or database would change what is tested).
-fn switchyard(args: &[&str], dir: &Path) -> Output {
+fn switchyard<S: AsRef<std::ffi::OsStr>>(args: &[S], dir: &Path) -> Output {
     switchyard_with(args, dir, &[])
 }
 
 /// [`switchyard`] with `env` set, and no OTEL_* settings but those in it.
-fn switchyard_with(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+fn switchyard_with<S: AsRef<std::ffi::OsStr>>(args: &[S], dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_") || n.starts_with("OTEL_")) {
         command.env_remove(name);
@@ -70,6 +70,25 @@ fn check_points_at_config_faults_and_wrong_components() {
     );
 }
 
+/// `invoke` of the order component on `event.json`, with the shipped routing and the data
+/// directory `data`.
+fn invoke_order_args() -> Vec<String> {
+    let config = workspace().join("topics.toml");
+    [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        "data",
+        "invoke",
+        "--component",
+        "order",
+        "--event",
+        "event.json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn order_event() -> serde_json::Value {
     serde_json::json!({
         "topic": "orders.requests",
@@ -87,18 +106,7 @@ fn invoke_runs_one_event_and_reports_its_effects() {
     let dir = tempfile::tempdir().unwrap();
     let event = order_event();
     std::fs::write(dir.path().join("event.json"), event.to_string()).unwrap();
-    let config = workspace().join("topics.toml");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        "data",
-        "invoke",
-        "--component",
-        "order",
-        "--event",
-        "event.json",
-    ];
+    let args = invoke_order_args();
     let out = switchyard(&args, dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -121,8 +129,8 @@ fn invoke_runs_one_event_and_reports_its_effects() {
     let mut with_id = event.clone();
     with_id["id"] = "cli-1".into();
     std::fs::write(dir.path().join("event.json"), with_id.to_string()).unwrap();
-    let mut commit = args.to_vec();
-    commit.push("--commit");
+    let mut commit = args.clone();
+    commit.push("--commit".into());
     let out = switchyard(&commit, dir.path());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["outcome"], "committed", "{}", text(&out.stderr));
@@ -136,18 +144,7 @@ fn invoke_runs_one_event_and_reports_its_effects() {
 fn a_bad_trace_setting_is_named_at_start_and_the_host_runs_without_exporting() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("event.json"), order_event().to_string()).unwrap();
-    let config = workspace().join("topics.toml");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        "data",
-        "invoke",
-        "--component",
-        "order",
-        "--event",
-        "event.json",
-    ];
+    let args = invoke_order_args();
     let bad = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
         ("OTEL_BSP_SCHEDULE_DELAY", "5s"),
