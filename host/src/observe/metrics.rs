@@ -255,7 +255,12 @@ impl Metrics {
 
     /// Counts `n` spans with `outcome` (see [`SpanLabels`]).
     pub fn spans(&self, outcome: &'static str, n: u64) {
-        self.trace_spans.get_or_create(&SpanLabels { outcome }).inc_by(n);
+        self.spans_counter(outcome).inc_by(n);
+    }
+
+    /// The counter of spans with `outcome`, to keep where spans are counted one by one.
+    pub fn spans_counter(&self, outcome: &'static str) -> Counter {
+        self.trace_spans.get_or_create(&SpanLabels { outcome }).clone()
     }
 
     /// Records a loaded component's version (the info metric and the duration label).

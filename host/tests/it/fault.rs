@@ -241,7 +241,7 @@ async fn the_saga_survives_kills_and_restarts_with_money_conserved() {
             read(&mut finals, &message);
         }
     }
-    kill(&mut host.0);
+    drop(host); // killed
     assert_eq!(
         kills_done, kills,
         "the run ended before every kill happened: make it longer"

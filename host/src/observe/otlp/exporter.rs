@@ -28,6 +28,9 @@ pub struct Queue {
     max_queue_size: usize,
     max_export_batch_size: usize,
     dropped: AtomicU64,
+    /// `switchyard_trace_spans_total{outcome="queue_full"}`, looked up once: a full queue
+    /// drops every span, and a lookup in the metric family takes a lock each time.
+    queue_full: prometheus_client::metrics::counter::Counter,
     stopping: AtomicBool,
 }
 
@@ -39,6 +42,7 @@ impl Queue {
             max_queue_size: settings.max_queue_size,
             max_export_batch_size: settings.max_export_batch_size,
             dropped: AtomicU64::new(0),
+            queue_full: crate::observe::metrics().spans_counter("queue_full"),
             stopping: AtomicBool::new(false),
         }
     }
@@ -46,8 +50,9 @@ impl Queue {
     pub(super) fn push(&self, span: &Recorded) {
         let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
         if batch.spans >= self.max_queue_size {
+            drop(batch);
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            crate::observe::metrics().spans("queue_full", 1);
+            self.queue_full.inc();
             return;
         }
         wire::put_span(span, &mut batch.bytes);
