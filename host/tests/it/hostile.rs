@@ -11,7 +11,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use serde_json::json;
 use switchyard::event::{InboundEvent, LogPosition, headers};
-use switchyard::kafka::{admin, relay};
+use switchyard::kafka::{admin, headers_of, relay};
 use switchyard::protocol::names;
 use switchyard::runtime::{FailureKind, Outcome, Runtime};
 use switchyard::store::{Db, OutboundMessage, Table};
@@ -657,11 +657,63 @@ async fn a_backlog_larger_than_the_producer_queue_goes_out_over_rounds_in_order(
     assert_eq!(payloads, ["0", "1", "2", "3", "4", "5"]);
 }
 
+/// The running relay reads and sends rows committed while earlier ones still wait for
+/// the broker's acknowledgement: they queue behind them, and one key's rows go out in the
+/// order they committed.
+async fn rows_committed_while_earlier_ones_are_in_flight_go_out_in_order(real: bool, backend: Backend) {
+    let (_dir, p, routing, brokers, test_db) = hostile_stack(real, backend).await;
+    let db = test_db.db.clone();
+    let topic = format!("{p}.out");
+    let inc = serde_json::to_vec(&json!({"steps": [{"op": "increment", "key": "count", "delta": 1}]})).unwrap();
+    const ROWS: usize = 60;
+    with_service(&routing, &db, &brokers, async {
+        // One row per transaction, back to back: the relay wakes on each commit.
+        for i in 0..ROWS {
+            let id = format!("row-{i}");
+            let message = OutboundMessage {
+                topic: topic.clone(),
+                key: Some(b"one-key".to_vec()),
+                payload: inc.clone(),
+                headers: vec![(names::EVENT_ID.to_string(), id.clone())],
+            };
+            let mut tx = db.begin().await.unwrap();
+            tx.insert_outbox(&id, "worker", &message).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        wait_for(&db, "sink", "count", ROWS as i64, Duration::from_secs(60)).await;
+    })
+    .await;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let mut consumer_config = brokers.client_config();
+    consumer_config
+        .set("group.id", format!("{p}-reader"))
+        .set("auto.offset.reset", "earliest");
+    let consumer: StreamConsumer = consumer_config.create().unwrap();
+    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < ROWS {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the relayed rows to be readable")
+            .unwrap();
+        let id = headers_of(&message)
+            .into_iter()
+            .find(|(name, _)| name == names::EVENT_ID)
+            .map(|(_, value)| value)
+            .unwrap_or_default();
+        ids.push(id);
+    }
+    let expected: Vec<String> = (0..ROWS).map(|i| format!("row-{i}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 0);
+}
+
 on_both_stacks!(
     forged_and_broken_metadata_never_stops_a_route,
     an_outbox_row_the_broker_refuses_is_parked_and_blocks_nothing,
     a_relay_crash_between_produce_and_mark_sent_duplicates_nothing_downstream,
     a_backlog_larger_than_the_producer_queue_goes_out_over_rounds_in_order,
+    rows_committed_while_earlier_ones_are_in_flight_go_out_in_order,
     every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the_cli,
 );
 
