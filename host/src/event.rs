@@ -123,8 +123,15 @@ impl InboundEvent {
             None => crate::protocol::bounded_event_id(&format!("{origin}/{topic}/{partition}/{offset}@{timestamp_ms}")),
         };
         let request_id = header(headers::REQUEST_ID).or_else(|| request_id_of(&payload));
-        let trace = header(headers::TRACEPARENT)
-            .and_then(|tp| TraceContext::parse(&tp, &header(headers::TRACESTATE).unwrap_or_default()))
+        // Trace headers are matched whatever their case, as HTTP carries them.
+        let trace_header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let trace = trace_header(headers::TRACEPARENT)
+            .and_then(|tp| TraceContext::parse(tp, trace_header(headers::TRACESTATE).unwrap_or_default()))
             .unwrap_or_else(TraceContext::new_root);
         InboundEvent {
             id,
@@ -201,5 +208,23 @@ mod tests {
         assert_eq!(e.id, "ev");
         assert_eq!(e.request_id.as_deref(), Some("r-2"));
         assert_eq!(e.trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+
+        // Trace headers in another case, as an HTTP client may set them.
+        let headers = vec![
+            (
+                "TraceParent".to_string(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+            ),
+            ("TRACESTATE".to_string(), "k=v".to_string()),
+        ];
+        let e = InboundEvent::from_message(&at, None, vec![], headers, 0);
+        assert_eq!(
+            (
+                e.trace.trace_id.as_str(),
+                e.trace.parent_id.as_str(),
+                e.trace.tracestate.as_str()
+            ),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "k=v")
+        );
     }
 }

@@ -127,8 +127,8 @@ pub fn process_span(route: &Route, version: &str, event: &InboundEvent) -> Span 
         switchyard.request_id = event.request_id.as_deref().unwrap_or(""),
     );
     if let Some(sampler) = sampler() {
-        let parent = extract(&event.headers).unwrap_or_else(|| event.trace.clone());
-        otlp::set_remote_parent(&span, &parent, sampler);
+        // `event.trace` is the header's context, parsed once when the event was read.
+        otlp::set_remote_parent(&span, &event.trace, sampler);
     }
     span
 }

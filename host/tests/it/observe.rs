@@ -606,3 +606,40 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
 }
 
 on_both_stacks!(one_order_is_one_trace);
+
+/// A bad `OTEL_*` value turns exporting off and nothing else: the host serves requests,
+/// and not even the flush at shutdown posts a span to the configured receiver. (The
+/// message naming the value is checked by
+/// `cli::a_bad_trace_setting_is_named_at_start_and_the_host_runs_without_exporting`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_bad_trace_setting_the_host_serves_and_posts_no_span() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = format!("otel-{}", uuid::Uuid::new_v4().simple());
+    crate::common::saga_routing(dir.path(), &run);
+    let mut host = Host::start(
+        &dir.path().join("topics.toml"),
+        None,
+        None,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "5s".into()),
+        ],
+    );
+    host.ready().await;
+    let user = format!("u{}", &run[5..17]);
+    let registered = reqwest::Client::new()
+        .post(format!("{}/auth/register", host.http))
+        .json(&json!({"username": user, "email": format!("{user}@example.org"), "password": "password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    // SIGTERM: a running exporter would send what it holds now.
+    host.stop();
+    assert_eq!(host.child.try_wait().unwrap().map(|s| s.success()), Some(true));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let names: Vec<String> = receiver.spans().iter().map(|s| s.name.clone()).collect();
+    assert!(names.is_empty(), "spans were exported: {names:?}");
+}
