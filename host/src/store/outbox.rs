@@ -173,7 +173,14 @@ impl Db {
         }
         match &self.pool {
             Pool::Postgres(pool) => {
+                // Planned for its own ids each time (an unnamed statement: one more round
+                // trip, off the saga's path). A plan cached while `outbox` was small kept
+                // scanning the whole table until autovacuum analyzed it, a minute or more
+                // on a new database: in a 15 s `just load` at 100 orders/s 2,090 marks took
+                // 2.5 ms each, two thirds of PostgreSQL's statement time; planned each
+                // time, 0.2 ms.
                 sqlx::query(SQL_PG)
+                    .persistent(false)
                     .bind(now_ms())
                     .bind(ids)
                     .bind(by)
