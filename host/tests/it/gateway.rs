@@ -629,17 +629,11 @@ mod process {
     use super::*;
     use std::process::{Command, Stdio};
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
     async fn serves_http_until_sigterm(command: &str) {
         let data = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let log = data.path().join("stderr.log");
+        // Port 0, the address read from the process's log: a port picked here and
+        // released could be taken by another test before the process binds it.
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg(command)
             .current_dir(crate::common::workspace())
@@ -647,20 +641,49 @@ mod process {
             .env_remove("SWITCHYARD_BROKERS")
             .env_remove("SWITCHYARD_REDIS_URL")
             .env("SWITCHYARD_DATA_DIR", data.path())
-            .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("SWITCHYARD_HTTP_ADDR", "127.0.0.1:0")
             .env("SWITCHYARD_ADMIN_ADDR", "127.0.0.1:0")
             .env("SWITCHYARD_JWT_SECRET", SECRET)
+            .env("SWITCHYARD_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let said = || std::fs::read_to_string(&log).unwrap_or_default();
         let http = reqwest::Client::new();
-        let url = format!("http://127.0.0.1:{port}");
-        crate::saga::eventually(&format!("`switchyard {command}` to be ready"), || async {
-            let r = http.get(format!("{url}/ready")).send().await.ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await;
+        let started = Instant::now();
+        let mut url = None;
+        loop {
+            if url.is_none() {
+                url = said()
+                    .lines()
+                    .find(|l| l.contains("HTTP gateway listening"))
+                    .and_then(|l| l.split("addr=").nth(1))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(|addr| format!("http://{addr}"));
+            }
+            let last = match &url {
+                None => "not listening yet".to_string(),
+                Some(url) => match http.get(format!("{url}/ready")).send().await {
+                    Ok(r) if r.status().is_success() => break,
+                    Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                    Err(err) => err.to_string(),
+                },
+            };
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "`switchyard {command}` exited with {status} before it was ready:\n{}",
+                    said()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "`switchyard {command}` not ready after 120 s (last: {last}):\n{}",
+                said()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let url = url.unwrap();
         let registered = http
             .post(format!("{url}/auth/register"))
             .json(&json!({"username": "alice", "email": "a@example.org", "password": "password-1"}))

@@ -84,6 +84,17 @@ impl Host {
         .await;
     }
 
+    /// Registers `user` (password `password-1`) through the gateway.
+    async fn register(&self, http: &reqwest::Client, user: &str) {
+        let registered = http
+            .post(format!("{}/auth/register", self.http))
+            .json(&json!({"username": user, "email": format!("{user}@example.org"), "password": "password-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(registered.status(), 201);
+    }
+
     async fn scrape(&self) -> Scrape {
         let text = reqwest::get(&self.metrics).await.unwrap().text().await.unwrap();
         Scrape(text)
@@ -477,13 +488,7 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
     host.ready().await;
     let http = reqwest::Client::new();
     let user = format!("u{}", &run[5..17]);
-    let registered = http
-        .post(format!("{}/auth/register", host.http))
-        .json(&json!({"username": user, "email": format!("{user}@example.org"), "password": "password-1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
+    host.register(&http, &user).await;
     let login: Value = http
         .post(format!("{}/auth/login", host.http))
         .json(&json!({"username": user, "password": "password-1"}))
@@ -628,14 +633,8 @@ async fn with_a_bad_trace_setting_the_host_serves_and_posts_no_span() {
         ],
     );
     host.ready().await;
-    let user = format!("u{}", &run[5..17]);
-    let registered = reqwest::Client::new()
-        .post(format!("{}/auth/register", host.http))
-        .json(&json!({"username": user, "email": format!("{user}@example.org"), "password": "password-1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
+    host.register(&reqwest::Client::new(), &format!("u{}", &run[5..17]))
+        .await;
     // SIGTERM: a running exporter would send what it holds now.
     host.stop();
     assert_eq!(host.child.try_wait().unwrap().map(|s| s.success()), Some(true));
