@@ -75,6 +75,18 @@ impl TraceContext {
         }
     }
 
+    /// The context named by `headers` (`traceparent`, `tracestate`), if valid. Names
+    /// match whatever their case, as HTTP carries them.
+    pub fn from_headers(headers: &[(String, String)]) -> Option<TraceContext> {
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        TraceContext::parse(find(headers::TRACEPARENT)?, find(headers::TRACESTATE).unwrap_or(""))
+    }
+
     /// The `traceparent` header value.
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-{}", self.trace_id, self.parent_id, self.flags)
@@ -123,16 +135,7 @@ impl InboundEvent {
             None => crate::protocol::bounded_event_id(&format!("{origin}/{topic}/{partition}/{offset}@{timestamp_ms}")),
         };
         let request_id = header(headers::REQUEST_ID).or_else(|| request_id_of(&payload));
-        // Trace headers are matched whatever their case, as HTTP carries them.
-        let trace_header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
-        let trace = trace_header(headers::TRACEPARENT)
-            .and_then(|tp| TraceContext::parse(tp, trace_header(headers::TRACESTATE).unwrap_or_default()))
-            .unwrap_or_else(TraceContext::new_root);
+        let trace = TraceContext::from_headers(&headers).unwrap_or_else(TraceContext::new_root);
         InboundEvent {
             id,
             topic: topic.to_string(),
@@ -181,6 +184,23 @@ mod tests {
             assert!(TraceContext::parse(bad, "").is_none(), "{bad}");
         }
         assert!(TraceContext::parse(&TraceContext::new_root().traceparent(), "").is_some());
+    }
+
+    #[test]
+    fn the_parent_comes_from_the_headers() {
+        let trace = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "").unwrap();
+        let headers = vec![
+            ("TraceParent".to_string(), trace.traceparent()),
+            (headers::TRACESTATE.to_string(), "k=v".to_string()),
+        ];
+        let extracted = TraceContext::from_headers(&headers).unwrap();
+        assert_eq!(
+            (extracted.trace_id.as_str(), extracted.parent_id.as_str()),
+            (trace.trace_id.as_str(), trace.parent_id.as_str())
+        );
+        assert_eq!(extracted.tracestate, "k=v");
+        assert!(TraceContext::from_headers(&[]).is_none());
+        assert!(TraceContext::from_headers(&[(headers::TRACEPARENT.to_string(), "00-zz-yy-01".to_string())]).is_none());
     }
 
     #[test]

@@ -93,17 +93,6 @@ pub fn init_tracing(json: bool) -> TracingGuard {
     }
 }
 
-/// The parent named by `headers` (`traceparent`/`tracestate`), if valid.
-fn extract(headers: &[(String, String)]) -> Option<TraceContext> {
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    TraceContext::parse(find(headers::TRACEPARENT)?, find(headers::TRACESTATE).unwrap_or(""))
-}
-
 /// The `process <topic>` span of one invocation of `route`'s component for `event`,
 /// child of the event's `traceparent` (or of the root the host made for it).
 pub fn process_span(route: &Route, version: &str, event: &InboundEvent) -> Span {
@@ -186,7 +175,7 @@ pub fn send_span(topic: &str, headers: &mut Vec<(String, String)>) -> Span {
         messaging.destination.name = topic,
         messaging.message.id = %message_id,
     );
-    if let (Some(parent), Some(sampler)) = (extract(headers), sampler()) {
+    if let (Some(parent), Some(sampler)) = (TraceContext::from_headers(headers), sampler()) {
         otlp::set_remote_parent(&span, &parent, sampler);
     }
     // `tracestate` travels on untouched beside the new `traceparent`.
@@ -200,23 +189,6 @@ pub fn send_span(topic: &str, headers: &mut Vec<(String, String)>) -> Span {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_parent_comes_from_the_headers() {
-        let trace = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "").unwrap();
-        let headers = vec![
-            ("TraceParent".to_string(), trace.traceparent()),
-            (headers::TRACESTATE.to_string(), "k=v".to_string()),
-        ];
-        let extracted = extract(&headers).unwrap();
-        assert_eq!(
-            (extracted.trace_id.as_str(), extracted.parent_id.as_str()),
-            (trace.trace_id.as_str(), trace.parent_id.as_str())
-        );
-        assert_eq!(extracted.tracestate, "k=v");
-        assert!(extract(&[]).is_none());
-        assert!(extract(&[(headers::TRACEPARENT.to_string(), "00-zz-yy-01".to_string())]).is_none());
-    }
 
     #[test]
     fn without_an_exporter_nothing_changes() {

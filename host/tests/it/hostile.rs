@@ -639,13 +639,7 @@ async fn a_backlog_larger_than_the_producer_queue_goes_out_over_rounds_in_order(
     }
     // In the order they were written, each once.
     use rdkafka::Message;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    let mut consumer_config = brokers.client_config();
-    consumer_config
-        .set("group.id", format!("{p}-reader"))
-        .set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer = consumer_config.create().unwrap();
-    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let consumer = reader(&brokers, &p, &topic);
     let mut payloads = Vec::new();
     while payloads.len() < 6 {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
@@ -655,6 +649,18 @@ async fn a_backlog_larger_than_the_producer_queue_goes_out_over_rounds_in_order(
         payloads.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
     }
     assert_eq!(payloads, ["0", "1", "2", "3", "4", "5"]);
+}
+
+/// A consumer of `topic` from its start, in a group of its own.
+fn reader(brokers: &switchyard::kafka::Brokers, p: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let mut config = brokers.client_config();
+    config
+        .set("group.id", format!("{p}-reader"))
+        .set("auto.offset.reset", "earliest");
+    let consumer: rdkafka::consumer::StreamConsumer = config.create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
 }
 
 /// The running relay reads and sends rows committed while earlier ones still wait for
@@ -683,13 +689,7 @@ async fn rows_committed_while_earlier_ones_are_in_flight_go_out_in_order(real: b
         wait_for(&db, "sink", "count", ROWS as i64, Duration::from_secs(60)).await;
     })
     .await;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    let mut consumer_config = brokers.client_config();
-    consumer_config
-        .set("group.id", format!("{p}-reader"))
-        .set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer = consumer_config.create().unwrap();
-    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let consumer = reader(&brokers, &p, &topic);
     let mut ids = Vec::new();
     while ids.len() < ROWS {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
