@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -75,7 +76,7 @@ impl Drop for Running {
     }
 }
 
-async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &Value) {
+async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &Value) -> Result<(), String> {
     let body = serde_json::to_vec(payload).unwrap();
     producer
         .send(
@@ -83,8 +84,22 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &Value
             Timeout::After(Duration::from_secs(180)),
         )
         .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+        .map(|_| ())
+        .map_err(|(e, _)| format!("sending to {topic}: {e}"))
+}
+
+/// Order sends that failed: how many, and the first error.
+#[derive(Default)]
+struct SendFailures {
+    count: usize,
+    first: Option<String>,
+}
+
+/// The last lines of the hosts' log, for a failure message.
+fn tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The final statuses seen on orders.status: request id -> distinct event ids and statuses.
@@ -142,20 +157,26 @@ async fn the_saga_survives_kills_and_restarts_with_money_conserved() {
             user,
             &json!({"username": user, "email": format!("{user}@example.com"), "registeredAt": 1, "source": "fault"}),
         )
-        .await;
+        .await
+        .unwrap();
         send(
             &producer,
             "billing.deposits",
             user,
             &json!({"requestId": format!("{run}-dep{i}"), "username": user, "amount": DEPOSIT_CENTS as f64 / 100.0, "requestedAt": 2}),
         )
-        .await;
+        .await
+        .unwrap();
     }
 
     // Orders stream in on their own, paced over WINDOW, while the host is killed and the
     // services restarted.
     const WINDOW: Duration = Duration::from_secs(40);
+    // Counted, not panicked on: thousands of panicking tasks buried the one message that
+    // says what happened (a CI log of 520,000 lines).
+    let failures = Arc::new(Mutex::new(SendFailures::default()));
     let sender = {
+        let failures = failures.clone();
         let producer = producer.clone();
         let users = users.clone();
         let run = run.clone();
@@ -173,7 +194,14 @@ async fn the_saga_survives_kills_and_restarts_with_money_conserved() {
                 // Not awaited one by one: the schedule holds while the broker is down.
                 let producer = producer.clone();
                 let user = user.clone();
-                tokio::spawn(async move { send(&producer, "orders.requests", &user, &order).await });
+                let failures = failures.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = send(&producer, "orders.requests", &user, &order).await {
+                        let mut failures = failures.lock().unwrap();
+                        failures.count += 1;
+                        failures.first.get_or_insert(err);
+                    }
+                });
             }
         })
     };
@@ -209,12 +237,19 @@ async fn the_saga_survives_kills_and_restarts_with_money_conserved() {
     let kill_every = WINDOW / (kills as u32 + 1);
     let mut next_kill = Instant::now() + kill_every;
     while finals.by_request.len() < orders {
-        assert!(
-            started.elapsed() < deadline,
-            "only {} of {orders} orders reached a final status; hosts' log: {}",
-            finals.by_request.len(),
-            log.display()
-        );
+        if started.elapsed() >= deadline {
+            let failures = failures.lock().unwrap();
+            let kept = dir.keep();
+            panic!(
+                "only {} of {orders} orders reached a final status ({kills_done} kills done); \
+                 {} order sends failed (first: {:?}); hosts' log kept at {}, its end:\n{}",
+                finals.by_request.len(),
+                failures.count,
+                failures.first,
+                kept.join("hosts.log").display(),
+                tail(&log, 60),
+            );
+        }
         if kills_done < kills && Instant::now() >= next_kill {
             kill(&mut host.0);
             kills_done += 1;
