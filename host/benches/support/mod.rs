@@ -60,6 +60,51 @@ pub fn cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
+/// The CPU time of each live thread of this process, in nanoseconds, with its name:
+/// from `/proc/self/task/*/schedstat` (nanosecond clock; `stat`'s ticks are 10 ms).
+#[derive(Debug, Clone, Default)]
+pub struct ThreadCpu(std::collections::HashMap<u32, (String, u64)>);
+
+impl ThreadCpu {
+    pub fn now() -> ThreadCpu {
+        let mut threads = std::collections::HashMap::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return ThreadCpu(threads);
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let read = |file: &str| std::fs::read_to_string(task.path().join(file)).ok();
+            // A thread that ended between the listing and the read is skipped.
+            let (Some(name), Some(schedstat)) = (read("comm"), read("schedstat")) else {
+                continue;
+            };
+            let Some(ns) = schedstat.split_whitespace().next().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            threads.insert(tid, (name.trim().to_string(), ns));
+        }
+        ThreadCpu(threads)
+    }
+
+    /// Seconds of CPU each group (`group` of a thread's name) spent since `earlier`, over
+    /// the threads alive now; a thread started since counts from zero.
+    pub fn since(&self, earlier: &ThreadCpu, group: impl Fn(&str) -> &'static str) -> Vec<(&'static str, f64)> {
+        let mut groups: Vec<(&'static str, f64)> = Vec::new();
+        for (tid, (name, ns)) in &self.0 {
+            let before = earlier.0.get(tid).filter(|(n, _)| n == name).map_or(0, |(_, ns)| *ns);
+            let seconds = ns.saturating_sub(before) as f64 / 1e9;
+            let g = group(name);
+            match groups.iter_mut().find(|(n, _)| *n == g) {
+                Some((_, total)) => *total += seconds,
+                None => groups.push((g, seconds)),
+            }
+        }
+        groups
+    }
+}
+
 /// CPUs and the load average when the run started: on a shared machine the second says
 /// how much the figures were disturbed.
 pub fn machine() -> String {
@@ -132,6 +177,17 @@ impl Spread {
         }
     }
 
+    /// The value a share `q` (0–1) of the runs is at or below, interpolated between ranks.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let values = self.sorted();
+        if values.is_empty() {
+            return f64::NAN;
+        }
+        let rank = q.clamp(0.0, 1.0) * (values.len() - 1) as f64;
+        let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+        values[low] + (values[high] - values[low]) * (rank - low as f64)
+    }
+
     pub fn max(&self) -> f64 {
         self.sorted().last().copied().unwrap_or(f64::NAN)
     }
@@ -143,6 +199,20 @@ impl Spread {
 
     pub fn runs(&self) -> usize {
         self.0.len()
+    }
+
+    /// Each run over the run of `base` pushed at the same position (the same round of
+    /// runs taken in turn), minus one: the overhead of this case over `base` per round.
+    /// A drift in the machine's load between rounds cancels out of these ratios, which
+    /// it does not from the ratio of two medians.
+    pub fn paired_overhead(&self, base: &Spread) -> Spread {
+        Spread(self.0.iter().zip(&base.0).map(|(v, b)| v / b - 1.0).collect())
+    }
+
+    /// Like [`Spread::paired_overhead`], as a difference: each run less `base`'s run of the
+    /// same round.
+    pub fn paired_difference(&self, base: &Spread) -> Spread {
+        Spread(self.0.iter().zip(&base.0).map(|(v, b)| v - b).collect())
     }
 
     /// `median (min-max)`, each value through `show`.
