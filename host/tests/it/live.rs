@@ -155,6 +155,19 @@ async fn swaps_and_edits_under_traffic(real: bool, backend: Backend) {
     let v2 = std::fs::read(artifact("probe-v2")).unwrap();
     let (v1_version, v2_version) = (version_of(&v1), version_of(&v2));
 
+    // Each build is compiled once before the traffic (the engine caches compiled code), so
+    // the swaps under traffic take milliseconds. Compiling v2 from nothing in a debug build
+    // on a busy 2-core machine took longer than the whole traffic: a fresh clone's CI run
+    // saw every event on one activation after the engine's settings (part of the cache
+    // key) changed.
+    wait_for("the admin API", Duration::from_secs(30), async || {
+        admin.status().await.is_ok()
+    })
+    .await;
+    for bytes in [&v2, &v1] {
+        admin.deploy("stamp", bytes.clone()).await.unwrap();
+    }
+
     // Traffic: 10,000 stamps at a steady pace, each event's (partition, offset) recorded.
     let base = brokers.client_config();
     let topic_in = format!("{p}.in");
