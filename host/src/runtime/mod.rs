@@ -247,7 +247,7 @@ impl Runtime {
         // `mprotect`s per event, 11 % of a no-op backlog's samples. Without them a slot
         // stays read/write up to the largest size it reached (reset to zero as before),
         // and the guest still cannot reach past its own size. Routed no-op throughput
-        // went from 7,300–8,100 to 9,200–12,500 events/s, full effect by 5–15 % in
+        // went from 7,300–8,100 to 9,200–12,500 events/s, full effect by 3–23 % in
         // alternating runs (2026-11-27); checks in code cost a compute-bound guest more.
         config
             .signals_based_traps(false)
