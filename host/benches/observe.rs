@@ -75,8 +75,8 @@ fn number(var: &str, default: usize) -> anyhow::Result<usize> {
 
 fn bench() -> anyhow::Result<()> {
     // The difference looked for (5 %) is smaller than one run's noise on this machine, so
-    // more and longer runs than the other benchmarks: 5 runs of 1,000 events put the
-    // same build's paced overhead anywhere from -3 % to +11 %.
+    // more and longer runs than the other benchmarks: in three sittings, the medians of
+    // 5 to 9 separate runs per mode put the same build's paced traces at -1 % to +11 %.
     let runs = number("BENCH_RUNS", 9)?;
     let events = number("OBSERVE_EVENTS", 2000)?;
     let rate = number("OBSERVE_RATE", 2000)?;
