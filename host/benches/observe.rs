@@ -9,10 +9,12 @@
 //! span exported over OTLP/HTTP to a receiver in a child process. Wall time and this
 //! process's CPU time are both reported per event.
 //! The clock of a run starts before the first send and stops when the last output is
-//! relayed. Each run is done twice: all events sent at once, and paced at
-//! `OBSERVE_RATE` events/s (default 2000), where every mode takes the same wall time.
-//! `BENCH_RUNS` (default 9) runs per mode; `OBSERVE_EVENTS` (default 2000). A mode's
-//! overhead is the median over the rounds of its ratio to the `off` run of the same round.
+//! relayed. `BENCH_RUNS` (default 9) rounds of `OBSERVE_EVENTS` (default 2000) events
+//! sent at once, each round running the three modes in turn; a mode's overhead is the
+//! median over the rounds of its ratio to the `off` run of the same round. Then one run
+//! of `OBSERVE_PACED_SECONDS` (default 30) at `OBSERVE_RATE` events/s (default 2000),
+//! where every mode takes the same wall time, while a thread switches the mode every
+//! [`SLICE`]; each cycle of three slices is compared within itself.
 
 mod support;
 
@@ -184,7 +186,12 @@ fn bench() -> anyhow::Result<()> {
                     }
                     let added = spreads[mode].paired_difference(&spreads[0]);
                     let p = |v: f64| format!("{:+.1}", v * 1e6);
-                    format!("{shown} {} [{}, {}]", p(added.median()), p(added.min()), p(added.max()))
+                    format!(
+                        "{shown} {} [{}, {}]",
+                        p(added.median()),
+                        p(added.quantile(0.25)),
+                        p(added.quantile(0.75))
+                    )
                 };
                 threads_table.row(vec![format!("{name}, {how}: {group}"), cell(0), cell(1), cell(2)]);
             }
@@ -195,7 +202,7 @@ fn bench() -> anyhow::Result<()> {
     switchyard::observe::set_enabled(true);
     drop(guard); // flushes the last spans
     let spans = rt.block_on(receiver.spans())?;
-    table.note("Each cell: median (min–max) over the runs, then the overhead over off: the median of each round's ratio to the off run of the same round, with the range of those ratios in brackets. A run's clock starts before its first send and stops when its last output row is relayed (counted through a second connection). CPU: user + system time of this process (host, embedded broker, load driver; not the receiver, PostgreSQL or Kafka) per event over the run. With one partition the run is bound by the hop's latency, not by CPU, so wall time moves with scheduling and CPU says what the work costs.");
+    table.note("Each cell: median (min–max) over the runs, then the overhead over off: the median of each round's ratio to the off run of the same round, with the middle half of those ratios in brackets. A run's clock starts before its first send and stops when its last output row is relayed (counted through a second connection). CPU: user + system time of this process (host, embedded broker, load driver; not the receiver, PostgreSQL or Kafka) per event over the run. With one partition the run is bound by the hop's latency, not by CPU, so wall time moves with scheduling and CPU says what the work costs.");
     table.note(format!(
         "Metrics: every metric recorded, no span made (`observe::set_tracing(false)`). Metrics + traces: also every span (process, host calls, send) exported over OTLP/HTTP protobuf to a receiver in a child process, as a collector would be: it shares the machine's 2 cores but not the CPU column; it keeps the requests and decodes them after the runs ({} spans). Off: `observe::set_enabled(false)`; the subscriber stays installed, so off is a little slower than a host run without OTEL_EXPORTER_OTLP_ENDPOINT. The modes take turns, each run starting with the next one.",
         spans
@@ -235,7 +242,7 @@ fn bench() -> anyhow::Result<()> {
         on.show(|s| format!("{:.2}", s * 1e6)),
         format!("{:.2}", (on.median() - off.median()) * 1e6),
     ]);
-    alone.note("CPU of this process, the exporter's thread included (it encodes nothing: spans are written in wire form when they close; it frames and posts them to the receiver). The tables above add what the spans change around them: the trace context handed from the host call to the message and from the relay to the next hop, and librdkafka's and the runtime's threads, whose polling costs more CPU the longer a run lasts.");
+    alone.note("CPU of this process, the exporter's thread included (it encodes nothing: spans are written in wire form when they close; it frames and posts them to the receiver). The tables above add what the spans change around them (the trace context handed from the host call to the message and from the relay to the next hop), and the same work done between instantiations, whose memory has pushed the spans' out of cache.");
     alone.print();
     Ok(())
 }
@@ -397,10 +404,7 @@ fn run_receiver() -> anyhow::Result<()> {
     })
 }
 
-/// Seconds per event and CPU seconds per event sending all at once, then CPU seconds
-/// per event sending at `rate` per second; with observability off, metrics only and
-/// metrics with traces, over `runs` runs each.
-/// Thread groups of the paced runs' CPU breakdown, in the order shown.
+/// Thread groups of the CPU breakdown, in the order shown.
 const THREAD_GROUPS: [&str; 6] = [
     "runtime workers (host)",
     "librdkafka",
@@ -410,19 +414,19 @@ const THREAD_GROUPS: [&str; 6] = [
     "threads that ended",
 ];
 
-/// The group of a thread, by the name its library gives it.
-fn thread_group(name: &str) -> &'static str {
+/// The index in [`THREAD_GROUPS`] of a thread, by the name its library gives it.
+fn thread_group(name: &str) -> usize {
     match name {
-        "tokio-rt-worker" => THREAD_GROUPS[0],
-        n if n.starts_with("rdk:") => THREAD_GROUPS[1],
-        n if n.starts_with("sqlx-sqlite") => THREAD_GROUPS[2],
-        "otlp-exporter" => THREAD_GROUPS[3],
-        _ => THREAD_GROUPS[4],
+        "tokio-rt-worker" => 0,
+        n if n.starts_with("rdk:") => 1,
+        n if n.starts_with("sqlx-sqlite") => 2,
+        "otlp-exporter" => 3,
+        _ => 4,
     }
 }
 
-/// What [`measure`] returns: per mode, wall seconds per event and CPU seconds per event
-/// sending all at once, CPU seconds per event paced, and the paced CPU per thread group.
+/// What [`measure`] returns, per mode: sending all at once, wall and CPU seconds per
+/// event and the CPU per thread group; paced, the same CPU figures per cycle.
 struct Measured {
     wall: [Spread; 3],
     cpu: [Spread; 3],
@@ -437,11 +441,10 @@ const SLICE: Duration = Duration::from_millis(200);
 /// CPU seconds per [`THREAD_GROUPS`] entry since `threads` was read, of which the
 /// process as a whole spent `cpu`.
 fn by_group(threads: &support::ThreadCpu, cpu: f64) -> Vec<f64> {
-    let live = support::ThreadCpu::now().since(threads, thread_group);
-    let mut groups: Vec<f64> = THREAD_GROUPS
-        .iter()
-        .map(|g| live.iter().filter(|(n, _)| n == g).map(|(_, s)| s).sum())
-        .collect();
+    let mut groups = vec![0.0; THREAD_GROUPS.len()];
+    for (name, seconds) in support::ThreadCpu::now().since(threads) {
+        groups[thread_group(name)] += seconds;
+    }
     // The process's total less its live threads' (the two clocks differ a little).
     let live: f64 = groups.iter().sum();
     groups[THREAD_GROUPS.len() - 1] = (cpu - live).max(0.0);
@@ -458,6 +461,7 @@ struct Slice {
     groups: Vec<f64>,
 }
 
+/// 0: off, 1: metrics only, 2: metrics and traces.
 fn set_mode(mode: usize) {
     switchyard::observe::set_enabled(mode > 0);
     switchyard::observe::set_tracing(mode == 2);
@@ -511,6 +515,7 @@ fn per_cycle(slices: &[Slice], rate: usize) -> ([Spread; 3], Vec<[Spread; 3]>) {
     (total, groups)
 }
 
+/// Runs the route on one stack and measures the three modes (see [`Measured`]).
 async fn measure(
     real: bool,
     runs: usize,
@@ -610,8 +615,7 @@ async fn measure(
         for i in 0..runs {
             // Rotate which mode goes first, so a drift in the machine's load hits all.
             for mode in (0..3).map(|m| (m + i) % 3) {
-                switchyard::observe::set_enabled(mode > 0);
-                switchyard::observe::set_tracing(mode == 2);
+                set_mode(mode);
                 let (per_event, cpu_per_event, by_group) = run(events, None).await?;
                 wall[mode].push(per_event);
                 cpu[mode].push(cpu_per_event);
@@ -634,8 +638,7 @@ async fn measure(
             .map_err(|_| anyhow::anyhow!("the mode switcher panicked"))?;
         sent?;
         let (paced, paced_groups) = per_cycle(&slices, rate);
-        switchyard::observe::set_tracing(true);
-        switchyard::observe::set_enabled(true);
+        set_mode(2);
         stop.send(true).ok();
         anyhow::Ok(Measured {
             wall,

@@ -88,20 +88,13 @@ impl ThreadCpu {
         ThreadCpu(threads)
     }
 
-    /// Seconds of CPU each group (`group` of a thread's name) spent since `earlier`, over
-    /// the threads alive now; a thread started since counts from zero.
-    pub fn since(&self, earlier: &ThreadCpu, group: impl Fn(&str) -> &'static str) -> Vec<(&'static str, f64)> {
-        let mut groups: Vec<(&'static str, f64)> = Vec::new();
-        for (tid, (name, ns)) in &self.0 {
+    /// Each thread alive now, by name, with the CPU seconds it spent since `earlier`; a
+    /// thread started since (or a reused id under another name) counts from zero.
+    pub fn since<'a>(&'a self, earlier: &'a ThreadCpu) -> impl Iterator<Item = (&'a str, f64)> {
+        self.0.iter().map(|(tid, (name, ns))| {
             let before = earlier.0.get(tid).filter(|(n, _)| n == name).map_or(0, |(_, ns)| *ns);
-            let seconds = ns.saturating_sub(before) as f64 / 1e9;
-            let g = group(name);
-            match groups.iter_mut().find(|(n, _)| *n == g) {
-                Some((_, total)) => *total += seconds,
-                None => groups.push((g, seconds)),
-            }
-        }
-        groups
+            (name.as_str(), ns.saturating_sub(before) as f64 / 1e9)
+        })
     }
 }
 
