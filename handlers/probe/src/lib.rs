@@ -87,6 +87,11 @@ pub enum Step {
     Alloc {
         mib: u32,
     },
+    /// Reads a byte this many Wasm pages past the end of its own memory: the host must
+    /// stop it with a trap (bounds are checked in code; there are no guard pages).
+    ReadPastMemory {
+        pages: u32,
+    },
     /// Sleeps in WASI (blocked in a host call, not computing).
     Sleep {
         ms: u64,
@@ -295,6 +300,17 @@ fn run(step: Step, attempt: u32) -> Result<(), HandleError> {
                 hog.push(vec![1u8; 1 << 20]);
             }
             std::hint::black_box(&hog);
+        }
+        Step::ReadPastMemory { pages } => {
+            #[cfg(target_arch = "wasm32")]
+            {
+                let end = core::arch::wasm32::memory_size(0) * 65536;
+                let at = end.wrapping_add(pages as usize * 65536);
+                // SAFETY: none; the read is outside the memory on purpose, for the host to stop.
+                std::hint::black_box(unsafe { core::ptr::read_volatile(at as *const u8) });
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = pages;
         }
         Step::Sleep { ms } => std::thread::sleep(std::time::Duration::from_millis(ms)),
         Step::Repeat { times, step } => {

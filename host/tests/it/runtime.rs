@@ -221,6 +221,40 @@ async fn bad_guests_are_stopped_and_the_host_keeps_serving(db: &Db) {
     committed(runtime.invoke(&probe, db, &event("good", ok)).await.unwrap());
 }
 
+/// Bounds are checked in code, not by guard pages: a guest reading past the end of its
+/// memory traps, even after an earlier instance of the same component grew its memory
+/// (a pooled slot stays read/write up to the largest size it reached), and commits
+/// nothing; the host keeps serving.
+async fn a_guest_reading_past_its_memory_traps(db: &Db) {
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    let grow = json!({"steps": [{"op": "alloc", "mib": 16}]});
+    committed(runtime.invoke(&probe, db, &event("grow", grow)).await.unwrap());
+    let before = db.count(Table::Inbox).await.unwrap();
+    for pages in [0, 1, 64] {
+        let plan = json!({"steps": [
+            {"op": "put", "key": "past", "value": "1"},
+            {"op": "read-past-memory", "pages": pages},
+        ]});
+        let failure = failed(
+            runtime
+                .invoke(&probe, db, &event(&format!("past{pages}"), plan))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(failure.kind, FailureKind::Trap, "{pages} pages past: {failure:?}");
+        assert!(failure.reason.contains("out of bounds memory access"), "{failure:?}");
+    }
+    assert_eq!(
+        db.count(Table::Inbox).await.unwrap(),
+        before,
+        "a trapped event claimed nothing"
+    );
+    assert_eq!(db.count(Table::Kv).await.unwrap(), 0, "a trapped event wrote nothing");
+    let ok = json!({"steps": [{"op": "put", "key": "after", "value": "fine"}]});
+    committed(runtime.invoke(&probe, db, &event("good", ok)).await.unwrap());
+}
+
 async fn storage_operations_work_through_the_guest(db: &Db) {
     let runtime = Runtime::new().unwrap();
     let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
@@ -521,6 +555,7 @@ on_both_backends!(
     effects_carry_ids_trace_and_config,
     publishing_outside_the_allowed_topics_is_a_guest_error,
     bad_guests_are_stopped_and_the_host_keeps_serving,
+    a_guest_reading_past_its_memory_traps,
     storage_operations_work_through_the_guest,
     concurrent_increments_are_never_lost,
 );
