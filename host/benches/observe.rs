@@ -185,13 +185,7 @@ fn bench() -> anyhow::Result<()> {
                         return shown;
                     }
                     let added = spreads[mode].paired_difference(&spreads[0]);
-                    let p = |v: f64| format!("{:+.1}", v * 1e6);
-                    format!(
-                        "{shown} {} [{}, {}]",
-                        p(added.median()),
-                        p(added.quantile(0.25)),
-                        p(added.quantile(0.75))
-                    )
+                    format!("{shown} {}", middle_half(&added, 1e6, ""))
                 };
                 threads_table.row(vec![format!("{name}, {how}: {group}"), cell(0), cell(1), cell(2)]);
             }
@@ -249,12 +243,17 @@ fn bench() -> anyhow::Result<()> {
 
 /// `+3.1 % [-2.0, +7.4]`: the median of paired overheads and the middle half of them.
 fn percent(overheads: &Spread) -> String {
-    let p = |v: f64| format!("{:+.1}", v * 100.0);
+    middle_half(overheads, 100.0, " %")
+}
+
+/// The median of `values` times `scale`, signed, with `unit`, then their middle half.
+fn middle_half(values: &Spread, scale: f64, unit: &str) -> String {
+    let p = |v: f64| format!("{:+.1}", v * scale);
     format!(
-        "{} % [{}, {}]",
-        p(overheads.median()),
-        p(overheads.quantile(0.25)),
-        p(overheads.quantile(0.75))
+        "{}{unit} [{}, {}]",
+        p(values.median()),
+        p(values.quantile(0.25)),
+        p(values.quantile(0.75))
     )
 }
 
