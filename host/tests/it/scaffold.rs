@@ -3,7 +3,8 @@
 //! with the appended topics.toml stanza untouched, and handles an event.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchyard::config::{ComponentName, ComponentSpec, Limits, Location};
@@ -13,33 +14,98 @@ use switchyard::store::Db;
 
 use crate::common::workspace;
 
-/// Copies the workspace's sources (no `target/`, no `.git`) to `to`.
+/// Copies the workspace's sources to `to`: what git tracks or would track, so neither
+/// `target/` nor the services' data under `.services/` comes along. The latter cost a CI
+/// run its 90 minutes: after a full suite Kafka's data holds thousands of partitions, each
+/// with two 10 MiB index files that are sparse on disk but written out whole by a copy.
 fn copy_sources(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let name = entry.file_name();
-        if name == "target" || name == ".git" {
+    let listed = Command::new("git")
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .current_dir(from)
+        .output()
+        .expect("git lists the workspace's files");
+    assert!(
+        listed.status.success(),
+        "git ls-files: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    for file in listed.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let file = Path::new(std::str::from_utf8(file).expect("a UTF-8 path"));
+        let (src, dst) = (from.join(file), to.join(file));
+        // A tracked file deleted in the work tree is not part of the sources any more.
+        if !src.is_file() {
             continue;
         }
-        let (src, dst) = (entry.path(), to.join(&name));
-        if entry.file_type().unwrap().is_dir() {
-            copy_sources(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+    }
+}
+
+/// Waits for `child` at most `limit`; past it, kills it and fails naming `what`, so a hung
+/// step fails this test with its output instead of stalling the whole suite.
+fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `command` to completion within `limit`, its output captured through files (pipes
+/// would need a reader thread each to avoid filling up).
+fn output_within(mut command: Command, limit: Duration, what: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = command
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let status = wait_at_most(&mut child, limit, what);
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
+}
+
+/// A CLI call against a local host answers in milliseconds.
+const CLI_LIMIT: Duration = Duration::from_secs(60);
+
+/// Kills the host when the test ends early, so a failed assertion leaves no process behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
 
 fn cargo(dir: &Path, args: &[&str], target_dir: &Path, wasm_target_dir: &Path) -> Output {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
         .args(args)
         .current_dir(dir)
         // Its own build dir: the `cargo test` running this test may hold the shared one.
         .env("CARGO_TARGET_DIR", target_dir)
         // Reuse the wasm `std` already built for this workspace (minutes to rebuild).
-        .env("SWITCHYARD_WASM_TARGET_DIR", wasm_target_dir)
-        .output()
-        .unwrap()
+        .env("SWITCHYARD_WASM_TARGET_DIR", wasm_target_dir);
+    // A cold build of the new crate takes about two minutes on 2 busy cores.
+    output_within(
+        command,
+        Duration::from_secs(15 * 60),
+        &format!("cargo {}", args.join(" ")),
+    )
 }
 
 fn ok(out: &Output, what: &str) -> String {
@@ -116,12 +182,10 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
     let artifact = copy.join("target/components/audit.wasm");
     assert!(artifact.exists(), "{} was not built", artifact.display());
 
-    let check = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["check"])
-        .current_dir(&copy)
-        .env_remove("SWITCHYARD_CONFIG")
-        .output()
-        .unwrap();
+    let mut check = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    check.args(["check"]).current_dir(&copy).env_remove("SWITCHYARD_CONFIG");
+    // A debug build compiles the five components with no cache in about 30 s.
+    let check = output_within(check, Duration::from_secs(5 * 60), "switchyard check");
     let stdout = ok(&check, "switchyard check");
     assert!(stdout.contains("audit"), "{stdout}");
 
@@ -181,39 +245,41 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
             .env("SWITCHYARD_ADMIN_URL", &admin_url);
         command
     };
-    let mut host = switchyard(&[
-        "run",
-        "--admin-addr",
-        admin_url.trim_start_matches("http://"),
-        "--http-addr",
-        &format!("127.0.0.1:{}", port()),
-    ])
-    .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
-    .stdout(std::process::Stdio::null())
-    .stderr(std::fs::File::create(scratch.path().join("host.log")).unwrap())
-    .spawn()
-    .unwrap();
+    let mut host = KillOnDrop(
+        switchyard(&[
+            "run",
+            "--admin-addr",
+            admin_url.trim_start_matches("http://"),
+            "--http-addr",
+            &format!("127.0.0.1:{}", port()),
+        ])
+        .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(scratch.path().join("host.log")).unwrap())
+        .spawn()
+        .unwrap(),
+    );
     let log = || std::fs::read_to_string(scratch.path().join("host.log")).unwrap_or_default();
     let audit_version = || {
-        let out = switchyard(&["status", "--json"]).output().unwrap();
+        let out = output_within(switchyard(&["status", "--json"]), CLI_LIMIT, "switchyard status");
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         status["components"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["name"] == "audit"))
             .and_then(|c| c["version"].as_str().map(str::to_string))
     };
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let first = loop {
         if let Some(version) = audit_version() {
             break version;
         }
-        assert!(host.try_wait().unwrap().is_none(), "host exited:\n{}", log());
+        assert!(host.0.try_wait().unwrap().is_none(), "host exited:\n{}", log());
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
+            start.elapsed() < Duration::from_secs(60),
             "host did not come up:\n{}",
             log()
         );
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
     };
     let logic = copy.join("handlers/audit/src/logic.rs");
     let edited = std::fs::read_to_string(&logic)
@@ -224,29 +290,26 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
         &cargo(&copy, &["xtask", "handlers", "audit"], &target_dir, &wasm_dir),
         "cargo xtask handlers audit (the edit)",
     );
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let second = loop {
         match audit_version() {
             Some(version) if version != first => break version,
             _ => {}
         }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "no hot swap:\n{}",
-            log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(start.elapsed() < Duration::from_secs(30), "no hot swap:\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
     };
-    let rollback = switchyard(&["rollback", "audit"]).output().unwrap();
+    let rollback = output_within(switchyard(&["rollback", "audit"]), CLI_LIMIT, "switchyard rollback");
     let said = ok(&rollback, "switchyard rollback audit");
     assert!(said.contains(&format!("{second} -> {first}")), "{said}");
     assert_eq!(audit_version().as_deref(), Some(first.as_str()));
     assert!(
         Command::new("kill")
-            .args(["-TERM", &host.id().to_string()])
+            .args(["-TERM", &host.0.id().to_string()])
             .status()
             .unwrap()
             .success()
     );
-    assert!(host.wait().unwrap().success(), "{}", log());
+    let stopped = wait_at_most(&mut host.0, Duration::from_secs(60), "the host's shutdown on SIGTERM");
+    assert!(stopped.success(), "{}", log());
 }
