@@ -2,6 +2,7 @@
 //! `versions`, and the running host's brokers for `dlq`, `lag` and `topics`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
@@ -47,6 +48,30 @@ pub enum ClientError {
     Refused { status: u16, title: String, detail: String },
     #[error("unexpected answer from {url}: {reason}")]
     Garbled { url: String, reason: String },
+    #[error("no answer from {url} within {limit:?} (the host is up but busy or stuck: see its log, or retry)")]
+    TimedOut { url: String, limit: Duration },
+}
+
+/// How long a call may wait for the host's answer. A wedged host must not hang the
+/// operator's terminal or a deploy script.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Reads and small changes, answered in milliseconds by a healthy host.
+    pub call: Duration,
+    /// A deploy or a reload: the host compiles components before it answers (seconds
+    /// each in a release build, half a minute in a debug one).
+    pub compile: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            call: Duration::from_secs(60),
+            compile: Duration::from_secs(600),
+        }
+    }
 }
 
 /// A client of one host's admin API.
@@ -54,31 +79,56 @@ pub struct AdminClient {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    timeouts: Timeouts,
 }
 
 impl AdminClient {
     pub fn new(base: &str, token: Option<String>) -> AdminClient {
+        AdminClient::with_timeouts(base, token, Timeouts::default())
+    }
+
+    pub fn with_timeouts(base: &str, token: Option<String>, timeouts: Timeouts) -> AdminClient {
         AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .connect_timeout(timeouts.connect)
+                .build()
+                .unwrap_or_default(),
+            timeouts,
         }
     }
 
     async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        self.call_within(request, url, self.timeouts.call).await
+    }
+
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        limit: Duration,
+    ) -> Result<T, ClientError> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let failed = |e: reqwest::Error| {
+            if e.is_timeout() && !e.is_connect() {
+                ClientError::TimedOut {
+                    url: url.to_string(),
+                    limit,
+                }
+            } else {
+                ClientError::Unreachable {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let response = request.timeout(limit).send().await.map_err(failed)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let body = response.bytes().await.map_err(failed)?;
         if !status.is_success() {
             let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let text = |k: &str| problem.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
@@ -112,7 +162,8 @@ impl AdminClient {
 
     pub async fn reload(&self) -> Result<ReloadReport, ClientError> {
         let url = self.url("/reload");
-        self.call(self.http.post(&url), &url).await
+        self.call_within(self.http.post(&url), &url, self.timeouts.compile)
+            .await
     }
 
     pub async fn versions(&self, component: &str) -> Result<Versions, ClientError> {
@@ -122,7 +173,8 @@ impl AdminClient {
 
     pub async fn deploy(&self, component: &str, artifact: Vec<u8>) -> Result<Swapped, ClientError> {
         let url = self.url(&format!("/components/{component}/deploy"));
-        self.call(self.http.post(&url).body(artifact), &url).await
+        self.call_within(self.http.post(&url).body(artifact), &url, self.timeouts.compile)
+            .await
     }
 
     pub async fn rollback(&self, component: &str, to: Option<String>) -> Result<Swapped, ClientError> {
@@ -148,5 +200,69 @@ impl AdminClient {
         let url = self.url("/routes/resume");
         let body = super::RouteRequest { route: route.into() };
         self.call(self.http.post(&url).json(&body), &url).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the client gave up within its limit")
+    }
+
+    /// A host that accepts the connection and never answers: the call fails in its time,
+    /// naming the address, instead of hanging the terminal.
+    #[tokio::test]
+    async fn a_host_that_never_answers_times_out_with_the_url_named() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                open.push(socket);
+            }
+        });
+        let limit = Duration::from_millis(300);
+        let client = AdminClient::with_timeouts(
+            &format!("http://{addr}"),
+            None,
+            Timeouts {
+                connect: limit,
+                call: limit,
+                compile: limit * 2,
+            },
+        );
+        let err = bounded(client.status()).await.unwrap_err();
+        assert!(matches!(err, ClientError::TimedOut { .. }), "{err:?}");
+        let said = err.to_string();
+        assert!(
+            said.contains(&format!("http://{addr}/api/status")) && said.contains("within 300ms"),
+            "{said}"
+        );
+        let err = bounded(client.deploy("order", b"\0asm".to_vec())).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::TimedOut { limit: l, .. } if l == limit * 2),
+            "{err:?}"
+        );
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_not_a_timeout() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = AdminClient::new(&format!("http://127.0.0.1:{port}"), None)
+            .status()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+        assert!(err.to_string().contains("is `switchyard run` running?"), "{err}");
     }
 }
