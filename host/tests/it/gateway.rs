@@ -922,6 +922,10 @@ pub mod e2e {
     use super::*;
     use tokio::task::JoinHandle;
 
+    /// How long the routes and gateways may take to stop once told to: they finish the
+    /// event or request in hand, seconds at most.
+    const TEARDOWN: Duration = Duration::from_secs(120);
+
     /// The system under test: the shipped routing on a broker and a database.
     pub struct Env {
         pub run: String,
@@ -975,7 +979,19 @@ pub mod e2e {
         {
             let (stop, shutdown) = watch::channel(false);
             let stack = Stack::start(self, replicas, shutdown.clone()).await;
+            let mut stopping = shutdown.clone();
             let routes = switchyard::service::serve(&self.routing, self.db.clone(), &self.brokers, shutdown);
+            // A shutdown that hangs fails here, naming the part, rather than holding the
+            // saga topics' lock (and every later real-stack test) until CI's time runs out.
+            let routes = async {
+                tokio::select! {
+                    served = routes => served,
+                    _ = async {
+                        let _ = stopping.wait_for(|s| *s).await;
+                        tokio::time::sleep(TEARDOWN).await;
+                    } => panic!("the routes did not stop within {TEARDOWN:?} of the shutdown signal"),
+                }
+            };
             let driven = async {
                 scenario(stack.clone()).await;
                 stop.send(true).unwrap();
@@ -983,8 +999,12 @@ pub mod e2e {
             let (served, ()) = tokio::join!(routes, driven);
             served.unwrap();
             let stack = Arc::try_unwrap(stack).ok().expect("the scenario keeps no stack handle");
-            for task in stack.tasks {
-                task.await.unwrap().unwrap();
+            for (i, task) in stack.tasks.into_iter().enumerate() {
+                tokio::time::timeout(TEARDOWN, task)
+                    .await
+                    .unwrap_or_else(|_| panic!("gateway replica {i} did not stop within {TEARDOWN:?}"))
+                    .unwrap()
+                    .unwrap();
             }
         }
     }
