@@ -47,6 +47,10 @@ struct Cli {
     /// listener serves them).
     #[arg(long, global = true, env = "SWITCHYARD_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds `run` and `gateway` may take to stop after SIGINT/SIGTERM (finishing the
+    /// events and requests in hand) before they exit anyway; a second signal exits at once.
+    #[arg(long, global = true, env = "SWITCHYARD_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    shutdown_grace_secs: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -393,11 +397,7 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs, admin_addr: std::net::Sock
     }
     let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: finishing in-flight events");
-        let _ = stop.send(true);
-    });
+    stop_on_signal(stop, cli.shutdown_grace_secs, "finishing in-flight events");
     if let Some(addr) = cli.metrics_addr {
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -444,14 +444,34 @@ async fn run_gateway(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
     let db = Db::open(cli.database_url.as_deref(), &cli.data_dir).await?;
     let queries = switchyard::gateway_components::load(&routing, &db).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: answering waiting requests");
-        let _ = stop.send(true);
-    });
+    stop_on_signal(stop, cli.shutdown_grace_secs, "answering waiting requests");
     switchyard::gateway::serve(gateway, db.clone(), brokers.client_config(), queries, true, shutdown).await?;
     db.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// On SIGINT/SIGTERM, tells everything to stop through `stop`; exits the process with
+/// status 1 if that takes longer than `grace_secs` or a second signal comes. A handler
+/// stuck past its deadline or a broker that never acknowledges must not keep an operator's
+/// restart waiting forever. Exiting then is as safe as a crash: what was not committed is
+/// handled again at the next start (the SIGKILL tests), and unsent outbox rows stay unsent.
+fn stop_on_signal(stop: tokio::sync::watch::Sender<bool>, grace_secs: u64, doing: &'static str) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(grace_secs, "shutting down: {doing}");
+        let _ = stop.send(true);
+        let grace = std::time::Duration::from_secs(grace_secs);
+        tokio::select! {
+            _ = wait_for_signal() => tracing::error!(
+                "a second signal: exiting now; what was in flight is handled again at the next start"
+            ),
+            _ = tokio::time::sleep(grace) => tracing::error!(
+                "shutdown did not finish within {grace_secs}s; exiting now; what was in flight \
+                 is handled again at the next start (raise --shutdown-grace-secs for slower handlers)"
+            ),
+        }
+        std::process::exit(1);
+    });
 }
 
 async fn wait_for_signal() {

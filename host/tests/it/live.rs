@@ -885,3 +885,106 @@ async fn two_hosts_follow_one_deploy_and_survive_a_kill_mid_swap() {
     );
     assert!(host_a.wait().unwrap().success(), "{}", log("a"));
 }
+
+/// A handler that sleeps in a host call up to its long deadline holds its partition's
+/// event, so a graceful stop waits for it: past `--shutdown-grace-secs`, or at a second
+/// signal, `switchyard run` exits anyway, with status 1 and the reason in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_hangs_ends_at_the_grace_period_or_a_second_signal() {
+    for second_signal in [false, true] {
+        let p = prefix();
+        let dir = tempfile::tempdir().unwrap();
+        let text = routing_text(&p, 1, false).replace("deadline-ms = 5000", "deadline-ms = 120000");
+        std::fs::write(dir.path().join("topics.toml"), &text).unwrap();
+        let admin_url = format!("http://127.0.0.1:{}", free_port());
+        let grace = if second_signal { "600" } else { "2" };
+        let mut host = switchyard_cmd(dir.path())
+            .args(["run", "--shutdown-grace-secs", grace])
+            .args(["--admin-addr", admin_url.trim_start_matches("http://")])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let log = || std::fs::read_to_string(dir.path().join("host.log")).unwrap_or_default();
+        let start = Instant::now();
+        let brokers = loop {
+            if let Ok(info) = AdminClient::new(
+                &admin_url,
+                std::fs::read_to_string(dir.path().join(".switchyard/admin-token")).ok(),
+            )
+            .brokers()
+            .await
+            {
+                break info.bootstrap_servers;
+            }
+            assert!(host.try_wait().unwrap().is_none(), "host exited:\n{}", log());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "host did not come up:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &brokers);
+        let payload = json!({"steps": [
+            {"op": "log", "message": "asleep in a host call"},
+            {"op": "sleep", "ms": 100_000},
+        ]})
+        .to_string();
+        producer(&config)
+            .send(
+                FutureRecord::to(&format!("{p}.in")).key("k").payload(&payload),
+                Timeout::Never,
+            )
+            .await
+            .unwrap();
+        let start = Instant::now();
+        while !log().contains("asleep in a host call") {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the event did not start:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let pid = host.id().to_string();
+        let term = || {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+        };
+        let stopped_at = Instant::now();
+        assert!(term().success());
+        if second_signal {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                host.try_wait().unwrap().is_none(),
+                "exited before the event finished:\n{}",
+                log()
+            );
+            assert!(term().success());
+        }
+        let status = loop {
+            if let Some(status) = host.try_wait().unwrap() {
+                break status;
+            }
+            if stopped_at.elapsed() > Duration::from_secs(30) {
+                let _ = host.kill();
+                panic!("still running 30 s after SIGTERM:\n{}", log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.code(), Some(1), "{}", log());
+        let said = if second_signal {
+            "a second signal: exiting now"
+        } else {
+            "shutdown did not finish within 2s; exiting now"
+        };
+        assert!(log().contains(said), "{}", log());
+    }
+}
