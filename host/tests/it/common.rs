@@ -11,6 +11,36 @@ use rdkafka::consumer::Consumer;
 use switchyard::config::{ComponentName, ComponentSpec, Limits, Location, Routing, TopicName};
 use switchyard::store::Db;
 
+/// Waits for `child` at most `limit`; past it, kills it and fails naming `what`, so a hung
+/// step fails this test with its output instead of stalling the whole suite.
+pub fn wait_at_most(child: &mut std::process::Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process killed (SIGKILL) when the test ends, also by a failed assertion: a host
+/// left running goes on consuming and producing beside the next test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()

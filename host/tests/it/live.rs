@@ -16,7 +16,7 @@ use switchyard::service::{self, Options};
 use switchyard::store::Db;
 use tokio::sync::watch;
 
-use crate::common::{Backend, artifact, test_db};
+use crate::common::{Backend, KillOnDrop, artifact, test_db, wait_at_most};
 use crate::kafka::{brokers_for, prefix, producer};
 
 const TOKEN: &str = "test-admin-token";
@@ -898,15 +898,17 @@ async fn a_stop_that_hangs_ends_at_the_grace_period_or_a_second_signal() {
         std::fs::write(dir.path().join("topics.toml"), &text).unwrap();
         let admin_url = format!("http://127.0.0.1:{}", free_port());
         let grace = if second_signal { "600" } else { "2" };
-        let mut host = switchyard_cmd(dir.path())
-            .args(["run", "--shutdown-grace-secs", grace])
-            .args(["--admin-addr", admin_url.trim_start_matches("http://")])
-            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let mut host = KillOnDrop(
+            switchyard_cmd(dir.path())
+                .args(["run", "--shutdown-grace-secs", grace])
+                .args(["--admin-addr", admin_url.trim_start_matches("http://")])
+                .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+                .env("SWITCHYARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
         let log = || std::fs::read_to_string(dir.path().join("host.log")).unwrap_or_default();
         let start = Instant::now();
         let brokers = loop {
@@ -919,7 +921,7 @@ async fn a_stop_that_hangs_ends_at_the_grace_period_or_a_second_signal() {
             {
                 break info.bootstrap_servers;
             }
-            assert!(host.try_wait().unwrap().is_none(), "host exited:\n{}", log());
+            assert!(host.0.try_wait().unwrap().is_none(), "host exited:\n{}", log());
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "host did not come up:\n{}",
@@ -951,34 +953,24 @@ async fn a_stop_that_hangs_ends_at_the_grace_period_or_a_second_signal() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
-        let pid = host.id().to_string();
+        let pid = host.0.id().to_string();
         let term = || {
             std::process::Command::new("kill")
                 .args(["-TERM", &pid])
                 .status()
                 .unwrap()
         };
-        let stopped_at = Instant::now();
         assert!(term().success());
         if second_signal {
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert!(
-                host.try_wait().unwrap().is_none(),
+                host.0.try_wait().unwrap().is_none(),
                 "exited before the event finished:\n{}",
                 log()
             );
             assert!(term().success());
         }
-        let status = loop {
-            if let Some(status) = host.try_wait().unwrap() {
-                break status;
-            }
-            if stopped_at.elapsed() > Duration::from_secs(30) {
-                let _ = host.kill();
-                panic!("still running 30 s after SIGTERM:\n{}", log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let status = wait_at_most(&mut host.0, Duration::from_secs(30), "the host's stop after SIGTERM");
         assert_eq!(status.code(), Some(1), "{}", log());
         let said = if second_signal {
             "a second signal: exiting now"

@@ -3,7 +3,7 @@
 //! with the appended topics.toml stanza untouched, and handles an event.
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,7 +12,7 @@ use switchyard::event::{InboundEvent, headers};
 use switchyard::runtime::{Outcome, Runtime};
 use switchyard::store::Db;
 
-use crate::common::workspace;
+use crate::common::{KillOnDrop, wait_at_most, workspace};
 
 /// Copies the workspace's sources to `to`: what git tracks or would track, so neither
 /// `target/` nor the services' data under `.services/` comes along. The latter cost a CI
@@ -41,23 +41,6 @@ fn copy_sources(from: &Path, to: &Path) {
     }
 }
 
-/// Waits for `child` at most `limit`; past it, kills it and fails naming `what`, so a hung
-/// step fails this test with its output instead of stalling the whole suite.
-fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Runs `command` to completion within `limit`, its output captured through files (pipes
 /// would need a reader thread each to avoid filling up).
 fn output_within(mut command: Command, limit: Duration, what: &str) -> Output {
@@ -78,18 +61,6 @@ fn output_within(mut command: Command, limit: Duration, what: &str) -> Output {
 
 /// A CLI call against a local host answers in milliseconds.
 const CLI_LIMIT: Duration = Duration::from_secs(60);
-
-/// Kills the host when the test ends early, so a failed assertion leaves no process behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 fn cargo(dir: &Path, args: &[&str], target_dir: &Path, wasm_target_dir: &Path) -> Output {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
