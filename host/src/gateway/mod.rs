@@ -310,7 +310,12 @@ pub async fn serve_on(
     consumer
         .subscribe(&["orders.status"])
         .context("subscribing to orders.status")?;
-    let consumer_task = tokio::spawn(status::run_consumer(consumer, cache.clone(), shutdown.clone()));
+    let consumer_task = tokio::spawn(status::run_consumer(
+        consumer,
+        config.group.clone(),
+        cache.clone(),
+        shutdown.clone(),
+    ));
 
     let (relay_stop, relay_shutdown) = watch::channel(false);
     let relay_task = if with_relay {

@@ -22,6 +22,8 @@ use serde_json::{Map, Value};
 use tokio::sync::{broadcast, watch};
 use utoipa::ToSchema;
 
+use crate::kafka::close;
+
 /// Statuses after which an order never changes (docs/events.md, "Order statuses").
 pub const FINAL_STATUSES: [&str; 4] = ["PAID", "INSUFFICIENT_FUNDS", "PAYMENT_TIMEOUT", "REJECTED"];
 /// How long Redis keeps a status.
@@ -324,8 +326,19 @@ pub fn consumer_config(base: &ClientConfig, group: &str) -> ClientConfig {
     config
 }
 
-/// Consumes `orders.status` into the cache until `shutdown`.
-pub async fn run_consumer(consumer: StreamConsumer, cache: Arc<StatusCache>, mut shutdown: watch::Receiver<bool>) {
+/// Consumes `orders.status` into the cache until `shutdown`, then commits and leaves
+/// `group` (bounded by [`close::CLOSE_LIMIT`], see [`close`]).
+pub async fn run_consumer(
+    consumer: StreamConsumer,
+    group: String,
+    cache: Arc<StatusCache>,
+    shutdown: watch::Receiver<bool>,
+) {
+    consume(&consumer, &cache, shutdown).await;
+    close::close_within(&group, close::CLOSE_LIMIT, move || drop(consumer)).await;
+}
+
+async fn consume(consumer: &StreamConsumer, cache: &StatusCache, mut shutdown: watch::Receiver<bool>) {
     loop {
         let message = tokio::select! {
             m = consumer.recv() => m,
@@ -424,5 +437,58 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(pending, Wait::Pending));
+    }
+
+    /// The gateway's stop waits for this consumer; librdkafka can wait forever to commit
+    /// and leave a group whose brokers stopped answering (see `kafka::close`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_status_consumer_stops_within_the_close_limit_when_the_broker_stops_answering() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("orders.status", 1, 1).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", cluster.bootstrap_servers());
+        let producer: FutureProducer = base.create().unwrap();
+        let payload = serde_json::to_string(&status("r1", "PAID")).unwrap();
+        producer
+            .send(
+                FutureRecord::<str, str>::to("orders.status")
+                    .key("r1")
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let consumer: StreamConsumer = consumer_config(&base, "gateway").create().unwrap();
+        consumer.subscribe(&["orders.status"]).unwrap();
+        let cache = StatusCache::memory();
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run_consumer(consumer, "gateway".into(), cache.clone(), shutdown));
+        // Cached, so its offset is stored and not yet committed.
+        let cached = async {
+            while cache.get("r1").await.unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), cached)
+            .await
+            .expect("cached within 30 s");
+        // Requests are accepted and never answered.
+        cluster.broker_round_trip_time(1, Duration::from_secs(3600)).unwrap();
+        let started = std::time::Instant::now();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("stopped within 30 s")
+            .unwrap();
+        assert!(
+            started.elapsed() < close::CLOSE_LIMIT + Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // The consumer left closing still talks to the cluster.
+        std::mem::forget(cluster);
     }
 }

@@ -175,12 +175,18 @@ pub async fn run_route(
         origin,
         shutdown: shutdown.clone(),
     });
-    let result = dispatch(ctx, shutdown).instrument(span).await;
-    // Commit what the workers stored; "no offset" just means nothing new.
-    if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(error = %err, "final commit");
-    }
-    consumer.unsubscribe();
+    let result = dispatch(ctx, shutdown).instrument(span.clone()).await;
+    let group = route.group.clone();
+    super::close::close_within(&route.group, super::close::CLOSE_LIMIT, move || {
+        // Commit what the workers stored; "no offset" just means nothing new.
+        if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(group, error = %err, "final commit");
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+    })
+    .instrument(span)
+    .await;
     result
 }
 

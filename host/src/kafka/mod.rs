@@ -2,6 +2,7 @@
 //! ([`dispatch`]), relaying the outbox ([`relay`]), and operator tools ([`admin`]).
 
 pub mod admin;
+pub mod close;
 pub mod dispatch;
 pub mod relay;
 

@@ -362,4 +362,109 @@ mod tests {
         stop.send(true).unwrap();
         assert_eq!(supervisor.await.unwrap(), 3);
     }
+
+    /// librdkafka can wait forever to commit and leave a group whose brokers stopped
+    /// answering (see `kafka::close`): the route must stop anyway, and promptly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_stops_within_the_close_limit_when_the_broker_stops_answering() {
+        use rdkafka::mocking::MockCluster;
+
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let routing = crate::config::Routing::parse(
+            &dir.path().join("topics.toml"),
+            "[topics.t]\n[components.c]\nartifact = \"c.wasm\"\n[[routes]]\ntopic = \"t\"\ncomponent = \"c\"\n",
+        )
+        .unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let runtime = Arc::new(crate::runtime::Runtime::new().unwrap());
+        let mut consumer_base = rdkafka::ClientConfig::new();
+        consumer_base.set("bootstrap.servers", cluster.bootstrap_servers());
+        let routes = Routes::new(RouteDeps {
+            registry: Arc::new(Registry::new(runtime, db.clone(), "test-host".into())),
+            db: db.clone(),
+            consumer_base: consumer_base.clone(),
+            origin: "test".into(),
+        });
+        let route = routing.routes[0].clone();
+        let key = route_key(&route);
+        routes.start(route).await;
+        // Joined: the group gave this consumer the partition.
+        let joined = async {
+            while routes.status().await[0].partitions.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), joined)
+            .await
+            .expect("joined within 30 s");
+        // An event handled before: the route skips it and stores its offset, which the
+        // consumer must then commit when it stops.
+        let headers = {
+            let mut headers = vec![(crate::protocol::names::EVENT_ID.to_string(), "e1".to_string())];
+            db.signer().seal("t", Some(b"k"), b"{}", &mut headers);
+            headers
+        };
+        let (unit, _) = crate::store::Staged::new(&db, "c", Default::default())
+            .finish(crate::store::InboxRecord {
+                component: "c".into(),
+                event_id: "e1".into(),
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                version: None,
+                activation: None,
+                request_id: None,
+                trace_id: None,
+                outcome: "committed",
+            })
+            .await;
+        db.commit_chain(vec![unit]).await.unwrap();
+        let producer: rdkafka::producer::FutureProducer = consumer_base.create().unwrap();
+        let mut kafka_headers = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in &headers {
+            kafka_headers = kafka_headers.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to("t")
+                    .key("k")
+                    .payload("{}")
+                    .headers(kafka_headers),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let labels = crate::observe::metrics::PartitionLabels {
+            topic: "t".into(),
+            component: "c".into(),
+            partition: 0,
+        };
+        let skipped = async {
+            while crate::observe::metrics().handled_at(&labels).is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), skipped)
+            .await
+            .expect("skipped within 30 s");
+        // Requests are accepted and never answered.
+        cluster.broker_round_trip_time(1, Duration::from_secs(3600)).unwrap();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(30), routes.remove(&key))
+            .await
+            .expect("the route stopped within 30 s");
+        let limit = crate::kafka::close::CLOSE_LIMIT;
+        assert!(
+            started.elapsed() < limit + Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // The consumer left closing still talks to the cluster.
+        std::mem::forget(cluster);
+    }
 }
