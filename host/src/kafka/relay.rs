@@ -66,6 +66,9 @@ pub enum RelayError {
     Transient { id: i64, topic: String, error: KafkaError },
 }
 
+/// How long a stopping relay keeps sending the rows in hand: shorter than the host's
+/// default shutdown grace (30 s), so a silent broker ends the stop cleanly.
+const LAST_ROUNDS: Duration = Duration::from_secs(10);
 /// Rows the relay keeps enqueued in the producer and not yet acknowledged, at most.
 const MAX_IN_FLIGHT: usize = 2 * BATCH as usize;
 /// How often a relay with rows in flight reads every unsent row again, not only those
@@ -73,7 +76,8 @@ const MAX_IN_FLIGHT: usize = 2 * BATCH as usize;
 /// (another host's, the gateway's, a timer's) can become visible later.
 const FULL_READ: Duration = Duration::from_secs(1);
 
-/// Relays until `shutdown` turns true, then sends what is left once more and returns.
+/// Relays until `shutdown` turns true, then sends what is left once more (for at most
+/// [`LAST_ROUNDS`]) and returns.
 ///
 /// Pipelined: rows committed while earlier ones wait for the broker's acknowledgement are
 /// read and enqueued at once, behind them in the producer's queue, so per-key order
@@ -147,28 +151,39 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
             },
         };
         if stopping {
-            // The last rounds, each awaited whole: a broker that is down holds them (the
-            // unmarked rows go out after the next start).
-            if let Err(err) = flight.drain(&db, &me).await {
-                tracing::warn!(error = %err, "outbox relay failed to mark rows sent");
-            }
-            loop {
-                let rows = match held.unsent(&db, BATCH, 0).await {
-                    Ok(rows) => rows,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "outbox relay could not read its last rows");
-                        return;
-                    }
-                };
-                match relay_rows(&db, active, rows, &me).await {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => return,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "outbox relay's last round failed");
-                        return;
+            // The last rounds, each awaited whole, for at most LAST_ROUNDS: the producer
+            // never gives up on a message, so a broker that does not answer would hold
+            // the stop forever. Rows not marked go out after the next start.
+            let last_rounds = async {
+                if let Err(err) = flight.drain(&db, &me).await {
+                    tracing::warn!(error = %err, "outbox relay failed to mark rows sent");
+                }
+                loop {
+                    let rows = match held.unsent(&db, BATCH, 0).await {
+                        Ok(rows) => rows,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "outbox relay could not read its last rows");
+                            return;
+                        }
+                    };
+                    match relay_rows(&db, active, rows, &me).await {
+                        Ok(n) if n > 0 => continue,
+                        Ok(_) => return,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "outbox relay's last round failed");
+                            return;
+                        }
                     }
                 }
+            };
+            if tokio::time::timeout(LAST_ROUNDS, last_rounds).await.is_err() {
+                tracing::warn!(
+                    limit_ms = LAST_ROUNDS.as_millis() as u64,
+                    "the brokers did not acknowledge the relay's last rows in time; \
+                     they stay unsent and go out after the next start"
+                );
             }
+            return;
         }
         if look && flight.len() < MAX_IN_FLIGHT && !held.shards().is_some_and(<[i16]>::is_empty) {
             // Above the highest id in flight, or all, rows in flight included (skipped).
@@ -553,5 +568,53 @@ pub async fn run_retention(db: Db, window: Duration, every: Duration, mut shutdo
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::store::OutboundMessage;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_whose_broker_never_answers_stops_at_its_limit_and_keeps_the_row() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        // Requests are accepted and never answered: the row is never acknowledged.
+        cluster.broker_round_trip_time(1, Duration::from_secs(3600)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let message = OutboundMessage {
+            topic: "t".into(),
+            key: Some(b"k".to_vec()),
+            payload: b"{}".to_vec(),
+            headers: Vec::new(),
+        };
+        tx.insert_outbox("e1", "c", &message).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", cluster.bootstrap_servers());
+        let (stop, shutdown) = watch::channel(false);
+        let relay = tokio::spawn(run_relay(db.clone(), relay_producer_config(&base), shutdown));
+        // Give it time to read the row and hand it to the producer.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = Instant::now();
+        stop.send(true).unwrap();
+        tokio::time::timeout(LAST_ROUNDS + Duration::from_secs(20), relay)
+            .await
+            .expect("the relay stopped")
+            .unwrap();
+        assert!(
+            started.elapsed() < LAST_ROUNDS + Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let unsent = db.unsent_outbox(10).await.unwrap();
+        assert_eq!(unsent.len(), 1, "the row stays for the next start");
+        // Its producer may still be talking to the cluster.
+        std::mem::forget(cluster);
     }
 }
