@@ -30,6 +30,9 @@ pub const FINAL_STATUSES: [&str; 4] = ["PAID", "INSUFFICIENT_FUNDS", "PAYMENT_TI
 const REDIS_TTL_SECS: u64 = 7 * 24 * 3600;
 const REDIS_CHANNEL: &str = "switchyard:order-status";
 const REDIS_PREFIX: &str = "switchyard:order-status:";
+/// Longest wait for Redis to connect or answer a command; it answers in well under a
+/// millisecond on a healthy network.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many statuses the in-process cache keeps (oldest dropped first).
 const MEMORY_CAPACITY: usize = 100_000;
 
@@ -121,7 +124,12 @@ impl StatusCache {
     /// The Redis cache; returns once the subscription is open.
     pub async fn redis(url: &str, shutdown: watch::Receiver<bool>) -> Result<Arc<StatusCache>, CacheError> {
         let client = redis::Client::open(url)?;
-        let commands = redis::aio::ConnectionManager::new(client.clone()).await?;
+        // redis-rs waits forever by default: a Redis that accepts and stops answering
+        // would hold every status read and write, and the gateway's stop behind them.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT);
+        let commands = redis::aio::ConnectionManager::new_with_config(client.clone(), config).await?;
         let (local, _) = broadcast::channel(4096);
         let (up, subscribed) = watch::channel(false);
         tokio::spawn(run_subscription(client, local.clone(), up, shutdown));

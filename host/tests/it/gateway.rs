@@ -782,6 +782,81 @@ mod cache {
         assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(b.get(&late).await.unwrap().unwrap().status, "REJECTED");
     }
+
+    /// A TCP proxy to the Redis of `url` that forwards until the flag is set, then holds
+    /// every byte: a Redis that accepts and never answers (hung, or cut off without a
+    /// reset). Returns the proxy's URL and the flag.
+    async fn silenceable(url: &str) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let target = url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = Arc::new(AtomicBool::new(false));
+        let flag = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(in_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(out_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(out_read), Box::new(in_write)),
+                ] {
+                    let silent = flag.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf).await {
+                            if silent.load(Ordering::SeqCst) {
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        (format!("redis://{addr}"), silent)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redis_that_stops_answering_fails_reads_and_writes_within_the_timeout() {
+        let (url, silent) = silenceable(&crate::common::service("SWITCHYARD_TEST_REDIS_URL")).await;
+        let (_stop, shutdown) = watch::channel(false);
+        let cache = StatusCache::redis(&url, shutdown).await.unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        cache.put(status(&id, "PAID")).await.unwrap();
+        assert_eq!(cache.get(&id).await.unwrap().unwrap().status, "PAID");
+
+        silent.store(true, std::sync::atomic::Ordering::SeqCst);
+        let limit = gateway::status::REDIS_TIMEOUT + Duration::from_secs(3);
+        let started = Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(30), cache.get(&id))
+            .await
+            .expect("the read ended within 30 s");
+        assert!(read.is_err(), "{read:?}");
+        assert!(started.elapsed() < limit, "read: {:?}", started.elapsed());
+        let started = Instant::now();
+        let write = tokio::time::timeout(Duration::from_secs(30), cache.put(status(&id, "REJECTED")))
+            .await
+            .expect("the write ended within 30 s");
+        assert!(write.is_err(), "{write:?}");
+        assert!(started.elapsed() < limit, "write: {:?}", started.elapsed());
+        assert!(cache.check().await.is_err(), "not ready while Redis does not answer");
+    }
 }
 
 /// Tokens from PyJWT (`scripts/bootstrap.sh` installs it), and every bad token.
