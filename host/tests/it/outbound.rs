@@ -348,6 +348,60 @@ async fn probe_deliveries(db: &Db) {
 
 on_both_backends!(probe_deliveries);
 
+/// A receiver that accepts and never answers holds a delivery until its HTTP timeout; the
+/// worker's stop waits for it at most 5 s, and the delivery is tried again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_a_delivery_to_a_silent_receiver_at_most_five_seconds() {
+    let db = test_db(Backend::Sqlite).await.unwrap();
+    let db = &db.db;
+    // Accepts, reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, mut connected) = tokio::sync::watch::channel(false);
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = accepted.send(true);
+        }
+    });
+    let mut probe = spec("probe", "probe", &["probe.done"]);
+    probe.reach = Reach {
+        http: vec![HttpPrefix::try_from(format!("http://127.0.0.1:{port}/")).unwrap()],
+        smtp: vec![],
+        retry: RetryPolicy::default(),
+    };
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&probe).unwrap();
+    let plan = json!({"steps": [post(&format!("http://127.0.0.1:{port}/hook"), None)]});
+    let outcome = runtime.invoke(&probe, db, &event("e1", plan)).await.unwrap();
+    assert!(matches!(outcome, Outcome::Committed(_)), "{outcome:?}");
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let settings = Settings {
+        http_timeout: Duration::from_secs(120),
+        ..fast_settings()
+    };
+    let worker = tokio::spawn(delivery::run(db.clone(), settings, shutdown));
+    tokio::time::timeout(Duration::from_secs(30), connected.wait_for(|c| *c))
+        .await
+        .expect("the delivery reached the receiver within 30 s")
+        .unwrap();
+    let started = Instant::now();
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker stopped within 60 s")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        outcomes(db).await.is_empty(),
+        "no outcome: the delivery is still to be made"
+    );
+    silent.abort();
+}
+
 // ---- the saga's notifications ---------------------------------------------------------
 
 /// The shipped topics.toml with notif sending e-mails and webhooks to the test's servers.
