@@ -1,5 +1,6 @@
 //! Operator tools on a cluster: create the declared topics, list and replay dead letters.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,6 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicRe
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -32,7 +34,8 @@ pub struct TopicChange {
 /// partitions where the declaration asks for more. Kafka cannot remove partitions, so
 /// fewer declared than present is reported and left alone.
 pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Result<Vec<TopicChange>> {
-    let admin: AdminClient<DefaultClientContext> = base.create().context("creating the Kafka admin client")?;
+    let admin: Arc<AdminClient<DefaultClientContext>> =
+        Arc::new(base.create().context("creating the Kafka admin client")?);
     let mut wanted: Vec<(String, u32)> = routing
         .topics
         .values()
@@ -43,10 +46,7 @@ pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Resu
             wanted.push((dlq.to_string(), 1));
         }
     }
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, TIMEOUT)
-        .context("reading cluster metadata")?;
+    let metadata = cluster_metadata(&admin).await?;
     let existing: std::collections::HashMap<String, usize> = metadata
         .topics()
         .iter()
@@ -113,15 +113,25 @@ pub async fn sync_topics(base: &ClientConfig, routing: &Routing) -> anyhow::Resu
     Ok(changes)
 }
 
+/// The cluster's metadata, read on a blocking thread: the read blocks its thread (up to
+/// [`TIMEOUT`] while a broker is slow), and a routing edit of a running host calls
+/// [`sync_topics`] from a runtime worker that the routes need.
+async fn cluster_metadata(admin: &Arc<AdminClient<DefaultClientContext>>) -> anyhow::Result<Metadata> {
+    let admin = admin.clone();
+    tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, TIMEOUT))
+        .await?
+        .context("reading cluster metadata")
+}
+
 /// New topics and partitions take a moment to get a leader; until then producing and
 /// reading offsets fail. Waits until every wanted partition has one.
-async fn wait_for_leaders(admin: &AdminClient<DefaultClientContext>, wanted: &[(String, u32)]) -> anyhow::Result<()> {
+async fn wait_for_leaders(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    wanted: &[(String, u32)],
+) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(None, TIMEOUT)
-            .context("reading cluster metadata")?;
+        let metadata = cluster_metadata(admin).await?;
         let pending: Vec<&str> = wanted
             .iter()
             .filter(|(topic, partitions)| {
@@ -374,4 +384,47 @@ pub async fn replay(
             })?;
     }
     Ok(plan.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    /// A routing edit syncs topics from a runtime worker: a broker slow to answer must
+    /// not take that worker from everything else. One thread here, so a blocking read
+    /// would stop the ticker for as long as the broker takes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn syncing_topics_with_a_slow_broker_leaves_the_runtime_free() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.broker_round_trip_time(1, Duration::from_secs(2)).unwrap();
+        let routing = Routing::parse(
+            std::path::Path::new("topics.toml"),
+            "[topics.t]\n[components.c]\nartifact = \"c.wasm\"\n[[routes]]\ntopic = \"t\"\ncomponent = \"c\"\n",
+        )
+        .unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", cluster.bootstrap_servers());
+        let ticks = Arc::new(AtomicU32::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        // Whether the sync finishes in this time does not matter, only that others ran.
+        let _ = tokio::time::timeout(Duration::from_secs(3), sync_topics(&base, &routing)).await;
+        ticker.abort();
+        let ticks = ticks.load(Ordering::SeqCst);
+        assert!(
+            ticks >= 30,
+            "the ticker ran {ticks} times in 3 s of syncing (60 if never held up)"
+        );
+    }
 }

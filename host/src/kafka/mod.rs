@@ -74,15 +74,7 @@ pub enum TopicMaker {
 impl TopicMaker {
     pub async fn ensure(&self, routing: &Routing) -> anyhow::Result<()> {
         match self {
-            TopicMaker::External(base) => {
-                // Its metadata reads block their thread (up to 15 s each while a broker is
-                // slow): a routing edit must not take a runtime worker from the routes.
-                let (base, routing) = (base.clone(), routing.clone());
-                let runtime = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || runtime.block_on(admin::sync_topics(&base, &routing)))
-                    .await?
-                    .map(|_| ())
-            }
+            TopicMaker::External(base) => admin::sync_topics(base, routing).await.map(|_| ()),
             TopicMaker::Embedded(cluster) => {
                 let (cluster, routing) = (cluster.clone(), routing.clone());
                 tokio::task::spawn_blocking(move || cluster.create_topics(&routing)).await?
