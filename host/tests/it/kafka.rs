@@ -505,7 +505,10 @@ impl HostProcess {
             .arg("run")
             // Several hosts at once: each its own free HTTP port.
             .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .env("SWITCHYARD_LOG", "warn,switchyard::kafka::dispatch=info")
+            .env(
+                "SWITCHYARD_LOG",
+                "warn,switchyard::kafka::dispatch=info,switchyard::kafka::relay=info",
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -710,18 +713,38 @@ async fn two_hosts_share_partitions_and_one_leaving_loses_nothing() {
         let list = line.split("partitions=[").nth(1)?.split(']').next()?;
         Some(list.split(',').filter_map(|p| p.trim().parse().ok()).collect())
     };
+    // The outbox shards a host last relayed, from its "relays outbox shards" log lines.
+    // Waited for too: the first host to start holds every shard and hands half over at
+    // its next rebalance (every second); rows it relayed before that would show a shard
+    // as relayed by both hosts (seen once in a local run).
+    let shards = |log: &Path| -> Option<Vec<i16>> {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let line = text.lines().rev().find(|l| l.contains("relays outbox shards"))?;
+        let list = line.split("shards=").nth(1)?.split('[').nth(1)?.split(']').next()?;
+        Some(list.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+    };
     loop {
         let (a, b) = (share(&first_log), share(&second_log));
-        if let (Some(a), Some(b)) = (&a, &b) {
+        let (sa, sb) = (shards(&first_log), shards(&second_log));
+        if let (Some(a), Some(b), Some(sa), Some(sb)) = (&a, &b, &sa, &sb) {
             let mut all: Vec<i32> = a.iter().chain(b).copied().collect();
             all.sort();
-            if !a.is_empty() && !b.is_empty() && all == [0, 1, 2, 3] {
+            let mut all_shards: Vec<i16> = sa.iter().chain(sb).copied().collect();
+            all_shards.sort();
+            let every_shard: Vec<i16> = (0..switchyard::store::RELAY_SHARDS).collect();
+            if !a.is_empty()
+                && !b.is_empty()
+                && all == [0, 1, 2, 3]
+                && !sa.is_empty()
+                && !sb.is_empty()
+                && all_shards == every_shard
+            {
                 break;
             }
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "hosts did not split the partitions: {a:?} {b:?}"
+            "hosts did not split the partitions and outbox shards: {a:?} {b:?}, shards {sa:?} {sb:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
