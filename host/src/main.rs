@@ -43,8 +43,8 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Serve Prometheus metrics at http://ADDR/metrics while `run` runs (until the admin
-    /// listener serves them).
+    /// Also serve Prometheus metrics at http://ADDR/metrics, on a listener of their own
+    /// (`run` serves them on the admin listener too; `gateway` only here).
     #[arg(long, global = true, env = "SWITCHYARD_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Seconds `run` and `gateway` may take to stop after SIGINT/SIGTERM (finishing the
@@ -399,12 +399,7 @@ async fn run_system(cli: &Cli, gateway: &GatewayArgs, admin_addr: std::net::Sock
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     stop_on_signal(stop, cli.shutdown_grace_secs, "finishing in-flight events");
     if let Some(addr) = cli.metrics_addr {
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(err) = switchyard::observe::serve_metrics(addr, stop).await {
-                tracing::error!("{err:#}");
-            }
-        });
+        switchyard::observe::serve_metrics(addr, shutdown.clone()).await?;
     }
     // The gateway shares the routes' database, relay and components; both stop on the
     // same signal.
@@ -445,6 +440,11 @@ async fn run_gateway(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
     let queries = switchyard::gateway_components::load(&routing, &db).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     stop_on_signal(stop, cli.shutdown_grace_secs, "answering waiting requests");
+    // Its own metrics (the gateway's request histogram above all): this process has no
+    // admin listener to serve them.
+    if let Some(addr) = cli.metrics_addr {
+        switchyard::observe::serve_metrics(addr, shutdown.clone()).await?;
+    }
     switchyard::gateway::serve(gateway, db.clone(), brokers.client_config(), queries, true, shutdown).await?;
     db.close().await;
     Ok(ExitCode::SUCCESS)

@@ -74,19 +74,29 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves [`router`] on `addr` until `shutdown` (until the admin listener mounts it).
-pub async fn serve_metrics(addr: SocketAddr, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Binds `addr` and serves [`router`] there until `shutdown`: `--metrics-addr`, for a
+/// scraper on a listener of its own (the admin listener of `run` serves `/metrics` too;
+/// `switchyard gateway` has no other). Binding is done before this returns, so a taken or
+/// bad address stops the start with the fix instead of a log line.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics listener to {addr} (choose a free --metrics-addr)"))?;
     tracing_log_bound(listener.local_addr().unwrap_or(addr));
-    axum::serve(listener, router())
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-        .context("serving /metrics")
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(err) = served {
+            ::tracing::error!(error = %err, "serving /metrics failed");
+        }
+    }))
 }
 
 fn tracing_log_bound(addr: SocketAddr) {

@@ -643,6 +643,7 @@ mod process {
             .env("SWITCHYARD_DATA_DIR", data.path())
             .env("SWITCHYARD_HTTP_ADDR", "127.0.0.1:0")
             .env("SWITCHYARD_ADMIN_ADDR", "127.0.0.1:0")
+            .env("SWITCHYARD_METRICS_ADDR", "127.0.0.1:0")
             .env("SWITCHYARD_JWT_SECRET", SECRET)
             .env("SWITCHYARD_LOG", "info")
             .stdout(Stdio::null())
@@ -691,6 +692,25 @@ mod process {
             .await
             .unwrap();
         assert_eq!(registered.status(), 201);
+        // `--metrics-addr` serves this process's metrics, the request above among them
+        // (`switchyard gateway` has no admin listener to serve them otherwise).
+        let metrics = said()
+            .lines()
+            .find_map(|l| {
+                l.split("metrics at ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no metrics listener in the log:\n{}", said()));
+        let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
+        assert!(
+            text.contains(
+                r#"http_server_request_duration_seconds_count{method="POST",route="/auth/register",status="201"} 1"#
+            ),
+            "{metrics}:\n{text}"
+        );
         let killed = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()

@@ -265,6 +265,7 @@ async fn probe_deliveries(db: &Db) {
     let many: Vec<Value> = (0..10)
         .map(|i| post(&format!("http://127.0.0.1:{port}/ok/{i}"), None))
         .collect();
+    let calls_before = outbound_host_calls();
     let Outcome::Committed(effects) = runtime
         .invoke(&probe, db, &event("e3", json!({"steps": many})))
         .await
@@ -273,6 +274,12 @@ async fn probe_deliveries(db: &Db) {
         panic!("the requests commit")
     };
     assert_eq!(effects.deliveries.len(), 10);
+    // Each call is counted under its interface (at least: tests beside this one call too).
+    assert!(
+        outbound_host_calls() >= calls_before + 10,
+        "switchyard_host_calls_total{{interface=\"outbound\"}} went from {calls_before} to {}",
+        outbound_host_calls()
+    );
     let down = json!({"steps": [post(&format!("http://127.0.0.1:{port}/down/x"), None)]});
     assert!(matches!(
         runtime.invoke(&probe, db, &event("e4", down)).await.unwrap(),
@@ -347,6 +354,14 @@ async fn probe_deliveries(db: &Db) {
 }
 
 on_both_backends!(probe_deliveries);
+
+/// `switchyard_host_calls_total{interface="outbound"}` in this process's metrics.
+fn outbound_host_calls() -> u64 {
+    let text = switchyard::observe::metrics().encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchyard_host_calls_total{interface=\"outbound\"} "))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
 
 /// A receiver that accepts and never answers holds a delivery until its HTTP timeout; the
 /// worker's stop waits for it at most 5 s, and the delivery is tried again later.

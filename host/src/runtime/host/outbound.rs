@@ -143,7 +143,9 @@ pub(crate) fn check_email(spec: &ComponentSpec, email: wit::Email, id: &str) -> 
 }
 
 impl Host for OutboundView<'_> {
+    #[tracing::instrument(level = "debug", name = "outbound.deliver", skip_all, fields(otel.kind = "internal"))]
     async fn deliver(&mut self, delivery: wit::Delivery) -> Result<String, Error> {
+        crate::observe::metrics().host_call("outbound");
         if let Some(why) = self.origin.refuse_write("outbound deliver") {
             return Err(Error::ReadOnly(why));
         }
