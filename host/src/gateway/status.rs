@@ -33,6 +33,13 @@ const REDIS_PREFIX: &str = "switchyard:order-status:";
 /// Longest wait for Redis to connect or answer a command; it answers in well under a
 /// millisecond on a healthy network.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the status subscription pings Redis. A subscribed connection only
+/// receives, so without it a Redis that went silent (hung, restarted behind a network that
+/// dropped the reset) would leave this replica deaf to the statuses other replicas store,
+/// and its waiters would time out, while the subscription still counted as open.
+pub const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
+/// How long the gateway's start waits for Redis to connect and the subscription to open.
+const SUBSCRIBE_AT_START: Duration = Duration::from_secs(10);
 /// How many statuses the in-process cache keeps (oldest dropped first).
 const MEMORY_CAPACITY: usize = 100_000;
 
@@ -80,7 +87,7 @@ pub enum CacheError {
 enum Backend {
     Memory(Mutex<Memory>),
     Redis {
-        commands: redis::aio::ConnectionManager,
+        commands: Arc<Commands>,
         /// True while the subscription is open.
         subscribed: watch::Receiver<bool>,
     },
@@ -124,18 +131,13 @@ impl StatusCache {
     /// The Redis cache; returns once the subscription is open.
     pub async fn redis(url: &str, shutdown: watch::Receiver<bool>) -> Result<Arc<StatusCache>, CacheError> {
         let client = redis::Client::open(url)?;
-        // redis-rs waits forever by default: a Redis that accepts and stops answering
-        // would hold every status read and write, and the gateway's stop behind them.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(REDIS_TIMEOUT)
-            .set_response_timeout(REDIS_TIMEOUT);
-        let commands = redis::aio::ConnectionManager::new_with_config(client.clone(), config).await?;
+        let commands = Arc::new(Commands::connect(client.clone()).await?);
         let (local, _) = broadcast::channel(4096);
         let (up, subscribed) = watch::channel(false);
         tokio::spawn(run_subscription(client, local.clone(), up, shutdown));
         let mut ready = subscribed.clone();
         // The subscription must be open before any request waits on it.
-        tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|up| *up))
+        tokio::time::timeout(SUBSCRIBE_AT_START, ready.wait_for(|up| *up))
             .await
             .map_err(|_| {
                 CacheError::Redis(redis::RedisError::from((
@@ -182,12 +184,14 @@ impl StatusCache {
             }
             Backend::Redis { commands, .. } => {
                 let text = serde_json::to_string(&status).expect("a status always serializes");
-                let mut conn = commands.clone();
+                let (generation, mut conn) = commands.current();
                 // SET before PUBLISH: whoever misses the message finds the key.
-                let _: () = conn
+                let stored: Result<(), _> = conn
                     .set_ex(format!("{REDIS_PREFIX}{}", status.request_id), &text, REDIS_TTL_SECS)
-                    .await?;
-                let _: i64 = conn.publish(REDIS_CHANNEL, &text).await?;
+                    .await;
+                commands.check(generation, stored)?;
+                let published: Result<i64, _> = conn.publish(REDIS_CHANNEL, &text).await;
+                commands.check(generation, published)?;
             }
         }
         Ok(())
@@ -197,8 +201,9 @@ impl StatusCache {
         match &self.backend {
             Backend::Memory(memory) => Ok(memory.lock().expect("status cache lock").map.get(request_id).cloned()),
             Backend::Redis { commands, .. } => {
-                let mut conn = commands.clone();
-                let text: Option<String> = conn.get(format!("{REDIS_PREFIX}{request_id}")).await?;
+                let (generation, mut conn) = commands.current();
+                let text: Option<String> =
+                    commands.check(generation, conn.get(format!("{REDIS_PREFIX}{request_id}")).await)?;
                 text.map(|t| {
                     serde_json::from_str(&t)
                         .map(Arc::new)
@@ -256,14 +261,92 @@ impl StatusCache {
                 if !*subscribed.borrow() {
                     return Err("the Redis subscription is reconnecting".into());
                 }
-                let mut conn = commands.clone();
-                let pong: Result<String, _> =
-                    tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async(&mut conn))
-                        .await
-                        .map_err(|_| "Redis did not answer PING within 2 s".to_string())?;
-                pong.map(|_| ()).map_err(|e| format!("Redis: {e}"))
+                let (generation, mut conn) = commands.current();
+                let pong: Result<String, _> = tokio::time::timeout(
+                    REDIS_TIMEOUT + Duration::from_millis(500),
+                    redis::cmd("PING").query_async(&mut conn),
+                )
+                .await
+                .map_err(|_| format!("Redis did not answer PING within {} s", REDIS_TIMEOUT.as_secs()))?;
+                commands
+                    .check(generation, pong)
+                    .map(|_| ())
+                    .map_err(|e| format!("Redis: {e}"))
             }
         }
+    }
+}
+
+/// The connection for Redis commands, replaced after a command times out.
+///
+/// redis-rs's `ConnectionManager` reconnects after a reset or a refused connection, but
+/// keeps a connection whose answers time out (it retries such errors on the same
+/// connection). A Redis that went silent behind a connection that was never reset (a
+/// restart behind a dropped reset, a network that black-holes) would then fail every
+/// status read and write long after it answers again; a fresh connection recovers.
+pub(crate) struct Commands {
+    client: redis::Client,
+    current: Mutex<(u64, redis::aio::ConnectionManager)>,
+    replacing: std::sync::atomic::AtomicBool,
+}
+
+impl Commands {
+    async fn connect(client: redis::Client) -> Result<Commands, redis::RedisError> {
+        let manager = Self::manager(&client).await?;
+        Ok(Commands {
+            client,
+            current: Mutex::new((0, manager)),
+            replacing: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    async fn manager(client: &redis::Client) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+        // redis-rs waits forever by default: a Redis that accepts and stops answering
+        // would hold every status read and write, and the gateway's stop behind them.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT);
+        // Bounded as a whole too: the handshake of a new connection to a Redis that
+        // accepts and never answers is not covered by either timeout. As long as the
+        // subscription gets to open at start, so a Redis still starting is waited for.
+        tokio::time::timeout(
+            SUBSCRIBE_AT_START,
+            redis::aio::ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
+    }
+
+    /// The connection to use, with its generation for [`Commands::check`].
+    fn current(&self) -> (u64, redis::aio::ConnectionManager) {
+        self.current.lock().expect("redis commands lock").clone()
+    }
+
+    /// Passes `result` on; after a timeout, starts replacing the connection of
+    /// `generation` (once, in the background: the caller gets its error at once).
+    fn check<T>(self: &Arc<Self>, generation: u64, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(err) = &result
+            && err.is_timeout()
+            && !self.replacing.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let this = self.clone();
+            tokio::spawn(async move {
+                match Self::manager(&this.client).await {
+                    Ok(manager) => {
+                        let mut current = this.current.lock().expect("redis commands lock");
+                        if current.0 == generation {
+                            *current = (generation + 1, manager);
+                            tracing::info!("Redis timed out; commands use a new connection");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "Redis timed out and reconnecting failed; retried at the next timeout")
+                    }
+                }
+                this.replacing.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        result
     }
 }
 
@@ -280,16 +363,41 @@ async fn run_subscription(
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(REDIS_CHANNEL).await?;
             Ok::<_, redis::RedisError>(pubsub)
-        }
-        .await;
+        };
+        let connected = match tokio::time::timeout(REDIS_TIMEOUT, connected).await {
+            Ok(connected) => connected,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "Redis did not answer SUBSCRIBE in time",
+            ))),
+        };
         match connected {
             Ok(pubsub) => {
                 let _ = up.send(true);
                 // Anything published while we were away is in the cache.
                 let _ = local.send(Signal::Resync);
-                let mut messages = pubsub.into_on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ping.tick().await; // the first tick is now
                 loop {
                     tokio::select! {
+                        _ = ping.tick() => {
+                            match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(err)) => {
+                                    tracing::warn!(error = %err, "Redis status subscription failed its ping");
+                                    break;
+                                }
+                                Err(_) => {
+                                    tracing::warn!(
+                                        limit_ms = REDIS_TIMEOUT.as_millis() as u64,
+                                        "Redis did not answer the status subscription's ping in time"
+                                    );
+                                    break;
+                                }
+                            }
+                        }
                         message = messages.next() => match message {
                             Some(message) => {
                                 let payload: String = match message.get_payload() {

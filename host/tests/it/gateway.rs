@@ -877,6 +877,58 @@ mod cache {
         assert!(started.elapsed() < limit, "write: {:?}", started.elapsed());
         assert!(cache.check().await.is_err(), "not ready while Redis does not answer");
     }
+
+    /// A Redis that goes silent under an open status subscription: the subscription's ping
+    /// finds out, the replica says it is not ready, and once Redis answers again the
+    /// subscription is reopened and a status another replica stores reaches this one's
+    /// waiter. Without the ping a subscribed connection never sends, so it would stay
+    /// "open" and deaf.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_to_a_redis_that_stops_answering_is_noticed_and_reopened() {
+        use gateway::status::{REDIS_TIMEOUT, SUBSCRIPTION_PING};
+        use std::sync::atomic::Ordering::SeqCst;
+        let direct = crate::common::service("SWITCHYARD_TEST_REDIS_URL");
+        let (url, silent) = silenceable(&direct).await;
+        let (_stop, shutdown) = watch::channel(false);
+        let a = StatusCache::redis(&url, shutdown.clone()).await.unwrap();
+        let b = StatusCache::redis(&direct, shutdown.clone()).await.unwrap();
+
+        silent.store(true, SeqCst);
+        let limit = SUBSCRIPTION_PING + REDIS_TIMEOUT + Duration::from_secs(3);
+        let started = Instant::now();
+        loop {
+            let checked = a.check().await;
+            if checked.as_ref().err().map(String::as_str) == Some("the Redis subscription is reconnecting") {
+                break;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the silent subscription went unnoticed for {:?} (last check: {checked:?})",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        silent.store(false, SeqCst);
+        let started = Instant::now();
+        while a.check().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "not ready 20 s after Redis answers again: {:?}",
+                a.check().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let sub = a.subscribe();
+        let waiter = tokio::spawn({
+            let (a, id, shutdown) = (a.clone(), id.clone(), shutdown.clone());
+            async move { a.wait_final(sub, &id, Duration::from_secs(10), shutdown).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.put(status(&id, "PAID")).await.unwrap();
+        assert!(matches!(waiter.await.unwrap(), Wait::Final(s) if s.status == "PAID"));
+    }
 }
 
 /// Tokens from PyJWT (`scripts/bootstrap.sh` installs it), and every bad token.
