@@ -284,7 +284,7 @@ impl StatusCache {
 /// connection). A Redis that went silent behind a connection that was never reset (a
 /// restart behind a dropped reset, a network that black-holes) would then fail every
 /// status read and write long after it answers again; a fresh connection recovers.
-pub(crate) struct Commands {
+struct Commands {
     client: redis::Client,
     current: Mutex<(u64, redis::aio::ConnectionManager)>,
     replacing: std::sync::atomic::AtomicBool,
@@ -307,8 +307,8 @@ impl Commands {
             .set_connection_timeout(REDIS_TIMEOUT)
             .set_response_timeout(REDIS_TIMEOUT);
         // Bounded as a whole too: the handshake of a new connection to a Redis that
-        // accepts and never answers is not covered by either timeout. As long as the
-        // subscription gets to open at start, so a Redis still starting is waited for.
+        // accepts and never answers is not covered by either timeout. The bound is that of
+        // the subscription at start, so a Redis still starting is waited for as before.
         tokio::time::timeout(
             SUBSCRIBE_AT_START,
             redis::aio::ConnectionManager::new_with_config(client.clone(), config),
