@@ -357,10 +357,9 @@ on_both_backends!(probe_deliveries);
 
 /// `switchyard_host_calls_total{interface="outbound"}` in this process's metrics.
 fn outbound_host_calls() -> u64 {
-    let text = switchyard::observe::metrics().encode();
-    text.lines()
-        .find_map(|l| l.strip_prefix("switchyard_host_calls_total{interface=\"outbound\"} "))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    crate::observe::Scrape(switchyard::observe::metrics().encode())
+        .value("switchyard_host_calls_total", &[("interface", "outbound")])
+        .unwrap_or(0.0) as u64
 }
 
 /// A receiver that accepts and never answers holds a delivery until its HTTP timeout; the
