@@ -740,6 +740,45 @@ mod process {
         serves_http_until_sigterm("run").await;
     }
 
+    /// `--metrics-addr` is bound before the start goes on: an address in use stops
+    /// `switchyard gateway` with the fix rather than leaving it running unscraped.
+    #[test]
+    fn a_taken_metrics_address_stops_the_binary_with_the_fix() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let log = data.path().join("stderr.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["gateway", "--metrics-addr", &taken.local_addr().unwrap().to_string()])
+            .current_dir(crate::common::workspace())
+            .env_remove("SWITCHYARD_DATABASE_URL")
+            .env_remove("SWITCHYARD_BROKERS")
+            .env_remove("SWITCHYARD_REDIS_URL")
+            .env("SWITCHYARD_DATA_DIR", data.path())
+            .env("SWITCHYARD_HTTP_ADDR", "127.0.0.1:0")
+            .env("SWITCHYARD_JWT_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!(
+                    "still running 60 s after being given a taken metrics address:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains("choose a free --metrics-addr"), "{stderr}");
+    }
+
     #[test]
     fn a_bad_gateway_setting_stops_the_binary_with_the_fix() {
         let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
