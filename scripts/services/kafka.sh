@@ -153,8 +153,12 @@ kafka_format() {
   if [[ -s $KAFKA_DIR/cluster.id ]]; then
     cid=$(<"$KAFKA_DIR/cluster.id")
   else
-    # 16 random bytes, URL-safe base64 without padding = a Kafka Uuid string
-    cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    # 16 random bytes, URL-safe base64 without padding = a Kafka Uuid string. Not one
+    # starting with '-': kafka-storage takes it for an option (1 in 64; failed a CI run).
+    cid=-
+    while [[ $cid == -* ]]; do
+      cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    done
     echo "$cid" >"$KAFKA_DIR/cluster.id"
   fi
   log "kafka: formatting storage in $KAFKA_DATA (cluster id $cid)"
