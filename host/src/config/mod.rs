@@ -487,6 +487,18 @@ fn resolve_retry(
                 ),
             ));
         }
+    } else if let Some(ms) = &raw.initial_backoff_ms
+        && retry.initial_backoff > retry.max_backoff
+    {
+        // Against the default max, every delay would be capped below the initial one.
+        return Err(at(
+            ms.span(),
+            format!(
+                "initial-backoff-ms {} is above the default max-backoff-ms {}: lower it, or set max-backoff-ms",
+                retry.initial_backoff.as_millis(),
+                retry.max_backoff.as_millis()
+            ),
+        ));
     }
     Ok(retry)
 }

@@ -7,7 +7,7 @@
 //! - Idempotency: the delivery id goes out on every attempt, as the `Idempotency-Key`
 //!   header ([`http`]) or as `Message-ID: <id@switchyard>` ([`smtp`]), so a receiver can
 //!   tell a retry from a new request.
-//! - Retries: a transient failure (connection refused, timeout, HTTP 5xx/408/429, SMTP 4xx)
+//! - Retries: a transient failure (connection refused, timeout, HTTP 5xx/408/425/429, SMTP 4xx)
 //!   waits an exponentially growing pause (the component's `reach.retry`); after the last
 //!   attempt the delivery is a dead letter. A permanent refusal (HTTP 4xx, SMTP 5xx) ends
 //!   it at once.

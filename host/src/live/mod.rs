@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::{ComponentName, Route, Routing};
+use crate::runtime::LoadError;
 use crate::store::{Activation, Db, StoredVersion, now_ms};
 
 use registry::{DeployError, Registry, Swapped, file_source};
@@ -265,10 +266,14 @@ impl Live {
             Err(err) => Err(LiveError::Rejected(err.to_string())),
         };
         match &result {
-            Ok(report) if report.is_empty() => tracing::debug!(trigger, "routing unchanged"),
             Ok(report) => {
+                // Valid again, changed or not (a broken file put back as it was, say).
                 *self.last_rejected.lock().expect("rejected lock") = None;
-                tracing::info!(trigger, ?report, "routing edit applied");
+                if report.is_empty() {
+                    tracing::debug!(trigger, "routing unchanged");
+                } else {
+                    tracing::info!(trigger, ?report, "routing edit applied");
+                }
             }
             Err(err) => {
                 tracing::error!(trigger, error = %err, "routing edit refused");
@@ -282,7 +287,8 @@ impl Live {
     }
 
     /// Applies `new` as a diff against the running routing: components new or with a
-    /// new artifact are compiled and checked first (any failure refuses the whole edit);
+    /// new artifact are compiled, checked and started once first, running code given new
+    /// limits is started once under them (any failure refuses the whole edit);
     /// then added routes start, removed ones drain and leave their group, edited
     /// settings apply from the next event, and routes the edit does not touch keep
     /// running untouched (no rebalance).
@@ -290,20 +296,41 @@ impl Live {
         let old = self.routing();
         let mut report = ReloadReport::default();
 
-        // Check every new artifact before anything changes.
+        // Check every new artifact, and running code given new limits, before anything
+        // changes: compiled, linked and started once under the new settings. Start-up
+        // code that traps, loops or outgrows the memory it is given refuses the edit
+        // here; found at the swap, it left the topics, settings and swaps before it applied.
         let mut incoming = Vec::new();
         for (name, spec) in &new.components {
-            let fresh = match old.components.get(name) {
-                None => true,
-                Some(before) => before.artifact != spec.artifact,
-            };
-            if fresh {
+            let before = old.components.get(name);
+            if before.is_none_or(|before| before.artifact != spec.artifact) {
+                let bytes = std::fs::read(&spec.artifact).map_err(|source| {
+                    LiveError::Rejected(
+                        LoadError::Read {
+                            at: spec.artifact_at.to_string(),
+                            component: spec.name.to_string(),
+                            path: spec.artifact.display().to_string(),
+                            source,
+                        }
+                        .to_string(),
+                    )
+                })?;
                 let loaded = self
                     .registry
-                    .runtime()
-                    .load(spec)
+                    .check(spec, &bytes)
+                    .await
                     .map_err(|e| LiveError::Rejected(e.to_string()))?;
-                incoming.push((spec.clone(), loaded.version.to_string()));
+                incoming.push((spec.clone(), loaded, bytes));
+            } else if before.is_some_and(|before| before.limits != spec.limits)
+                && let Some(running) = self.registry.get(name)
+            {
+                let relimited = running
+                    .with_spec(self.registry.runtime(), spec)
+                    .map_err(|e| LiveError::Rejected(e.to_string()))?;
+                self.registry
+                    .check_start(&relimited)
+                    .await
+                    .map_err(|e| LiveError::Rejected(format!("{e} under the new limits")))?;
             }
         }
         if let Err(err) = self.topics.ensure(&new).await {
@@ -312,20 +339,19 @@ impl Live {
             )));
         }
 
-        for (spec, _) in &incoming {
+        for (spec, loaded, bytes) in incoming {
             let name = spec.name.to_string();
             if old.components.contains_key(&spec.name) {
-                let bytes = std::fs::read(&spec.artifact).map_err(|e| LiveError::Rejected(e.to_string()))?;
                 // Settings first, so the swap below runs the new code under them.
-                if let Err(err) = self.registry.respec(spec) {
+                if let Err(err) = self.registry.respec(&spec) {
                     tracing::warn!(error = %err, "cannot apply the new settings to the old code");
                 }
                 self.registry
-                    .deploy_bytes(spec, &bytes, &file_source(spec), "file")
+                    .deploy_checked(&spec, loaded, &bytes, &file_source(&spec), "file")
                     .await?;
                 report.swapped.push(name);
             } else {
-                self.registry.add(spec).await?;
+                self.registry.add(&spec).await?;
                 report.components_added.push(name);
             }
         }

@@ -167,19 +167,46 @@ impl Registry {
         source: &str,
         reason: &str,
     ) -> Result<Swapped, DeployError> {
+        let loaded = self.check(spec, bytes).await?;
+        self.deploy_checked(spec, loaded, bytes, source, reason).await
+    }
+
+    /// `bytes` compiled for `spec` (off the event workers' threads: compiling takes a
+    /// core for a while), linked against the world, and instantiated once under
+    /// `spec`'s limits. Nothing changes.
+    pub async fn check(&self, spec: &ComponentSpec, bytes: &[u8]) -> Result<LoadedComponent, DeployError> {
         let runtime = self.runtime.clone();
         let (owned_spec, owned_bytes) = (spec.clone(), bytes.to_vec());
-        // Compiling takes a core for a while: keep it off the event workers' threads.
         let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&owned_spec, &owned_bytes))
             .await
             .expect("compile task")?;
-        if let Err(reason) = self.runtime.trial_instantiate(&loaded, &self.db).await {
-            return Err(DeployError::TrapsAtLoad {
-                component: spec.name.to_string(),
+        self.check_start(&loaded).await?;
+        Ok(loaded)
+    }
+
+    /// Instantiates `loaded` once, read-only and under its limits: start-up code that
+    /// traps, loops or outgrows its memory is refused here rather than at its first event.
+    pub async fn check_start(&self, loaded: &LoadedComponent) -> Result<(), DeployError> {
+        self.runtime
+            .trial_instantiate(loaded, &self.db)
+            .await
+            .map_err(|reason| DeployError::TrapsAtLoad {
+                component: loaded.spec.name.to_string(),
                 version: loaded.version.to_string(),
                 reason,
-            });
-        }
+            })
+    }
+
+    /// Makes `loaded`, which passed [`Registry::check`], the running code of `spec`'s
+    /// component on every host.
+    pub async fn deploy_checked(
+        &self,
+        spec: &ComponentSpec,
+        loaded: LoadedComponent,
+        bytes: &[u8],
+        source: &str,
+        reason: &str,
+    ) -> Result<Swapped, DeployError> {
         let _guard = self.installing.lock().await;
         let activation = self
             .db

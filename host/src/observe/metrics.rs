@@ -184,7 +184,7 @@ impl Metrics {
         );
         registry.register(
             "switchyard_handler_duration_seconds",
-            "Wall time of one invocation (inbox claim, instantiation, handle, commit) per component and version",
+            "Wall time of one run of a component (instantiation, handle, staging its effects; not the commit) per component and version",
             m.handler_duration.clone(),
         );
         registry.register(

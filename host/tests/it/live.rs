@@ -454,6 +454,72 @@ async fn bad_artifacts_and_edits_are_refused(real: bool, backend: Backend) {
     })
     .await;
 
+    // An edit whose swap cannot start (stamp moved to v2 under a memory cap below its
+    // initial memory), with a route setting changed beside it: refused whole. Checked
+    // only at the swap, it had already put the old code under the 1 MiB cap, and every
+    // later event failed.
+    let probe_line = format!("artifact = \"{}\"", artifact("probe").display());
+    let cannot_start = routing_text(&p, 4, true)
+        .replacen(
+            &probe_line,
+            &format!("artifact = \"{}\"", artifact("probe-v2").display()),
+            1,
+        )
+        .replace("memory-mib = 32", "memory-mib = 1");
+    write_atomically(&path, &cannot_start);
+    wait_for(
+        "the edit that cannot start refused",
+        Duration::from_secs(30),
+        async || admin.status().await.unwrap().last_rejected_edit.is_some(),
+    )
+    .await;
+    let rejected = admin.status().await.unwrap().last_rejected_edit.unwrap().error;
+    assert!(
+        rejected.contains("traps at load") && rejected.contains("memory cap"),
+        "{rejected}"
+    );
+    for n in 100..120 {
+        send(n).await;
+    }
+    wait_for(
+        "traffic handled by the running version",
+        Duration::from_secs(60),
+        async || {
+            let rows = handled(db, "stamp", &topic_in).await;
+            rows.len() == 120 && rows.iter().all(|r| r.2 == version && r.4 == "committed")
+        },
+    )
+    .await;
+    let status = admin.status().await.unwrap();
+    assert_eq!(
+        status.components.iter().find(|c| c.name == "stamp").unwrap().version,
+        version
+    );
+    // The file put back as it runs: valid, nothing to change, and the refusal is cleared.
+    write_atomically(&path, &routing_text(&p, 3, true));
+    wait_for("the refusal cleared", Duration::from_secs(10), async || {
+        admin.status().await.unwrap().last_rejected_edit.is_none()
+    })
+    .await;
+    // The same cap on the running code alone: refused too.
+    write_atomically(
+        &path,
+        &routing_text(&p, 3, true).replace("memory-mib = 32", "memory-mib = 1"),
+    );
+    wait_for(
+        "the cap on the running code refused",
+        Duration::from_secs(30),
+        async || admin.status().await.unwrap().last_rejected_edit.is_some(),
+    )
+    .await;
+    let rejected = admin.status().await.unwrap().last_rejected_edit.unwrap().error;
+    assert!(rejected.contains("under the new limits"), "{rejected}");
+    write_atomically(&path, &routing_text(&p, 3, true));
+    wait_for("the refusal cleared again", Duration::from_secs(10), async || {
+        admin.status().await.unwrap().last_rejected_edit.is_none()
+    })
+    .await;
+
     // Rollback: v2 by file swap, then back to the version before.
     let v2 = std::fs::read(artifact("probe-v2")).unwrap();
     let swapped = admin.deploy("stamp", v2).await.unwrap();
