@@ -112,24 +112,12 @@ pub fn validate_registration(req: &RegisterRequest) -> Result<(), Vec<FieldError
             message,
         })
     };
-    let name = &req.username;
-    if !(3..=32).contains(&name.chars().count()) {
-        bad(
-            "username",
-            format!("must be 3 to 32 characters, got {}", name.chars().count()),
-        );
-    } else if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        bad(
-            "username",
-            format!("{name:?} may contain only letters, digits, '.', '_' and '-'"),
-        );
+    if let Err(message) = check_username(&req.username) {
+        bad("username", message);
     }
     let email = req.email.trim();
     let valid_email = email.len() <= 254
-        && !email.chars().any(char::is_whitespace)
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && domain.contains('.')
@@ -144,10 +132,65 @@ pub fn validate_registration(req: &RegisterRequest) -> Result<(), Vec<FieldError
         );
     }
     let len = req.password.chars().count();
-    if !(8..=128).contains(&len) {
-        bad("password", format!("must be 8 to 128 characters, got {len}"));
+    if !(8..=MAX_PASSWORD_CHARS).contains(&len) {
+        bad(
+            "password",
+            format!("must be 8 to {MAX_PASSWORD_CHARS} characters, got {len}"),
+        );
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Longest password accepted: argon2 hashes any length, so a cap keeps a login cheap to refuse.
+const MAX_PASSWORD_CHARS: usize = 128;
+
+/// A username as registration accepts it, or why not.
+fn check_username(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if !(3..=32).contains(&chars) {
+        return Err(format!("must be 3 to 32 characters, got {chars}"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!("{name:?} may contain only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Hashes computed at once, per core: each argon2id call holds about 19 MiB and a
+/// blocking thread for tens of milliseconds, so a flood of logins queues here instead
+/// of taking the memory and the blocking pool (where swapped components compile).
+const HASHES_PER_CORE: usize = 2;
+/// How long a login or registration waits for its turn before it is answered 503.
+pub const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn hashing_turns() -> &'static Arc<tokio::sync::Semaphore> {
+    static TURNS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    TURNS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(cores * HASHES_PER_CORE))
+    })
+}
+
+/// Runs `work` (a hash or a verification) on a blocking thread once a turn is free,
+/// waiting at most `wait`. The turn is held until `work` ends, also when the request
+/// is dropped first.
+async fn hashing<T: Send + 'static>(
+    wait: std::time::Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Problem> {
+    let turn = tokio::time::timeout(wait, hashing_turns().clone().acquire_owned())
+        .await
+        .map_err(|_| Problem::unavailable("too many logins and registrations at once; retry in a second"))?
+        .expect("the semaphore is never closed");
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|e| Problem::internal("hashing the password", &e))
 }
 
 /// Password hashing with argon2id (the crate's defaults follow OWASP's advice).
@@ -211,9 +254,8 @@ pub async fn register(
 ) -> Result<Response, Problem> {
     validate_registration(&req).map_err(Problem::invalid_fields)?;
     let password = req.password.clone();
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| Problem::internal("hashing the password", &e))?
+    let hash = hashing(HASHING_WAIT, move || hash_password(&password))
+        .await?
         .map_err(|e| Problem::internal("hashing the password", &e))?;
     let at = now_ms();
     let email = req.email.trim().to_string();
@@ -267,6 +309,11 @@ pub async fn login(
     State(gw): State<Arc<Gateway>>,
     ProblemJson(req): ProblemJson<LoginRequest>,
 ) -> Result<axum::Json<TokenResponse>, Problem> {
+    // No such account can exist: refused before the database and the hash (the rules
+    // are public, so answering sooner tells nothing about who is registered).
+    if check_username(&req.username).is_err() || req.password.chars().count() > MAX_PASSWORD_CHARS {
+        return Err(Problem::unauthorized("unknown username or wrong password"));
+    }
     let user = find_user(&gw.db, &req.username)
         .await
         .map_err(|e| Problem::internal("logging in", &e))?;
@@ -274,9 +321,7 @@ pub async fn login(
     let hash = user.map(|u| u.password_hash).unwrap_or_else(|| gw.decoy_hash.clone());
     let known = gw.decoy_hash != hash;
     let password = req.password;
-    let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-        .await
-        .map_err(|e| Problem::internal("logging in", &e))?;
+    let matches = hashing(HASHING_WAIT, move || verify_password(&hash, &password)).await?;
     if !(known && matches) {
         return Err(Problem::unauthorized("unknown username or wrong password"));
     }
@@ -414,6 +459,38 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, ["username", "email", "password"]);
+    }
+
+    #[test]
+    fn usernames_and_emails_with_control_characters_are_refused() {
+        let req = |username: &str, email: &str| RegisterRequest {
+            username: username.into(),
+            email: email.into(),
+            password: "long enough".into(),
+        };
+        let fields = |r: RegisterRequest| -> Vec<String> {
+            validate_registration(&r)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        assert_eq!(fields(req("al\u{0}ice", "alice@example.org")), ["username"]);
+        assert_eq!(fields(req("alice", "a\u{0}@example.org")), ["email"]);
+        assert_eq!(fields(req("alice", "a@exam\u{7}ple.org")), ["email"]);
+    }
+
+    /// With every turn taken, a hash waits its limit and is answered 503, not queued
+    /// without end; a turn given back lets the next one run.
+    #[tokio::test]
+    async fn hashing_waits_for_a_turn_at_most_its_limit() {
+        let all = hashing_turns().available_permits() as u32;
+        let taken = hashing_turns().clone().acquire_many_owned(all).await.unwrap();
+        let refused = hashing(std::time::Duration::from_millis(50), || 1).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(taken);
+        assert_eq!(hashing(std::time::Duration::from_millis(50), || 2).await.unwrap(), 2);
     }
 
     #[test]

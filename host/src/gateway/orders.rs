@@ -284,6 +284,9 @@ async fn order_record(gw: &Gateway, user: &AuthUser, request_id: &str) -> Result
     }
 }
 
+/// The longest `requestId` looked up; the gateway's own are UUIDs (36 bytes).
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
 /// `GET /orders/{requestId}`
 #[utoipa::path(get, path = "/orders/{requestId}", tag = "orders",
     params(("requestId" = String, Path, description = "from the `Location` of `POST /orders`")),
@@ -300,6 +303,13 @@ pub async fn get_order(
     ProblemPath(request_id): ProblemPath<String>,
 ) -> Result<Response, Problem> {
     user.require(ROLE_USER)?;
+    // Longer than any id an order can have (the order component's keys hold it, 512
+    // bytes in all), or with control characters no database text takes: no such order.
+    if request_id.len() > MAX_REQUEST_ID_BYTES || request_id.chars().any(char::is_control) {
+        return Err(Problem::not_found(format!(
+            "you have no order with that requestId (ids are at most {MAX_REQUEST_ID_BYTES} bytes, with no control characters)"
+        )));
+    }
     tracing::Span::current().record("request_id", request_id.as_str());
     let status = gw
         .cache

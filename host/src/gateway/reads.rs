@@ -84,6 +84,9 @@ pub fn amount_minor(amount: f64) -> Result<i64, String> {
     if (cents - cents.round()).abs() > 1e-6 {
         return Err(format!("{amount} has more than two decimals"));
     }
+    if cents.round() < 1.0 {
+        return Err(format!("{amount} is less than a cent"));
+    }
     Ok(cents.round() as i64)
 }
 
@@ -251,7 +254,8 @@ mod tests {
     fn deposit_amounts_are_whole_cents() {
         assert_eq!(amount_minor(0.29), Ok(29));
         assert_eq!(amount_minor(100.5), Ok(10050));
-        for bad in [0.0, -1.0, 1.005, f64::NAN, 1e12] {
+        assert_eq!(amount_minor(0.01), Ok(1));
+        for bad in [0.0, -1.0, 1.005, f64::NAN, 1e12, 1e-9, 0.004] {
             assert!(amount_minor(bad).is_err(), "{bad}");
         }
     }

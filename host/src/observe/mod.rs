@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use tokio::sync::watch;
@@ -56,7 +57,20 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     if !enabled() {
         return next.run(request).await;
     }
-    let method = request.method().to_string();
+    // Any token is a method to hyper: only the standard ones get a series of their own,
+    // so a client cannot add series without end by making methods up.
+    let method = match *request.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::OPTIONS
+        | Method::CONNECT
+        | Method::TRACE => request.method().as_str().to_string(),
+        _ => "other".to_string(),
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -215,7 +215,31 @@ mod routes {
         assert_eq!(outbox(&db).await.len(), 1);
     }
 
-    on_both_backends!(register_writes_the_user_and_its_event_in_one_transaction);
+    /// Input no account or order can have gets the answer for a missing one, on either
+    /// database: a NUL in a login or an e-mail (PostgreSQL's text refuses it, which was
+    /// a 500), a password longer than any accepted, an order id longer than any order's
+    /// keys hold (the order component's key check failed, a 500 too).
+    async fn hostile_names_and_ids_get_answers_not_server_errors(db: &Db) {
+        let r = Routes::on(GatewayConfig::from_args(&args(300)).unwrap(), db.clone(), None).await;
+        let token = r.register("alice").await;
+        for (username, password) in [("al\u{0}ice", "long enough"), ("alice", &"x".repeat(129))] {
+            let login = json!({"username": username, "password": password});
+            let (status, headers, body) = r.post("/auth/login", None, login).await;
+            assert_problem(status, &headers, &body, StatusCode::UNAUTHORIZED);
+        }
+        let nul_email = json!({"username": "bob", "email": "b\u{0}@example.org", "password": "long enough"});
+        let (status, headers, body) = r.post("/auth/register", None, nul_email).await;
+        assert_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+        for id in ["a".repeat(600), "a%00b".to_string()] {
+            let (status, headers, body) = r.get(&format!("/orders/{id}"), Some(&token)).await;
+            assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
+        }
+    }
+
+    on_both_backends!(
+        register_writes_the_user_and_its_event_in_one_transaction,
+        hostile_names_and_ids_get_answers_not_server_errors
+    );
 
     #[tokio::test]
     async fn bad_registrations_name_each_field_and_axum_rejections_are_problems() {

@@ -382,7 +382,20 @@ async fn metrics_follow_retries_dead_letters_and_lag() {
     db.close().await;
     // The gateway's requests, by route template and status.
     reqwest::get(format!("{}/orders/some-id", host.http)).await.unwrap();
+    // A made-up method is counted as "other": clients cannot add series without end.
+    let made_up = reqwest::Method::from_bytes(b"MADEUP1").unwrap();
+    let http = reqwest::Client::new();
+    http.request(made_up, format!("{}/health", host.http))
+        .send()
+        .await
+        .unwrap();
     let gateway = host.scrape().await;
+    assert!(!gateway.0.contains("MADEUP1"), "a series per made-up method");
+    assert!(gateway.at_least(
+        "http_server_request_duration_seconds_count",
+        &[("method", "other"), ("route", "/health")],
+        1.0
+    ));
     assert!(gateway.at_least(
         "http_server_request_duration_seconds_count",
         &[("method", "GET"), ("route", "/ready"), ("status", "200")],
