@@ -246,6 +246,7 @@ async fn find_user(db: &Db, username: &str) -> Result<Option<UserRow>, StoreErro
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid fields, each named", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "too many logins and registrations at once; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(gw): State<Arc<Gateway>>,
@@ -304,6 +305,7 @@ pub async fn register(
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "missing fields", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "too many logins and registrations at once; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn login(
     State(gw): State<Arc<Gateway>>,

@@ -202,20 +202,19 @@ pub async fn create_order(
             .map_err(store_failure("claiming the Idempotency-Key"))?;
         if !claimed {
             let _ = tx.rollback().await;
-            return retry(&gw, &user, key, &fingerprint, sub).await;
+            return retry(&gw, &user, &trace, key, &req, &fingerprint, sub).await;
         }
     }
-    let payload = json!({
-        "requestId": request_id,
-        "username": user.username,
-        "items": req.items,
-        "deliveryAddress": req.delivery_address,
-        "paymentMethod": req.payment_method,
-        "createdAt": now_ms(),
-    });
-    publish(&mut tx, "orders.requests", &user, &request_id, &trace, &payload)
-        .await
-        .map_err(store_failure("queueing the order"))?;
+    publish(
+        &mut tx,
+        "orders.requests",
+        &user,
+        &request_id,
+        &trace,
+        &order_request(&user, &request_id, &req),
+    )
+    .await
+    .map_err(store_failure("queueing the order"))?;
     tx.commit().await.map_err(store_failure("queueing the order"))?;
     tracing::Span::current().record("request_id", request_id.as_str());
     tracing::info!("order requested");
@@ -230,11 +229,25 @@ pub async fn create_order(
     Ok(respond(&request_id, answer))
 }
 
+/// The `OrderCreationRequested` event of `req`.
+fn order_request(user: &AuthUser, request_id: &str, req: &OrderRequest) -> Value {
+    json!({
+        "requestId": request_id,
+        "username": user.username,
+        "items": req.items,
+        "deliveryAddress": req.delivery_address,
+        "paymentMethod": req.payment_method,
+        "createdAt": now_ms(),
+    })
+}
+
 /// A request whose Idempotency-Key was claimed before.
 async fn retry(
     gw: &Gateway,
     user: &AuthUser,
+    trace: &TraceContext,
     key: &str,
+    req: &OrderRequest,
     fingerprint: &str,
     sub: Subscription,
 ) -> Result<Response, Problem> {
@@ -259,6 +272,30 @@ async fn retry(
         .map_err(store_failure("locking the Idempotency-Key"))?
     {
         return Err(idempotency::conflict());
+    }
+    // The final status may have left the cache since (a restarted gateway, the cache's
+    // retention): the same request again makes the order component publish it again
+    // (its request index knows the order), or, still in progress, changes nothing.
+    let cached = gw.cache.get(&request_id).await.ok().flatten();
+    if !cached.is_some_and(|s| s.is_final()) {
+        let mut tx = gw
+            .db
+            .begin()
+            .await
+            .map_err(store_failure("asking for the answer again"))?;
+        publish(
+            &mut tx,
+            "orders.requests",
+            user,
+            &request_id,
+            trace,
+            &order_request(user, &request_id, req),
+        )
+        .await
+        .map_err(store_failure("asking for the answer again"))?;
+        tx.commit()
+            .await
+            .map_err(store_failure("asking for the answer again"))?;
     }
     let status = wait(gw, sub, &request_id).await?;
     let answer = answer_of(&request_id, status.as_deref());

@@ -477,6 +477,41 @@ mod routes {
             .count();
         assert_eq!(queued, 1, "a key never makes a second order");
 
+        // A 202 whose final status is not in the cache when the retry comes (a restarted
+        // gateway, the cache's retention): the retry asks the order component again with
+        // the same requestId (its request index answers with the order's final status,
+        // never a second order) and gets the answer it publishes.
+        let response = r.call(keyed("k-2", &order)).await;
+        assert_eq!(response.0, StatusCode::ACCEPTED, "{}", response.2);
+        let request_id = response.2["requestId"].as_str().unwrap().to_string();
+        let requests_for = |id: String| {
+            let db = r.gw.db.clone();
+            async move {
+                outbox(&db)
+                    .await
+                    .iter()
+                    .filter(|(t, _, payload, _)| t == "orders.requests" && payload["requestId"] == id.as_str())
+                    .count()
+            }
+        };
+        assert_eq!(requests_for(request_id.clone()).await, 1);
+        let retry = tokio::spawn({
+            let gw = r.gw.clone();
+            let req = keyed("k-2", &order);
+            async move { gateway::router(gw).oneshot(req).await.unwrap() }
+        });
+        let start = Instant::now();
+        while requests_for(request_id.clone()).await < 2 {
+            assert!(start.elapsed() < Duration::from_secs(5), "the retry did not ask again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let paid: gateway::status::OrderStatus = serde_json::from_value(json!({
+            "requestId": request_id, "orderId": 2, "username": "alice", "status": "PAID", "updatedAt": 1, "metadata": {}
+        }))
+        .unwrap();
+        r.gw.cache.put(paid).await.unwrap();
+        assert_eq!(retry.await.unwrap().status(), StatusCode::CREATED);
+
         let (status, headers, body) = r.call(keyed("", &order)).await;
         assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
     }
