@@ -341,10 +341,16 @@ async fn partition_worker(
             // Its first events may have been handled by the previous owner: look them up
             // instead of running them (a lookup a chain saves the rest of the time).
             check_handled = true;
-            match ctx.registry.refresh().await {
+            match ctx.registry.refresh_one(&ctx.component).await {
                 Ok(_) => refreshed_at = assignments,
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot follow the activation log; retrying at the next event")
+                    // Running now could run an event on an older version than its
+                    // predecessors ran on another host: the events wait instead.
+                    tracing::warn!(error = %err, "cannot catch up with the activation log; the partition waits");
+                    if !sleep_unless_shutdown(&ctx, HOST_FAILURE_BACKOFF).await {
+                        return;
+                    }
+                    continue;
                 }
             }
         }

@@ -342,13 +342,15 @@ impl Live {
         for (spec, loaded, bytes) in incoming {
             let name = spec.name.to_string();
             if old.components.contains_key(&spec.name) {
-                // Settings first, so the swap below runs the new code under them.
-                if let Err(err) = self.registry.respec(&spec) {
-                    tracing::warn!(error = %err, "cannot apply the new settings to the old code");
-                }
+                // The new code carries the new settings already; the old code never runs
+                // under settings it was not started with. Applied after the swap, they
+                // reach a newer version another host activated meanwhile.
                 self.registry
                     .deploy_checked(&spec, loaded, &bytes, &file_source(&spec), "file")
                     .await?;
+                if let Err(err) = self.registry.respec(&spec) {
+                    tracing::warn!(error = %err, "cannot apply the new settings to the running version");
+                }
                 report.swapped.push(name);
             } else {
                 self.registry.add(&spec).await?;
@@ -370,11 +372,15 @@ impl Live {
 
         let old_routes: BTreeMap<String, &Route> = old.routes.iter().map(|r| (route_key(r), r)).collect();
         let new_routes: BTreeMap<String, &Route> = new.routes.iter().map(|r| (route_key(r), r)).collect();
+        // Paused routes the edit restarts (a new group) stay paused.
+        let mut paused = std::collections::BTreeSet::new();
         for (key, before) in &old_routes {
             match new_routes.get(key) {
                 Some(after) if after.group == before.group => {}
                 _ => {
-                    self.routes.remove(key).await;
+                    if self.routes.remove(key).await == Some(true) {
+                        paused.insert(key.clone());
+                    }
                     report.routes_removed.push(key.clone());
                 }
             }
@@ -388,7 +394,7 @@ impl Live {
                     }
                 }
                 _ => {
-                    self.routes.start((*after).clone()).await;
+                    self.routes.start_as((*after).clone(), paused.contains(key)).await;
                     report.routes_added.push(key.clone());
                 }
             }
@@ -420,8 +426,9 @@ impl Live {
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
                 Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let _ = self.reload("SIGHUP").await;
+                    // Artifact files stay watched as they were: one rewritten just before
+                    // the reload (a deploy script, `git pull`) is still swapped in below.
                     routing_seen = file_digest(&self.routing_path);
-                    artifacts_seen = self.artifact_fingerprints();
                     continue;
                 }
                 _ = tick.tick() => {}
@@ -435,8 +442,6 @@ impl Live {
             if settled && digest != routing_seen {
                 routing_seen = digest;
                 let _ = self.reload("routing file changed").await;
-                artifacts_seen = self.artifact_fingerprints();
-                artifacts_last = artifacts_seen.clone();
                 continue;
             }
             let now = self.artifact_fingerprints();
@@ -464,11 +469,18 @@ impl Live {
                 return;
             }
         };
-        if self
-            .registry
-            .get(name)
-            .is_some_and(|c| *c.version == crate::runtime::version_of(&bytes))
-        {
+        // Only content the file has not brought in before is deployed (as at start-up):
+        // the same bytes written again must not undo a rollback or an admin deploy.
+        let version = crate::runtime::version_of(&bytes);
+        match self.db.last_file_version(name.as_str()).await {
+            Ok(Some(last)) if last == version => return,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(component = %name, error = %err, "cannot read what the file last brought in; retrying at its next change");
+                return;
+            }
+        }
+        if self.registry.get(name).is_some_and(|c| *c.version == version) {
             return;
         }
         if let Err(err) = self

@@ -256,22 +256,46 @@ impl Registry {
     /// database is newer than what runs here (deployed or rolled back through another
     /// host). Cheap when nothing changed: one query.
     pub async fn refresh(&self) -> Result<Vec<Swapped>, DeployError> {
+        self.refresh_where(|_| true).await
+    }
+
+    /// [`Registry::refresh`] for one component: what a partition of its route needs
+    /// before its first event, whatever the other components' state.
+    pub async fn refresh_one(&self, component: &ComponentName) -> Result<Vec<Swapped>, DeployError> {
+        self.refresh_where(|name| name == component).await
+    }
+
+    /// Installs every newer activation of the components `wanted` picks; one that fails
+    /// does not keep the others back (the first error is returned after all were tried).
+    async fn refresh_where(&self, wanted: impl Fn(&ComponentName) -> bool) -> Result<Vec<Swapped>, DeployError> {
         let mut swapped = Vec::new();
+        let mut failed = None;
         for active in self.db.active_versions().await? {
             let Ok(name) = ComponentName::try_from(active.component.clone()) else {
                 continue;
             };
+            if !wanted(&name) {
+                continue;
+            }
             let Some(current) = self.get(&name) else {
                 continue;
             };
             if active.seq <= current.activation {
                 continue;
             }
-            if let Some(s) = self.install_stored(&current.spec, &active).await? {
-                swapped.push(s);
+            match self.install_stored(&current.spec, &active).await {
+                Ok(Some(s)) => swapped.push(s),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(component = %name, version = %active.version, error = %err, "cannot install the active version");
+                    failed.get_or_insert(err);
+                }
             }
         }
-        Ok(swapped)
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(swapped),
+        }
     }
 
     /// Installs the stored version an activation names, compiling it (the engine's cache

@@ -109,6 +109,8 @@ pub struct RouteDeps {
 pub struct Routes {
     deps: Arc<RouteDeps>,
     running: tokio::sync::Mutex<BTreeMap<String, RunningRoute>>,
+    /// Set by [`Routes::stop_all`]: nothing starts after it.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Routes {
@@ -116,6 +118,7 @@ impl Routes {
         Routes {
             deps: Arc::new(deps),
             running: Default::default(),
+            stopped: Default::default(),
         }
     }
 
@@ -127,13 +130,35 @@ impl Routes {
 
     /// Starts consuming `route` (a no-op if a route of that key runs).
     pub async fn start(&self, route: Route) {
+        self.start_as(route, false).await
+    }
+
+    /// Starts `route`, or with `paused` keeps it paused (as it was before an edit that
+    /// restarted it) until [`Routes::resume`]. A no-op if a route of that key runs, or
+    /// once [`Routes::stop_all`] has run: a reload that ends after the stop began must
+    /// not leave a route consuming behind it.
+    pub async fn start_as(&self, route: Route, paused: bool) {
         let key = route_key(&route);
         let mut running = self.running.lock().await;
-        if running.contains_key(&key) {
+        if running.contains_key(&key) || self.stopped.load(Ordering::SeqCst) {
             return;
         }
         let settings = Arc::new(RouteSettings::new(route));
         let state = Arc::new(RouteState::default());
+        if paused {
+            state.paused.store(true, Ordering::SeqCst);
+            let (stop, _) = watch::channel(true);
+            running.insert(
+                key,
+                RunningRoute {
+                    settings,
+                    state,
+                    stop,
+                    task: None,
+                },
+            );
+            return;
+        }
         let (stop, task) = self.spawn(&settings, &state);
         running.insert(
             key,
@@ -170,16 +195,15 @@ impl Routes {
     }
 
     /// Stops `key` for good: each partition finishes its current event, offsets are
-    /// committed and the consumer leaves its group. False when no such route runs.
-    pub async fn remove(&self, key: &str) -> bool {
-        let Some(mut route) = self.running.lock().await.remove(key) else {
-            return false;
-        };
+    /// committed and the consumer leaves its group. Whether it was paused; None when no
+    /// such route runs.
+    pub async fn remove(&self, key: &str) -> Option<bool> {
+        let mut route = self.running.lock().await.remove(key)?;
         let _ = route.stop.send(true);
         if let Some(task) = route.task.take() {
             let _ = task.await;
         }
-        true
+        Some(route.state.paused.load(Ordering::SeqCst))
     }
 
     /// Applies edited settings of a running route from its next event. False when the
@@ -214,6 +238,9 @@ impl Routes {
     /// Consumes a paused route again.
     pub async fn resume(&self, key: &str) -> Option<bool> {
         let mut running = self.running.lock().await;
+        if self.stopped.load(Ordering::SeqCst) {
+            return Some(false);
+        }
         let (settings, state) = {
             let route = running.get(key)?;
             if !route.state.paused.swap(false, Ordering::SeqCst) {
@@ -231,6 +258,7 @@ impl Routes {
     /// Stops every route (shutdown), in parallel.
     pub async fn stop_all(&self) {
         let mut running = self.running.lock().await;
+        self.stopped.store(true, Ordering::SeqCst);
         for route in running.values() {
             let _ = route.stop.send(true);
         }

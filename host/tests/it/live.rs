@@ -540,6 +540,98 @@ async fn bad_artifacts_and_edits_are_refused(real: bool, backend: Backend) {
     running.await.unwrap().unwrap();
 }
 
+/// The watcher and edits together, on a component whose artifact file the test owns:
+/// a file rewritten right before a routing edit is still swapped in (the reload used to
+/// take its change as seen); the same bytes written again after a rollback do not undo
+/// it (the file is compared with what it last brought in, not with what runs); and a
+/// paused route whose group an edit changes stays paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_swaps_survive_edits_and_rollbacks_and_pauses_survive_regrouping() {
+    let db = test_db(Backend::Sqlite).await.unwrap();
+    let db = &db.db;
+    let p = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let stamp_file = dir.path().join("stamp.wasm");
+    std::fs::copy(artifact("probe"), &stamp_file).unwrap();
+    let probe_line = format!("artifact = \"{}\"", artifact("probe").display());
+    let text = |retry_attempts: u32, other_group: &str| {
+        routing_text(&p, retry_attempts, false)
+            .replacen(&probe_line, &format!("artifact = \"{}\"", stamp_file.display()), 1)
+            .replace(
+                &format!("group = \"{p}-other\""),
+                &format!("group = \"{p}-{other_group}\""),
+            )
+    };
+    let path = dir.path().join("topics.toml");
+    std::fs::write(&path, text(3, "other")).unwrap();
+    let routing = Routing::load(&path).unwrap();
+    let brokers = brokers_for(false, &routing).await.unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let options = Options {
+        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+        admin_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let host = service::start(&routing, db.clone(), &brokers, options, shutdown)
+        .await
+        .unwrap();
+    let admin = AdminClient::new(&format!("http://{}", host.admin_addr.unwrap()), Some(TOKEN.into()));
+    let running = tokio::spawn(host.run());
+    let v1 = version_of(&std::fs::read(artifact("probe")).unwrap());
+    let v2_bytes = std::fs::read(artifact("probe-v2")).unwrap();
+    let v2 = version_of(&v2_bytes);
+    let stamp_version = || async {
+        let status = admin.status().await.unwrap();
+        status
+            .components
+            .iter()
+            .find(|c| c.name == "stamp")
+            .unwrap()
+            .version
+            .clone()
+    };
+    assert_eq!(stamp_version().await, v1);
+
+    // The artifact and the routing file rewritten together: both apply.
+    std::fs::write(&stamp_file, &v2_bytes).unwrap();
+    write_atomically(&path, &text(4, "other"));
+    wait_for(
+        "the rewritten artifact swapped in beside the edit",
+        Duration::from_secs(15),
+        async || stamp_version().await == v2,
+    )
+    .await;
+
+    // Rolled back, then the same v2 bytes written again: the rollback stands.
+    admin.rollback("stamp", None).await.unwrap();
+    assert_eq!(stamp_version().await, v1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&stamp_file, &v2_bytes).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // eight ticks of the watcher
+    assert_eq!(stamp_version().await, v1, "the same file bytes undid the rollback");
+
+    // A paused route moved to a new group stays paused.
+    let other = format!("{p}.other -> other");
+    admin.pause(&other).await.unwrap();
+    write_atomically(&path, &text(4, "regrouped"));
+    wait_for("the route in its new group", Duration::from_secs(15), async || {
+        admin
+            .status()
+            .await
+            .unwrap()
+            .routes
+            .iter()
+            .any(|r| r.key == other && r.group == format!("{p}-regrouped"))
+    })
+    .await;
+    let status = admin.status().await.unwrap();
+    let route = status.routes.iter().find(|r| r.key == other).unwrap();
+    assert_eq!(route.state, "paused", "{route:?}");
+
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
+
 /// WAT text: the host compiles it like a binary artifact (wasmtime's `wat` feature).
 fn wat_module() -> Vec<u8> {
     b"(module)".to_vec()
