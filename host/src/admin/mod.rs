@@ -83,8 +83,10 @@ pub fn router(live: Arc<Live>, token: Option<String>, jwt: Option<AdminJwt>) -> 
         .route("/routes/pause", post(pause))
         .route("/routes/resume", post(resume))
         .merge(views::router(admin.live.clone()))
+        .fallback(|| async { Problem::not_found("no such admin API path; see docs/operations.md") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ARTIFACT_BYTES))
-        .route_layer(middleware::from_fn_with_state(admin.clone(), authorize));
+        .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
+        .layer(middleware::from_fn(problems_only));
     Router::new()
         .nest("/api", api)
         .merge(console::router())
@@ -114,6 +116,29 @@ async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next
         Some(_) => Problem::unauthorized("the admin token does not match; use the host's (SWITCHYARD_ADMIN_TOKEN or <data-dir>/admin-token)").into_response(),
         None => Problem::unauthorized("the admin API needs `Authorization: Bearer <admin token>` (SWITCHYARD_ADMIN_TOKEN or <data-dir>/admin-token)").into_response(),
     }
+}
+
+/// axum answers its own rejections (malformed JSON, a bad query or path, a body over
+/// the limit, a method a route lacks) in plain text: here they become problem details
+/// like every other error of the admin API, their text as the detail.
+async fn problems_only(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == crate::gateway::problem::CONTENT_TYPE.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let detail = if text.is_empty() { reason.to_string() } else { text };
+    let kind = reason.to_ascii_lowercase().replace(' ', "-");
+    Problem::new(status, &kind, reason, detail).into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -379,6 +379,33 @@ async fn bad_artifacts_and_edits_are_refused(real: bool, backend: Backend) {
         .unwrap_err()
         .to_string();
     assert!(err.contains("does not match"), "{err}");
+    // axum's own rejections are problem details too, like every other admin API error.
+    let http = reqwest::Client::new();
+    for (method, path, body) in [
+        ("POST", "/api/routes/pause", "{not json"),
+        ("GET", "/api/throughput?interval_ms=abc", ""),
+        ("GET", "/api/no-such-path", ""),
+        ("DELETE", "/api/status", ""),
+    ] {
+        let response = http
+            .request(method.parse().unwrap(), format!("{url}{path}"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert!(status.is_client_error(), "{method} {path}: {status}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{method} {path}"
+        );
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], status.as_u16(), "{problem}");
+        assert!(!problem["detail"].as_str().unwrap().is_empty(), "{problem}");
+    }
 
     let producer = producer(&brokers.client_config());
     let topic_in = format!("{p}.in");
