@@ -123,9 +123,10 @@ impl Db {
         }))
     }
 
-    /// Deletes inbox claims and sent outbox rows older than `window` (parked rows stay
-    /// until an operator deals with them), in bounded batches so no statement holds the
-    /// write lock for long. Returns how many rows went.
+    /// Deletes inbox claims, sent outbox rows and the gateway's Idempotency-Key records
+    /// older than `window` (parked rows stay until an operator deals with them; a key
+    /// still locked by its request stays too), in bounded batches so no statement holds
+    /// the write lock for long. Returns how many rows went.
     ///
     /// The window is the dedup horizon: an event redelivered later than `window` after
     /// it was handled runs again, so keep it longer than any redelivery you expect
@@ -135,9 +136,12 @@ impl Db {
                              (SELECT component, event_id FROM inbox WHERE handled_at_ms < $1 LIMIT $2)";
         const OUTBOX: &str = "DELETE FROM outbox WHERE id IN \
                               (SELECT id FROM outbox WHERE sent_at_ms IS NOT NULL AND sent_at_ms < $1 LIMIT $2)";
+        const IDEMPOTENCY: &str = "DELETE FROM gateway_idempotency WHERE (username, idem_key) IN \
+                                   (SELECT username, idem_key FROM gateway_idempotency WHERE created_at_ms < $1 \
+                                   AND (locked_until_ms IS NULL OR locked_until_ms < $1) LIMIT $2)";
         let before = now_ms() - window.as_millis() as i64;
         let mut total = 0;
-        for sql in [INBOX, OUTBOX] {
+        for sql in [INBOX, OUTBOX, IDEMPOTENCY] {
             loop {
                 let n = on_pool!(self, |p| sqlx::query(sql)
                     .bind(before)
@@ -218,12 +222,22 @@ mod tests {
         let mut tx = db.begin().await.unwrap();
         tx.insert_outbox("unsent", "a", &message).await.unwrap();
         tx.commit().await.unwrap();
+        // And one Idempotency-Key record of the gateway, its request answered.
+        on_pool!(&db, |p| sqlx::query(
+            "INSERT INTO gateway_idempotency (username, idem_key, fingerprint, request_id, created_at_ms) \
+             VALUES ('u', 'k', '{}', 'r', $1)"
+        )
+        .bind(now_ms())
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
 
         // Within the window nothing goes; past it everything handled and sent goes, in
         // batches smaller than the backlog, and the unsent row stays.
         assert_eq!(db.prune(Duration::from_secs(3600), 64).await.unwrap(), 0);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(db.prune(Duration::ZERO, 64).await.unwrap(), 600);
+        assert_eq!(db.prune(Duration::ZERO, 64).await.unwrap(), 601);
         assert_eq!(db.count(Table::Inbox).await.unwrap(), 0);
         assert_eq!(db.count(Table::Outbox).await.unwrap(), 1);
         assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 1);
