@@ -134,7 +134,12 @@ impl InboundEvent {
             Some(id) => crate::protocol::bounded_event_id(&id),
             None => crate::protocol::bounded_event_id(&format!("{origin}/{topic}/{partition}/{offset}@{timestamp_ms}")),
         };
-        let request_id = header(headers::REQUEST_ID).or_else(|| request_id_of(&payload));
+        // Bounded like event ids: the inbox indexes it and every message the handler
+        // publishes carries it, so a NUL or a few KB from any producer must not reach them.
+        let request_id = header(headers::REQUEST_ID)
+            .or_else(|| request_id_of(&payload))
+            .filter(|id| !id.is_empty())
+            .map(|id| crate::protocol::bounded_event_id(&id));
         let trace = TraceContext::from_headers(&headers).unwrap_or_else(TraceContext::new_root);
         InboundEvent {
             id,

@@ -68,7 +68,7 @@ pub enum RelayError {
 
 /// How long a stopping relay keeps sending the rows in hand: shorter than the host's
 /// default shutdown grace (30 s), so a silent broker ends the stop cleanly.
-const LAST_ROUNDS: Duration = Duration::from_secs(10);
+pub const LAST_ROUNDS: Duration = Duration::from_secs(10);
 /// Rows the relay keeps enqueued in the producer and not yet acknowledged, at most.
 const MAX_IN_FLIGHT: usize = 2 * BATCH as usize;
 /// How often a relay with rows in flight reads every unsent row again, not only those
@@ -122,11 +122,19 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
             }
         }
         let held = lock.as_mut().expect("taken above");
-        if held.shards().is_some() && rebalanced_at.is_none_or(|at| at.elapsed() >= REBALANCE) {
+        if !stopping && held.shards().is_some() && rebalanced_at.is_none_or(|at| at.elapsed() >= REBALANCE) {
             // Shards change hands with nothing of theirs in flight, so the next owner of
-            // a shard never sends ahead of this relay.
-            if let Err(err) = flight.drain(&db, &me).await {
-                tracing::warn!(error = %err, "outbox relay failed to mark rows sent");
+            // a shard never sends ahead of this relay. The wait for acknowledgements
+            // gives way to a stop, whose last rounds are bounded (a broker that never
+            // answers held it to the grace period); the shards stay until then.
+            let drained = tokio::select! {
+                drained = flight.drain(&db, &me) => Some(drained),
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            match drained {
+                Some(Err(err)) => tracing::warn!(error = %err, "outbox relay failed to mark rows sent"),
+                Some(Ok(_)) => {}
+                None => continue,
             }
             rebalanced_at = Some(Instant::now());
             match held.rebalance().await {

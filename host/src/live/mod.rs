@@ -348,7 +348,7 @@ impl Live {
                 self.registry
                     .deploy_checked(&spec, loaded, &bytes, &file_source(&spec), "file")
                     .await?;
-                if let Err(err) = self.registry.respec(&spec) {
+                if let Err(err) = self.registry.respec(&spec).await {
                     tracing::warn!(error = %err, "cannot apply the new settings to the running version");
                 }
                 report.swapped.push(name);
@@ -365,7 +365,7 @@ impl Live {
                     || before.limits != spec.limits
                     || before.reach != spec.reach)
             {
-                self.registry.respec(spec)?;
+                self.registry.respec(spec).await?;
                 report.components_changed.push(name.to_string());
             }
         }

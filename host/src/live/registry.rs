@@ -145,7 +145,10 @@ impl Registry {
     }
 
     /// Applies edited settings (`publishes`, `config`, `limits`) to the running code.
-    pub fn respec(&self, spec: &ComponentSpec) -> Result<(), DeployError> {
+    /// Taken in turn with installs, so an install that compiled under the old settings
+    /// meanwhile neither loses the edit nor is replaced by the older code.
+    pub async fn respec(&self, spec: &ComponentSpec) -> Result<(), DeployError> {
+        let _guard = self.installing.lock().await;
         let current = self
             .get(&spec.name)
             .ok_or_else(|| DeployError::UnknownComponent(spec.name.to_string()))?;
@@ -316,6 +319,12 @@ impl Registry {
             .await
             .expect("compile task")?;
         let _guard = self.installing.lock().await;
+        // Settings edited while it compiled apply to it too.
+        let running_spec = self.get(&spec.name).map(|c| c.spec.clone());
+        let loaded = match running_spec {
+            Some(running) if *running != *loaded.spec => loaded.with_spec(&self.runtime, &running)?,
+            _ => loaded,
+        };
         Ok(self.install(loaded.activated(active.seq), active))
     }
 

@@ -156,12 +156,12 @@ impl Db {
             .collect()
     }
 
-    /// A failed attempt: try again at `due_at_ms`, keeping why.
+    /// A failed attempt: try again at `due_at_ms`, keeping why (see [`storable`]).
     pub async fn retry_effect(&self, id: &str, due_at_ms: i64, error: &str) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE effects SET due_at_ms = $1, last_error = $2 WHERE id = $3 AND done_at_ms IS NULL";
         on_pool!(self, |p| sqlx::query(SQL)
             .bind(due_at_ms)
-            .bind(error)
+            .bind(storable(error))
             .bind(id)
             .execute(p)
             .await?
@@ -183,10 +183,11 @@ impl Db {
         const SQL: &str = "UPDATE effects SET done_at_ms = $1, outcome = $2, last_error = COALESCE($3, last_error) \
                            WHERE id = $4 AND done_at_ms IS NULL";
         let mut tx = self.begin().await?;
+        let error = error.map(storable);
         let n = on_conn!(&mut tx, |c| sqlx::query(SQL)
             .bind(now_ms())
             .bind(outcome)
-            .bind(error)
+            .bind(error.as_deref())
             .bind(&effect.id)
             .execute(c)
             .await?
@@ -236,6 +237,23 @@ impl Db {
             .await?
             .rows_affected()))
     }
+}
+
+/// A failure reason as a text column takes it on both databases: a receiver's error
+/// body may hold a NUL (binary or UTF-16 bodies), which PostgreSQL refuses, and then
+/// the delivery could never be finished or retried. Control characters other than line
+/// breaks and tabs become U+FFFD.
+fn storable(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

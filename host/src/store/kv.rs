@@ -24,13 +24,16 @@ pub(crate) fn incremented(key: &str, current: Option<&[u8]>, delta: i64) -> Resu
 /// prefix's keys (keys are COLLATE "C" on PostgreSQL and BINARY on SQLite: byte order,
 /// which for UTF-8 is code point order). With the lower bound alone the scan ran on to
 /// the end of the component's keys: 8.4 ms instead of 0.14 ms per call once notif kept
-/// 2,000 delivery records, and the saga's database time grew with its history. The
-/// substr test keeps the result exact whatever the bounds.
+/// 2,000 delivery records, and the saga's database time grew with its history. In byte
+/// order the bounds are exact: a key is in `[prefix, end)` exactly when it starts with
+/// the prefix. A `substr` test on top (dropped) was wrong on SQLite for a prefix with a
+/// NUL: its `length` and `substr` stop at the first NUL, so no stored key matched.
 const LIST_PREFIX: &str = "SELECT key, value FROM kv WHERE component = $1 AND key >= $2 AND key < $5 \
-                           AND key > $3 AND substr(key, 1, length($2)) = $2 ORDER BY key LIMIT $4";
-/// [`LIST_PREFIX`] for the empty prefix, which has no upper bound.
+                           AND key > $3 ORDER BY key LIMIT $4";
+/// [`LIST_PREFIX`] for a prefix with no upper bound: empty, or all U+10FFFF, which only
+/// keys starting with it reach in byte order.
 const LIST_ALL: &str = "SELECT key, value FROM kv WHERE component = $1 AND key >= $2 AND key > $3 \
-                            AND substr(key, 1, length($2)) = $2 ORDER BY key LIMIT $4";
+                            ORDER BY key LIMIT $4";
 
 impl Tx {
     pub async fn get(&mut self, component: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -162,6 +162,32 @@ async fn event_ids_with_nul_bytes_or_over_the_index_limit_are_claimed_once(db: &
         ));
     }
     assert_eq!(db.peek("probe", "n").await.unwrap().as_deref(), Some(&b"2"[..]));
+    // The same for a requestId (the inbox keeps it, indexed, for timelines): taken as
+    // it came, PostgreSQL refused the event's commit and its dead letter alike, and
+    // the partition retried it for good.
+    for (n, request_id) in ["r\0id".to_string(), "r".repeat(5000)].into_iter().enumerate() {
+        let plan = json!({"steps": [{"op": "increment", "key": "n", "delta": 1}]});
+        let mut e = event(&format!("with-request-id-{n}"), plan.clone());
+        e = InboundEvent::from_message(
+            &LogPosition {
+                origin: "test",
+                topic: "probe.in",
+                partition: 0,
+                offset: 0,
+            },
+            None,
+            e.payload,
+            vec![
+                (headers::EVENT_ID.into(), e.id),
+                (headers::REQUEST_ID.into(), request_id),
+            ],
+            0,
+        );
+        let kept = e.request_id.clone().unwrap();
+        assert!(!kept.contains('\0') && kept.len() < 200, "{kept}");
+        committed(&runtime.invoke(&probe, db, &e).await.unwrap());
+    }
+    assert_eq!(db.peek("probe", "n").await.unwrap().as_deref(), Some(&b"4"[..]));
 }
 
 /// Prefixes a guest may pass to `list-prefix` that break naive range or `LIKE` bounds:
@@ -225,6 +251,30 @@ async fn hostile_list_prefixes_from_a_guest_list_exactly_their_keys(db: &Db) {
             "prefix {prefix:?}: expected {expected:?}, got {outcome:?}"
         );
     }
+}
+
+/// Keys with a NUL, which SQLite stores (PostgreSQL's text refuses them): listed by a
+/// prefix that holds the NUL, exactly. SQLite's `length` and `substr` stop at a NUL, so
+/// a test built on them found no stored key.
+#[tokio::test]
+async fn keys_with_a_nul_are_listed_by_their_prefix_on_sqlite() {
+    let db = test_db(Backend::Sqlite).await.unwrap();
+    let db = &db.db;
+    let runtime = Runtime::new().unwrap();
+    let probe = runtime.load(&spec("probe", "probe", &[])).unwrap();
+    let puts: Vec<_> = ["t", "t\0a", "t\0b", "t\u{1}"]
+        .iter()
+        .map(|k| json!({"op": "put", "key": k, "value": "v"}))
+        .collect();
+    committed(
+        &runtime
+            .invoke(&probe, db, &event("fill", json!({"steps": puts})))
+            .await
+            .unwrap(),
+    );
+    let plan = json!({"steps": [{"op": "expect-prefix", "prefix": "t\0", "keys": ["t\0a", "t\0b"]}]});
+    let outcome = runtime.invoke(&probe, db, &event("list", plan)).await.unwrap();
+    assert!(matches!(outcome, Outcome::Committed(_)), "{outcome:?}");
 }
 
 on_both_backends!(
@@ -966,4 +1016,55 @@ async fn a_backlog_past_the_pause_window_behind_a_retrying_event_keeps_order_and
         Some(N.to_string().into_bytes())
     );
     assert_eq!(db.count(Table::Inbox).await.unwrap(), N as i64 + 1);
+}
+
+/// On PostgreSQL the relay owns outbox shards and, every second, waits for what it has in
+/// flight before shards change hands. With a broker that accepts and never answers that
+/// wait never ended, and a stop arriving then waited for the host's grace period; now
+/// the stop takes the bounded last rounds and the row stays for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_relay_whose_broker_never_answers_stops_at_its_limit_and_keeps_the_row() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 1, 1).unwrap();
+    // Requests are accepted and never answered: the row is never acknowledged.
+    cluster.broker_round_trip_time(1, Duration::from_secs(3600)).unwrap();
+    let test_db = test_db(Backend::Postgres).await.unwrap();
+    let db = test_db.db.clone();
+    let mut tx = db.begin().await.unwrap();
+    let message = OutboundMessage {
+        topic: "t".into(),
+        key: Some(b"k".to_vec()),
+        payload: b"{}".to_vec(),
+        headers: Vec::new(),
+    };
+    tx.insert_outbox("e1", "c", &message).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut base = rdkafka::ClientConfig::new();
+    base.set("bootstrap.servers", cluster.bootstrap_servers());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(relay::run_relay(
+        db.clone(),
+        relay::relay_producer_config(&base),
+        shutdown,
+    ));
+    // Past the first rebalance (every second): the relay waits there for the row's answer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    stop.send(true).unwrap();
+    tokio::time::timeout(relay::LAST_ROUNDS + Duration::from_secs(20), relay)
+        .await
+        .expect("the relay stopped")
+        .unwrap();
+    assert!(
+        started.elapsed() < relay::LAST_ROUNDS + Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        db.unsent_outbox(10).await.unwrap().len(),
+        1,
+        "the row stays for the next start"
+    );
+    // Its producer may still be talking to the cluster.
+    std::mem::forget(cluster);
 }

@@ -121,7 +121,8 @@ struct Hit {
 }
 
 /// The webhook receiver: answers 503 to the first attempt of every idempotency key (and
-/// to every attempt under `/down/`), 200 after, and records every attempt.
+/// to every attempt under `/down/`, with a binary body holding a NUL, which PostgreSQL's
+/// text refuses as a failure reason), 200 after, and records every attempt.
 #[derive(Clone, Default)]
 struct Webhook {
     hits: Arc<Mutex<Vec<Hit>>>,
@@ -145,7 +146,8 @@ impl Webhook {
                         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
                         status,
                     });
-                    StatusCode::from_u16(status).unwrap()
+                    let body = if uri.path().starts_with("/down/") { b"down\0\x01".to_vec() } else { Vec::new() };
+                    (StatusCode::from_u16(status).unwrap(), body)
                 },
             )
             .with_state(hook.clone());
