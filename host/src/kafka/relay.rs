@@ -72,7 +72,7 @@ pub const LAST_ROUNDS: Duration = Duration::from_secs(10);
 /// Rows the relay keeps enqueued in the producer and not yet acknowledged, at most.
 const MAX_IN_FLIGHT: usize = 2 * BATCH as usize;
 /// How often a relay with rows in flight reads every unsent row again, not only those
-/// above the highest id it enqueued: ids are taken at insert, so a row with a lower id
+/// past what its reads covered: ids are taken at insert, so a row with a lower id
 /// (another host's, the gateway's, a timer's) can become visible later.
 const FULL_READ: Duration = Duration::from_secs(1);
 
@@ -194,7 +194,7 @@ pub async fn run_relay(db: Db, producer_config: ClientConfig, mut shutdown: watc
             return;
         }
         if look && flight.len() < MAX_IN_FLIGHT && !held.shards().is_some_and(<[i16]>::is_empty) {
-            // Above the highest id in flight, or all, rows in flight included (skipped).
+            // Past what reads covered, or all, rows in flight included (skipped).
             let full_read = flight.is_empty() || flight.read_all_at.elapsed() >= FULL_READ;
             let (after, limit) = if full_read {
                 flight.read_all_at = Instant::now();
@@ -295,7 +295,11 @@ struct InFlight {
     /// Ids of rows enqueued and not yet marked: a read returns them as unsent until then.
     ids: HashSet<i64>,
     acks: FuturesUnordered<BoxFuture<'static, (OutboxRow, Verdict)>>,
-    /// The highest id enqueued.
+    /// How far reads have covered, in id order: the last row of the last read handled
+    /// (enqueued, or skipped as in flight). Incremental reads go on from here. Not the
+    /// highest id ever enqueued: after taking over a shard with a backlog longer than
+    /// one read, that ran ahead of the backlog's rest, and a key's newer rows went out
+    /// before its older ones until the next full read.
     highest: i64,
     /// When every unsent row was last read.
     read_all_at: Instant,
@@ -332,6 +336,7 @@ impl InFlight {
         for row in rows {
             let id = row.id;
             if self.ids.contains(&id) {
+                self.highest = id;
                 continue;
             }
             let verdict: BoxFuture<'static, (OutboxRow, Verdict)> = match send(producer, signer, &row) {
@@ -343,7 +348,7 @@ impl InFlight {
                 Err(other) => Box::pin(std::future::ready((row, other))),
             };
             self.ids.insert(id);
-            self.highest = self.highest.max(id);
+            self.highest = id;
             self.acks.push(verdict);
         }
         false
@@ -623,6 +628,52 @@ mod tests {
         let unsent = db.unsent_outbox(10).await.unwrap();
         assert_eq!(unsent.len(), 1, "the row stays for the next start");
         // Its producer may still be talking to the cluster.
+        std::mem::forget(cluster);
+    }
+
+    /// After taking over a shard whose backlog is longer than one read, the read covers
+    /// only the backlog's first rows: incremental reads must go on from there, not from
+    /// the highest id this relay had in flight before, or a key's newer rows go out
+    /// ahead of its older ones.
+    #[tokio::test]
+    async fn reads_go_on_from_what_the_last_read_covered_not_from_the_highest_id_in_flight() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        cluster.broker_round_trip_time(1, Duration::from_secs(3600)).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", cluster.bootstrap_servers());
+        let producer: FutureProducer = relay_producer_config(&base).create().unwrap();
+        let signer = Signer::new(b"test");
+        let row = |id: i64| OutboxRow {
+            id,
+            event_id: format!("e{id}"),
+            component: "c".into(),
+            message: OutboundMessage {
+                topic: "t".into(),
+                key: Some(b"k".to_vec()),
+                payload: b"{}".to_vec(),
+                headers: Vec::new(),
+            },
+        };
+        let mut flight = InFlight::default();
+        // This relay's own rows, in flight.
+        assert!(!flight.enqueue(&producer, &signer, (5000..5010).map(row).collect()));
+        assert_eq!(flight.highest, 5009);
+        // A full read after the takeover: the older backlog's first rows, then its own.
+        let read: Vec<OutboxRow> = (1000..1100).chain(5000..5010).map(row).collect();
+        assert!(!flight.enqueue(&producer, &signer, read));
+        assert_eq!(
+            flight.highest, 5009,
+            "a read that reached the rows in flight covers up to them"
+        );
+        // A full read that stops inside the backlog covers only that far.
+        let read: Vec<OutboxRow> = (1100..1200).map(row).collect();
+        assert!(!flight.enqueue(&producer, &signer, read));
+        assert_eq!(
+            flight.highest, 1199,
+            "the next read goes on from the backlog, not from 5009"
+        );
+        std::mem::forget(producer);
         std::mem::forget(cluster);
     }
 }
