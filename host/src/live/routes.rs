@@ -145,28 +145,20 @@ impl Routes {
         }
         let settings = Arc::new(RouteSettings::new(route));
         let state = Arc::new(RouteState::default());
-        if paused {
-            state.paused.store(true, Ordering::SeqCst);
-            let (stop, _) = watch::channel(true);
-            running.insert(
-                key,
-                RunningRoute {
-                    settings,
-                    state,
-                    stop,
-                    task: None,
-                },
-            );
-            return;
-        }
-        let (stop, task) = self.spawn(&settings, &state);
+        state.paused.store(paused, Ordering::SeqCst);
+        let (stop, task) = if paused {
+            (watch::channel(true).0, None)
+        } else {
+            let (stop, task) = self.spawn(&settings, &state);
+            (stop, Some(task))
+        };
         running.insert(
             key,
             RunningRoute {
                 settings,
                 state,
                 stop,
-                task: Some(task),
+                task,
             },
         );
     }

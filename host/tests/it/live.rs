@@ -138,18 +138,7 @@ async fn swaps_and_edits_under_traffic(real: bool, backend: Backend) {
     std::fs::write(&path, routing_text(&p, 3, false)).unwrap();
     let routing = Routing::load(&path).unwrap();
     let brokers = brokers_for(real, &routing).await.unwrap();
-    let (stop, shutdown) = watch::channel(false);
-    let options = Options {
-        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
-        admin_token: Some(TOKEN.into()),
-        ..Default::default()
-    };
-    let host = service::start(&routing, db.clone(), &brokers, options, shutdown)
-        .await
-        .unwrap();
-    let host_addr = host.admin_addr.unwrap();
-    let admin = AdminClient::new(&format!("http://{host_addr}"), Some(TOKEN.into()));
-    let running = tokio::spawn(host.run());
+    let (url, admin, stop, running) = host_with_admin(&routing, db, &brokers).await;
 
     let v1 = std::fs::read(artifact("probe")).unwrap();
     let v2 = std::fs::read(artifact("probe-v2")).unwrap();
@@ -326,7 +315,7 @@ async fn swaps_and_edits_under_traffic(real: bool, backend: Backend) {
 
     // The route an edit added has its lag sampled too (the sampler follows the routing),
     // and /metrics answers on the admin listener without the token.
-    let metrics_url = format!("http://{host_addr}/metrics");
+    let metrics_url = format!("{url}/metrics");
     let series = format!("switchyard_consumer_lag_messages{{topic=\"{p}.added\"");
     wait_for("the added route's lag series", Duration::from_secs(20), async || {
         let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
@@ -349,18 +338,7 @@ async fn bad_artifacts_and_edits_are_refused(real: bool, backend: Backend) {
     std::fs::write(&path, routing_text(&p, 3, false)).unwrap();
     let routing = Routing::load(&path).unwrap();
     let brokers = brokers_for(real, &routing).await.unwrap();
-    let (stop, shutdown) = watch::channel(false);
-    let options = Options {
-        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
-        admin_token: Some(TOKEN.into()),
-        ..Default::default()
-    };
-    let host = service::start(&routing, db.clone(), &brokers, options, shutdown)
-        .await
-        .unwrap();
-    let url = format!("http://{}", host.admin_addr.unwrap());
-    let admin = AdminClient::new(&url, Some(TOKEN.into()));
-    let running = tokio::spawn(host.run());
+    let (url, admin, stop, running) = host_with_admin(&routing, db, &brokers).await;
     let before = admin.status().await.unwrap();
     let version = before
         .components
@@ -593,17 +571,7 @@ async fn file_swaps_survive_edits_and_rollbacks_and_pauses_survive_regrouping() 
     std::fs::write(&path, text(3, "other")).unwrap();
     let routing = Routing::load(&path).unwrap();
     let brokers = brokers_for(false, &routing).await.unwrap();
-    let (stop, shutdown) = watch::channel(false);
-    let options = Options {
-        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
-        admin_token: Some(TOKEN.into()),
-        ..Default::default()
-    };
-    let host = service::start(&routing, db.clone(), &brokers, options, shutdown)
-        .await
-        .unwrap();
-    let admin = AdminClient::new(&format!("http://{}", host.admin_addr.unwrap()), Some(TOKEN.into()));
-    let running = tokio::spawn(host.run());
+    let (_, admin, stop, running) = host_with_admin(&routing, db, &brokers).await;
     let v1 = version_of(&std::fs::read(artifact("probe")).unwrap());
     let v2_bytes = std::fs::read(artifact("probe-v2")).unwrap();
     let v2 = version_of(&v2_bytes);
@@ -657,6 +625,32 @@ async fn file_swaps_survive_edits_and_rollbacks_and_pauses_survive_regrouping() 
 
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
+}
+
+/// A host of `routing` serving the admin API: its URL and client, the stop switch and
+/// the host's task.
+async fn host_with_admin(
+    routing: &Routing,
+    db: &Db,
+    brokers: &switchyard::kafka::Brokers,
+) -> (
+    String,
+    AdminClient,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, shutdown) = watch::channel(false);
+    let options = Options {
+        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+        admin_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let host = service::start(routing, db.clone(), brokers, options, shutdown)
+        .await
+        .unwrap();
+    let url = format!("http://{}", host.admin_addr.unwrap());
+    let admin = AdminClient::new(&url, Some(TOKEN.into()));
+    (url, admin, stop, tokio::spawn(host.run()))
 }
 
 /// WAT text: the host compiles it like a binary artifact (wasmtime's `wat` feature).
