@@ -591,46 +591,6 @@ mod tests {
     use super::*;
     use crate::store::OutboundMessage;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_relay_whose_broker_never_answers_stops_at_its_limit_and_keeps_the_row() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("t", 1, 1).unwrap();
-        // Requests are accepted and never answered: the row is never acknowledged.
-        cluster.broker_round_trip_time(1, Duration::from_secs(3600)).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(None, dir.path()).await.unwrap();
-        let mut tx = db.begin().await.unwrap();
-        let message = OutboundMessage {
-            topic: "t".into(),
-            key: Some(b"k".to_vec()),
-            payload: b"{}".to_vec(),
-            headers: Vec::new(),
-        };
-        tx.insert_outbox("e1", "c", &message).await.unwrap();
-        tx.commit().await.unwrap();
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", cluster.bootstrap_servers());
-        let (stop, shutdown) = watch::channel(false);
-        let relay = tokio::spawn(run_relay(db.clone(), relay_producer_config(&base), shutdown));
-        // Give it time to read the row and hand it to the producer.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let started = Instant::now();
-        stop.send(true).unwrap();
-        tokio::time::timeout(LAST_ROUNDS + Duration::from_secs(20), relay)
-            .await
-            .expect("the relay stopped")
-            .unwrap();
-        assert!(
-            started.elapsed() < LAST_ROUNDS + Duration::from_secs(5),
-            "{:?}",
-            started.elapsed()
-        );
-        let unsent = db.unsent_outbox(10).await.unwrap();
-        assert_eq!(unsent.len(), 1, "the row stays for the next start");
-        // Its producer may still be talking to the cluster.
-        std::mem::forget(cluster);
-    }
-
     /// After taking over a shard whose backlog is longer than one read, the read covers
     /// only the backlog's first rows: incremental reads must go on from there, not from
     /// the highest id this relay had in flight before, or a key's newer rows go out

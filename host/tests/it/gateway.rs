@@ -688,25 +688,33 @@ mod process {
     use super::*;
     use std::process::{Command, Stdio};
 
+    /// The binary with `args` on the embedded defaults under `data`, its HTTP listener on
+    /// port 0, its stderr in `log`.
+    fn switchyard(args: &[&str], data: &std::path::Path, log: &std::path::Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command
+            .args(args)
+            .current_dir(crate::common::workspace())
+            .env_remove("SWITCHYARD_DATABASE_URL")
+            .env_remove("SWITCHYARD_BROKERS")
+            .env_remove("SWITCHYARD_REDIS_URL")
+            .env("SWITCHYARD_DATA_DIR", data)
+            .env("SWITCHYARD_HTTP_ADDR", "127.0.0.1:0")
+            .env("SWITCHYARD_JWT_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        command
+    }
+
     async fn serves_http_until_sigterm(command: &str) {
         let data = tempfile::tempdir().unwrap();
         let log = data.path().join("stderr.log");
         // Port 0, the address read from the process's log: a port picked here and
         // released could be taken by another test before the process binds it.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg(command)
-            .current_dir(crate::common::workspace())
-            .env_remove("SWITCHYARD_DATABASE_URL")
-            .env_remove("SWITCHYARD_BROKERS")
-            .env_remove("SWITCHYARD_REDIS_URL")
-            .env("SWITCHYARD_DATA_DIR", data.path())
-            .env("SWITCHYARD_HTTP_ADDR", "127.0.0.1:0")
+        let mut child = switchyard(&[command], data.path(), &log)
             .env("SWITCHYARD_ADMIN_ADDR", "127.0.0.1:0")
             .env("SWITCHYARD_METRICS_ADDR", "127.0.0.1:0")
-            .env("SWITCHYARD_JWT_SECRET", SECRET)
             .env("SWITCHYARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let said = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -806,17 +814,8 @@ mod process {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let data = tempfile::tempdir().unwrap();
         let log = data.path().join("stderr.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["gateway", "--metrics-addr", &taken.local_addr().unwrap().to_string()])
-            .current_dir(crate::common::workspace())
-            .env_remove("SWITCHYARD_DATABASE_URL")
-            .env_remove("SWITCHYARD_BROKERS")
-            .env_remove("SWITCHYARD_REDIS_URL")
-            .env("SWITCHYARD_DATA_DIR", data.path())
-            .env("SWITCHYARD_HTTP_ADDR", "127.0.0.1:0")
-            .env("SWITCHYARD_JWT_SECRET", SECRET)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+        let taken_addr = taken.local_addr().unwrap().to_string();
+        let mut child = switchyard(&["gateway", "--metrics-addr", &taken_addr], data.path(), &log)
             .spawn()
             .unwrap();
         let started = Instant::now();

@@ -278,6 +278,7 @@ async fn keys_with_a_nul_are_listed_by_their_prefix_on_sqlite() {
 }
 
 on_both_backends!(
+    a_relay_whose_broker_never_answers_stops_at_its_limit_and_keeps_the_row,
     hostile_list_prefixes_from_a_guest_list_exactly_their_keys,
     a_guest_asleep_in_a_host_call_is_stopped_at_its_deadline,
     floods_of_publishes_and_writes_fail_the_invocation_with_the_cap_named,
@@ -1018,18 +1019,15 @@ async fn a_backlog_past_the_pause_window_behind_a_retrying_event_keeps_order_and
     assert_eq!(db.count(Table::Inbox).await.unwrap(), N as i64 + 1);
 }
 
-/// On PostgreSQL the relay owns outbox shards and, every second, waits for what it has in
-/// flight before shards change hands. With a broker that accepts and never answers that
-/// wait never ended, and a stop arriving then waited for the host's grace period; now
-/// the stop takes the bounded last rounds and the row stays for the next start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sharded_relay_whose_broker_never_answers_stops_at_its_limit_and_keeps_the_row() {
+/// A relay whose broker accepts and never answers stops within its last rounds' limit
+/// and keeps the row for the next start. On PostgreSQL the relay owns outbox shards and,
+/// every second, waits for what it has in flight before shards change hands; a stop that
+/// came during that wait waited for the host's grace period.
+async fn a_relay_whose_broker_never_answers_stops_at_its_limit_and_keeps_the_row(db: &Db) {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     cluster.create_topic("t", 1, 1).unwrap();
     // Requests are accepted and never answered: the row is never acknowledged.
     cluster.broker_round_trip_time(1, Duration::from_secs(3600)).unwrap();
-    let test_db = test_db(Backend::Postgres).await.unwrap();
-    let db = test_db.db.clone();
     let mut tx = db.begin().await.unwrap();
     let message = OutboundMessage {
         topic: "t".into(),
@@ -1047,7 +1045,7 @@ async fn a_sharded_relay_whose_broker_never_answers_stops_at_its_limit_and_keeps
         relay::relay_producer_config(&base),
         shutdown,
     ));
-    // Past the first rebalance (every second): the relay waits there for the row's answer.
+    // Past the first rebalance (every second, with shards): the relay waits for the row's answer.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = Instant::now();
     stop.send(true).unwrap();
