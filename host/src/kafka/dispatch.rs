@@ -709,8 +709,9 @@ async fn sleep_unless_shutdown(ctx: &RouteCtx, delay: Duration) -> bool {
     }
 }
 
-/// The dead letter of `event`: its payload, key and headers as they came, plus the
-/// record of what failed, where and how often.
+/// The dead letter of `event`: its payload, key and headers as the component got them
+/// (header values as text, see [`crate::kafka::headers_of`]; no payload as an empty one),
+/// plus the record of what failed, where and how often.
 pub fn dead_letter_message(
     event: &InboundEvent,
     component: &str,
