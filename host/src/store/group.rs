@@ -5,8 +5,9 @@
 //! Each caller submits a chain, the units of one partition's events in offset order.
 //! One task per database takes whatever chains are waiting (one, when traffic is light,
 //! so latency stays that of a single commit; up to [`MAX_GROUP_UNITS`] under a backlog)
-//! and applies them unit by unit ([`Unit::apply`]; on PostgreSQL in a few multi-row
-//! statements for the whole group, see [`super::multirow`]). A unit whose reads no longer hold,
+//! and applies them in a few multi-row statements for the whole group (see
+//! [`super::multirow`]; unit by unit, [`Unit::apply`], when an event of the group turns
+//! out handled already). A unit whose reads no longer hold,
 //! or whose event was handled before, applies nothing, and the rest of its chain is not
 //! applied either (those events may have read its writes). If a statement fails, the
 //! whole transaction rolls back and each chain is committed again on its own, unit by
@@ -116,15 +117,13 @@ impl Db {
 
     async fn apply_chains(&self, chains: &[Vec<Unit>]) -> Result<Vec<Vec<UnitResult>>, StoreError> {
         let mut tx = self.begin().await?;
-        if tx.is_postgres() {
-            if let Some(results) = super::multirow::apply(&mut tx, chains, &self.hot).await? {
-                tx.commit().await?;
-                return Ok(results);
-            }
-            // Undecidable up front: nothing was applied, but locks and reads were taken.
-            tx.rollback().await?;
-            tx = self.begin().await?;
+        if let Some(results) = super::multirow::apply(&mut tx, chains, &self.hot).await? {
+            tx.commit().await?;
+            return Ok(results);
         }
+        // Undecidable up front: nothing was applied, but locks and reads were taken.
+        tx.rollback().await?;
+        tx = self.begin().await?;
         let mut results = Vec::with_capacity(chains.len());
         for chain in chains {
             let mut out = ChainResults::with_capacity(chain.len());

@@ -1,0 +1,220 @@
+//! The group commit's statements on SQLite: rows bound as parameters of multi-row
+//! `VALUES` lists, one statement per table and piece.
+//!
+//! SQLite has no arrays to bind, and one statement per row, though it costs no network
+//! trip, is handed to sqlx's SQLite thread and back: a full group of one write and one
+//! publish per event was three such hand-offs per event, each waking a thread.
+//!
+//! A piece holds a power of two of rows, at most [`MOST_ROWS`], so each kind of statement
+//! has at most seven texts for sqlx to prepare and keep in its statement cache; the
+//! widest (effects, 12 parameters a row) stays far below SQLite's 32,766 parameters.
+
+use sqlx::{Sqlite, Transaction};
+
+use super::super::outbox::shard_of;
+use super::super::staged::Unit;
+use super::super::{StoreError, encode_headers, now_ms};
+use super::{Current, Writes};
+
+type Lite = Transaction<'static, Sqlite>;
+
+/// Rows per statement, at most.
+const MOST_ROWS: usize = 64;
+
+/// `rows` split into pieces of a power of two rows each, largest first.
+fn pieces<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = 1 << rest.len().min(MOST_ROWS).ilog2();
+        let (piece, tail) = rest.split_at(n);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// `(?, ?), (?, ?)`: `rows` rows of `width` parameters.
+fn values(rows: usize, width: usize) -> String {
+    let row = format!("({})", vec!["?"; width].join(", "));
+    vec![row; rows].join(", ")
+}
+
+/// Reads what the checked keys and timers of `current` hold.
+pub(super) async fn read(tx: &mut Lite, current: &mut Current) -> Result<(), StoreError> {
+    let keys: Vec<(String, String)> = current.values.keys().cloned().collect();
+    for piece in pieces(&keys) {
+        let sql = format!(
+            "SELECT component, key, value FROM kv WHERE (component, key) IN (VALUES {})",
+            values(piece.len(), 2)
+        );
+        let mut query = sqlx::query_as::<_, (String, String, Vec<u8>)>(&sql);
+        for (component, key) in piece {
+            query = query.bind(component).bind(key);
+        }
+        for (component, key, value) in query.fetch_all(&mut **tx).await? {
+            current.values.insert((component, key), Some(value));
+        }
+    }
+    let timers: Vec<(String, String)> = current.timers.keys().cloned().collect();
+    for piece in pieces(&timers) {
+        let sql = format!(
+            "SELECT component, id FROM timers WHERE (component, id) IN (VALUES {})",
+            values(piece.len(), 2)
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for (component, id) in piece {
+            query = query.bind(component).bind(id);
+        }
+        for at in query.fetch_all(&mut **tx).await? {
+            current.timers.insert(at, true);
+        }
+    }
+    Ok(())
+}
+
+/// Claims the events of `units`; how many were not claimed before.
+pub(super) async fn claim(tx: &mut Lite, units: &[&Unit]) -> Result<u64, StoreError> {
+    let now = now_ms();
+    let mut claimed = 0;
+    for piece in pieces(units) {
+        let sql = format!(
+            "INSERT INTO inbox (component, event_id, topic, partition, \"offset\", handled_at_ms, version, \
+             activation, request_id, trace_id, outcome) VALUES {} ON CONFLICT (component, event_id) DO NOTHING",
+            values(piece.len(), 11)
+        );
+        let mut query = sqlx::query(&sql);
+        for unit in piece {
+            let r = &unit.inbox;
+            query = query
+                .bind(&r.component)
+                .bind(&r.event_id)
+                .bind(&r.topic)
+                .bind(r.partition)
+                .bind(r.offset)
+                .bind(now)
+                .bind(&r.version)
+                .bind(r.activation)
+                .bind(&r.request_id)
+                .bind(&r.trace_id)
+                .bind(r.outcome);
+        }
+        claimed += query.execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(claimed)
+}
+
+/// Everything the accepted units write, in pieces per table.
+pub(super) async fn write(tx: &mut Lite, writes: &Writes<'_>) -> Result<(), StoreError> {
+    let now = now_ms();
+    for piece in pieces(&writes.put) {
+        let sql = format!(
+            "INSERT INTO kv (component, key, value) VALUES {} \
+             ON CONFLICT (component, key) DO UPDATE SET value = excluded.value",
+            values(piece.len(), 3)
+        );
+        let mut query = sqlx::query(&sql);
+        for (component, key, value) in piece {
+            query = query.bind(*component).bind(*key).bind(*value);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    for (table, column, rows) in [("kv", "key", &writes.delete), ("timers", "id", &writes.cancelled)] {
+        for piece in pieces(rows) {
+            let sql = format!(
+                "DELETE FROM {table} WHERE (component, {column}) IN (VALUES {})",
+                values(piece.len(), 2)
+            );
+            let mut query = sqlx::query(&sql);
+            for (component, key) in piece {
+                query = query.bind(*component).bind(*key);
+            }
+            query.execute(&mut **tx).await?;
+        }
+    }
+    for piece in pieces(&writes.timers) {
+        let sql = format!(
+            "INSERT INTO timers (id, component, topic, msg_key, payload, headers, fire_at_ms, created_at_ms) \
+             VALUES {}",
+            values(piece.len(), 8)
+        );
+        let mut query = sqlx::query(&sql);
+        for (component, (id, fire_at_ms, message)) in piece {
+            query = query
+                .bind(id)
+                .bind(*component)
+                .bind(&message.topic)
+                .bind(message.key.as_deref())
+                .bind(&message.payload)
+                .bind(encode_headers(&message.headers))
+                .bind(*fire_at_ms)
+                .bind(now);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    // Rows of one `VALUES` list are inserted in their order, and the pieces go in turn:
+    // ids follow the order the events ran, which the relay sends them in.
+    for piece in pieces(&writes.outbox) {
+        let sql = format!(
+            "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms, shard) \
+             VALUES {}",
+            values(piece.len(), 8)
+        );
+        let mut query = sqlx::query(&sql);
+        for (component, (id, message)) in piece {
+            query = query
+                .bind(id)
+                .bind(*component)
+                .bind(&message.topic)
+                .bind(message.key.as_deref())
+                .bind(&message.payload)
+                .bind(encode_headers(&message.headers))
+                .bind(now)
+                .bind(shard_of(&message.topic, message.key.as_deref(), id));
+        }
+        query.execute(&mut **tx).await?;
+    }
+    for piece in pieces(&writes.effects) {
+        let sql = format!(
+            "INSERT INTO effects (id, component, kind, request, result_topic, result_event_id, result_headers, \
+             context, max_attempts, initial_backoff_ms, max_backoff_ms, attempts, due_at_ms, created_at_ms) \
+             VALUES {}",
+            values(piece.len(), 14)
+        );
+        let mut query = sqlx::query(&sql);
+        for (component, e) in piece {
+            query = query
+                .bind(&e.id)
+                .bind(*component)
+                .bind(&e.kind)
+                .bind(&e.request)
+                .bind(&e.result_topic)
+                .bind(&e.result_event_id)
+                .bind(encode_headers(&e.result_headers))
+                .bind(&e.context)
+                .bind(e.max_attempts.min(i32::MAX as u32) as i32)
+                .bind(e.initial_backoff_ms)
+                .bind(e.max_backoff_ms)
+                .bind(0_i32)
+                .bind(now)
+                .bind(now);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_are_powers_of_two_in_order_and_cover_every_row() {
+        let rows: Vec<usize> = (0..203).collect();
+        let sizes: Vec<usize> = pieces(&rows).map(<[usize]>::len).collect();
+        assert_eq!(sizes, vec![64, 64, 64, 8, 2, 1]);
+        assert_eq!(pieces(&rows).flatten().copied().collect::<Vec<_>>(), rows);
+        assert_eq!(pieces::<usize>(&[]).count(), 0);
+    }
+}
