@@ -301,9 +301,18 @@ impl Live {
         // code that traps, loops or outgrows the memory it is given refuses the edit
         // here; found at the swap, it left the topics, settings and swaps before it applied.
         let mut incoming = Vec::new();
+        let mut added = Vec::new();
         for (name, spec) in &new.components {
             let before = old.components.get(name);
-            if before.is_none_or(|before| before.artifact != spec.artifact) {
+            if before.is_none() {
+                // The version it will run: the file's, or the one the database has active.
+                let prepared = self
+                    .registry
+                    .prepare_add(spec)
+                    .await
+                    .map_err(|e| LiveError::Rejected(e.to_string()))?;
+                added.push((spec.clone(), prepared));
+            } else if before.is_some_and(|before| before.artifact != spec.artifact) {
                 let bytes = std::fs::read(&spec.artifact).map_err(|source| {
                     LiveError::Rejected(
                         LoadError::Read {
@@ -340,22 +349,20 @@ impl Live {
         }
 
         for (spec, loaded, bytes) in incoming {
-            let name = spec.name.to_string();
-            if old.components.contains_key(&spec.name) {
-                // The new code carries the new settings already; the old code never runs
-                // under settings it was not started with. Applied after the swap, they
-                // reach a newer version another host activated meanwhile.
-                self.registry
-                    .deploy_checked(&spec, loaded, &bytes, &file_source(&spec), "file")
-                    .await?;
-                if let Err(err) = self.registry.respec(&spec).await {
-                    tracing::warn!(error = %err, "cannot apply the new settings to the running version");
-                }
-                report.swapped.push(name);
-            } else {
-                self.registry.add(&spec).await?;
-                report.components_added.push(name);
+            // The new code carries the new settings already; the old code never runs
+            // under settings it was not started with. Applied after the swap, they
+            // reach a newer version another host activated meanwhile.
+            self.registry
+                .deploy_checked(&spec, loaded, &bytes, &file_source(&spec), "file")
+                .await?;
+            if let Err(err) = self.registry.respec(&spec).await {
+                tracing::warn!(error = %err, "cannot apply the new settings to the running version");
             }
+            report.swapped.push(spec.name.to_string());
+        }
+        for (spec, prepared) in added {
+            self.registry.add_prepared(&spec, prepared).await?;
+            report.components_added.push(spec.name.to_string());
         }
         for (name, spec) in &new.components {
             if let Some(before) = old.components.get(name)

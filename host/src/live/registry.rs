@@ -35,6 +35,11 @@ pub enum DeployError {
         version: String,
         reason: String,
     },
+    #[error(
+        "component \"{component}\" is to run version {version:?}, active in the database, but that version's \
+         artifact is not stored there any more; deploy a version (`switchyard deploy`) or change its artifact file"
+    )]
+    ActiveArtifactMissing { component: String, version: String },
     #[error("component \"{component}\" has no version {version:?} to roll back to; known: {known}")]
     UnknownVersion {
         component: String,
@@ -55,6 +60,21 @@ pub struct Swapped {
     pub to: String,
     pub activation: i64,
     pub reason: String,
+}
+
+/// A component about to be brought in, checked (see [`Registry::prepare_add`]).
+pub enum Incoming {
+    /// The artifact file's version, to be activated (`reason`: start or file).
+    File {
+        loaded: LoadedComponent,
+        bytes: Vec<u8>,
+        reason: &'static str,
+    },
+    /// The version the database has active.
+    Stored {
+        loaded: LoadedComponent,
+        active: Activation,
+    },
 }
 
 /// Loaded components by name, with the activation each runs under.
@@ -99,12 +119,20 @@ impl Registry {
         all
     }
 
-    /// Brings `spec` in at start or when a routing edit adds it. The database decides
-    /// the version, with the artifact file as an input: the first time, or when the
-    /// file's content differs from what the file last brought in (it changed while no
-    /// host watched), the file's version is activated; otherwise the active version
-    /// stays (it may be a deploy or a rollback through the admin API).
+    /// Brings `spec` in at start or when a routing edit adds it: [`Registry::prepare_add`]
+    /// then [`Registry::add_prepared`].
     pub async fn add(&self, spec: &ComponentSpec) -> Result<Option<Swapped>, DeployError> {
+        let incoming = self.prepare_add(spec).await?;
+        self.add_prepared(spec, incoming).await
+    }
+
+    /// Decides which version bringing `spec` in runs, compiles it and starts it once
+    /// under `spec`'s limits; nothing changes. The database decides, with the artifact
+    /// file as an input: the first time, or when the file's content differs from what the
+    /// file last brought in (it changed while no host watched), the file's version is
+    /// activated; otherwise the active version stays (it may be a deploy or a rollback
+    /// through the admin API), and is the one checked.
+    pub async fn prepare_add(&self, spec: &ComponentSpec) -> Result<Incoming, DeployError> {
         let file = std::fs::read(&spec.artifact);
         let active = self
             .db
@@ -118,25 +146,35 @@ impl Registry {
             (Some(v), Some(_)) => self.db.last_file_version(spec.name.as_str()).await?.as_ref() != Some(v),
             (None, _) => false,
         };
-        if file_changed || active.is_none() {
+        let reason = if active.is_none() { "start" } else { "file" };
+        let Some(active) = active.filter(|_| !file_changed) else {
             let bytes = file.map_err(|source| LoadError::Read {
                 at: spec.artifact_at.to_string(),
                 component: spec.name.to_string(),
                 path: spec.artifact.display().to_string(),
                 source,
             })?;
-            let reason = if active.is_none() { "start" } else { "file" };
-            return self
-                .deploy_bytes(spec, &bytes, &file_source(spec), reason)
-                .await
-                .map(Some);
-        }
-        let active = active.expect("checked above");
+            let loaded = self.check(spec, &bytes).await?;
+            return Ok(Incoming::File { loaded, bytes, reason });
+        };
         if let Err(err) = &file {
             tracing::warn!(component = %spec.name, path = %spec.artifact.display(), error = %err,
                 "artifact file unreadable; running the active version from the database");
         }
-        self.install_stored(spec, &active).await
+        let loaded = self.compile_stored(spec, &active).await?;
+        self.check_start(&loaded).await?;
+        Ok(Incoming::Stored { loaded, active })
+    }
+
+    /// Runs what [`Registry::prepare_add`] decided and checked.
+    pub async fn add_prepared(&self, spec: &ComponentSpec, incoming: Incoming) -> Result<Option<Swapped>, DeployError> {
+        match incoming {
+            Incoming::File { loaded, bytes, reason } => self
+                .deploy_checked(spec, loaded, &bytes, &file_source(spec), reason)
+                .await
+                .map(Some),
+            Incoming::Stored { loaded, active } => self.install_compiled(loaded, &active).await,
+        }
     }
 
     /// Forgets a component a routing edit removed (its routes are stopped first).
@@ -304,23 +342,38 @@ impl Registry {
     /// Installs the stored version an activation names, compiling it (the engine's cache
     /// makes a version this machine compiled before cheap).
     async fn install_stored(&self, spec: &ComponentSpec, active: &Activation) -> Result<Option<Swapped>, DeployError> {
+        let loaded = self.compile_stored(spec, active).await?;
+        self.install_compiled(loaded, active).await
+    }
+
+    /// The stored version an activation names, compiled for `spec`.
+    async fn compile_stored(&self, spec: &ComponentSpec, active: &Activation) -> Result<LoadedComponent, DeployError> {
         let bytes = self
             .db
             .version_artifact(spec.name.as_str(), &active.version)
             .await?
-            .ok_or_else(|| DeployError::UnknownVersion {
+            .ok_or_else(|| DeployError::ActiveArtifactMissing {
                 component: spec.name.to_string(),
                 version: active.version.clone(),
-                known: "(its artifact was pruned)".into(),
             })?;
         let runtime = self.runtime.clone();
         let owned_spec = spec.clone();
-        let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&owned_spec, &bytes))
-            .await
-            .expect("compile task")?;
+        Ok(
+            tokio::task::spawn_blocking(move || runtime.load_bytes(&owned_spec, &bytes))
+                .await
+                .expect("compile task")?,
+        )
+    }
+
+    /// Installs `loaded`, the compiled version `active` names.
+    async fn install_compiled(
+        &self,
+        loaded: LoadedComponent,
+        active: &Activation,
+    ) -> Result<Option<Swapped>, DeployError> {
         let _guard = self.installing.lock().await;
         // Settings edited while it compiled apply to it too.
-        let running_spec = self.get(&spec.name).map(|c| c.spec.clone());
+        let running_spec = self.get(&loaded.spec.name).map(|c| c.spec.clone());
         let loaded = match running_spec {
             Some(running) if *running != *loaded.spec => loaded.with_spec(&self.runtime, &running)?,
             _ => loaded,

@@ -541,6 +541,57 @@ async fn bad_artifacts_and_edits_are_refused(real: bool, backend: Backend) {
         .to_string();
     assert!(err.contains("no version \"0000\""), "{err}");
 
+    // A component brought back by an edit runs the version the database has active, and
+    // that version is what the edit checks first. Here its stored artifact is gone, and
+    // the same edit moves stamp to v2: refused whole. Checked only when the component was
+    // added, stamp had swapped to v2 already.
+    let probe = artifact("probe").display().to_string();
+    let without_other = routing_text(&p, 3, false)
+        .replace(&format!("[components.other]\nartifact = \"{probe}\"\n"), "")
+        .replace(
+            &format!("[[routes]]\ntopic = \"{p}.other\"\ncomponent = \"other\"\ngroup = \"{p}-other\"\n"),
+            "",
+        );
+    assert!(!without_other.contains("component = \"other\""), "{without_other}");
+    write_atomically(&path, &without_other);
+    wait_for("other removed", Duration::from_secs(30), async || {
+        let status = admin.status().await.unwrap();
+        status.routes.len() == 1 && status.components.len() == 1 && status.last_rejected_edit.is_none()
+    })
+    .await;
+    let forget = "DELETE FROM component_versions WHERE component = 'other'";
+    match db.postgres_pool() {
+        Some(pool) => sqlx::query(forget).execute(pool).await.unwrap().rows_affected(),
+        None => sqlx::query(forget)
+            .execute(db.sqlite_pool().unwrap())
+            .await
+            .unwrap()
+            .rows_affected(),
+    };
+    write_atomically(
+        &path,
+        &routing_text(&p, 3, false).replacen(
+            &probe_line,
+            &format!("artifact = \"{}\"", artifact("probe-v2").display()),
+            1,
+        ),
+    );
+    wait_for("the return of other refused", Duration::from_secs(30), async || {
+        admin.status().await.unwrap().last_rejected_edit.is_some()
+    })
+    .await;
+    let status = admin.status().await.unwrap();
+    let rejected = status.last_rejected_edit.unwrap().error;
+    assert!(rejected.contains("not stored"), "{rejected}");
+    assert_eq!(
+        status
+            .components
+            .iter()
+            .map(|c| (c.name.as_str(), c.version.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("stamp", version.as_str())]
+    );
+
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 }
