@@ -289,7 +289,11 @@ impl Db {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30));
+            .busy_timeout(Duration::from_secs(30))
+            // The group commit's multi-row statements come in up to seven sizes per kind
+            // (`store/multirow/sqlite.rs`), about 60 texts beside the host's others: more
+            // than sqlx's default of 100 kept prepared would evict and prepare them again.
+            .statement_cache_capacity(400);
         ping_when_idle(SqlitePoolOptions::new())
             .max_connections(1)
             .connect_with(options)
