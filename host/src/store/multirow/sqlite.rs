@@ -46,6 +46,43 @@ fn values(rows: usize, width: usize) -> String {
     vec![row; rows].join(", ")
 }
 
+// The pairs are joined to their table, `CROSS JOIN` keeping the list as the outer loop, so
+// each pair is one probe of the primary key on any statistics and any SQLite version:
+// `(component, key) IN (VALUES ...)` is probed by the bundled SQLite 3.46 but scanned the
+// whole table under 3.40 (`the_statements_probe_by_key_and_never_scan_a_table`).
+
+fn read_keys(rows: usize) -> String {
+    format!(
+        "SELECT kv.component, kv.key, kv.value FROM (VALUES {}) AS q \
+         CROSS JOIN kv ON kv.component = q.column1 AND kv.key = q.column2",
+        values(rows, 2)
+    )
+}
+
+fn read_timers(rows: usize) -> String {
+    format!(
+        "SELECT t.component, t.id FROM (VALUES {}) AS q \
+         CROSS JOIN timers AS t ON t.id = q.column2 AND t.component = q.column1",
+        values(rows, 2)
+    )
+}
+
+fn delete_keys(rows: usize) -> String {
+    format!(
+        "DELETE FROM kv WHERE rowid IN (SELECT kv.rowid FROM (VALUES {}) AS q \
+         CROSS JOIN kv ON kv.component = q.column1 AND kv.key = q.column2)",
+        values(rows, 2)
+    )
+}
+
+fn delete_timers(rows: usize) -> String {
+    format!(
+        "DELETE FROM timers WHERE id IN (SELECT t.id FROM (VALUES {}) AS q \
+         CROSS JOIN timers AS t ON t.id = q.column2 AND t.component = q.column1)",
+        values(rows, 2)
+    )
+}
+
 /// Binds a message's row: its id, component, topic, key, payload and headers.
 fn bind_message<'q>(
     query: Query<'q, Sqlite, SqliteArguments<'q>>,
@@ -66,10 +103,7 @@ fn bind_message<'q>(
 pub(super) async fn read(tx: &mut Lite, current: &mut Current) -> Result<(), StoreError> {
     let keys: Vec<(String, String)> = current.values.keys().cloned().collect();
     for piece in pieces(&keys) {
-        let sql = format!(
-            "SELECT component, key, value FROM kv WHERE (component, key) IN (VALUES {})",
-            values(piece.len(), 2)
-        );
+        let sql = read_keys(piece.len());
         let mut query = sqlx::query_as::<_, (String, String, Vec<u8>)>(&sql);
         for (component, key) in piece {
             query = query.bind(component).bind(key);
@@ -80,10 +114,7 @@ pub(super) async fn read(tx: &mut Lite, current: &mut Current) -> Result<(), Sto
     }
     let timers: Vec<(String, String)> = current.timers.keys().cloned().collect();
     for piece in pieces(&timers) {
-        let sql = format!(
-            "SELECT component, id FROM timers WHERE (component, id) IN (VALUES {})",
-            values(piece.len(), 2)
-        );
+        let sql = read_timers(piece.len());
         let mut query = sqlx::query_as::<_, (String, String)>(&sql);
         for (component, id) in piece {
             query = query.bind(component).bind(id);
@@ -141,12 +172,12 @@ pub(super) async fn write(tx: &mut Lite, writes: &Writes<'_>) -> Result<(), Stor
         }
         query.execute(&mut **tx).await?;
     }
-    for (table, column, rows) in [("kv", "key", &writes.delete), ("timers", "id", &writes.cancelled)] {
+    for (delete, rows) in [
+        (delete_keys as fn(usize) -> String, &writes.delete),
+        (delete_timers, &writes.cancelled),
+    ] {
         for piece in pieces(rows) {
-            let sql = format!(
-                "DELETE FROM {table} WHERE (component, {column}) IN (VALUES {})",
-                values(piece.len(), 2)
-            );
+            let sql = delete(piece.len());
             let mut query = sqlx::query(&sql);
             for (component, key) in piece {
                 query = query.bind(*component).bind(*key);
@@ -217,6 +248,38 @@ pub(super) async fn write(tx: &mut Lite, writes: &Writes<'_>) -> Result<(), Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every statement that finds rows by key, planned on a migrated database holding
+    /// rows: each key is a probe of an index, never a scan of `kv` or `timers` (a scan of
+    /// `kv` per commit is what made `list-prefix` slow down with the store's size).
+    #[tokio::test]
+    async fn the_statements_probe_by_key_and_never_scan_a_table() {
+        let (_dir, db) = crate::store::tests::sqlite().await;
+        let pool = db.sqlite_pool().expect("sqlite");
+        for n in 0..200 {
+            sqlx::query("INSERT INTO kv (component, key, value) VALUES ('c', ?, x'00')")
+                .bind(format!("k{n}"))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("ANALYZE").execute(pool).await.unwrap();
+        for sql in [read_keys(4), read_timers(4), delete_keys(4), delete_timers(4)] {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+            for n in 0..8 {
+                query = query.bind(format!("k{n}"));
+            }
+            let plan: Vec<String> = query.fetch_all(pool).await.unwrap().into_iter().map(|r| r.3).collect();
+            assert!(plan.iter().any(|step| step.starts_with("SEARCH")), "{sql}: {plan:?}");
+            assert!(
+                !plan.iter().any(|step| ["SCAN kv", "SCAN t", "SCAN timers"]
+                    .iter()
+                    .any(|scan| step.starts_with(scan))),
+                "{sql} scans a table: {plan:?}"
+            );
+        }
+    }
 
     #[test]
     fn pieces_are_powers_of_two_in_order_and_cover_every_row() {
