@@ -29,7 +29,7 @@ status=${PIPESTATUS[0]}
 # The fault suite stops and starts PostgreSQL and Kafka, so it runs alone, after the rest
 # (and only in a full run: with a filter given, run it yourself with `fault::`). Selected
 # with `--workspace` like the run above, so cargo resolves the same features and reuses its
-# build: `-p switchyard` alone rebuilt the host and the test binary (about 4 minutes on 2 cores).
+# build: `-p switchyard` alone rebuilt the host and the test binary (2 min 6 s on 2 cores).
 if [ $# -eq 0 ]; then
     cargo test --workspace --test it fault:: 2>&1 | tee -a "$log"
     fault=${PIPESTATUS[0]}

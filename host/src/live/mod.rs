@@ -303,8 +303,7 @@ impl Live {
         let mut incoming = Vec::new();
         let mut added = Vec::new();
         for (name, spec) in &new.components {
-            let before = old.components.get(name);
-            if before.is_none() {
+            let Some(before) = old.components.get(name) else {
                 // The version it will run: the file's, or the one the database has active.
                 let prepared = self
                     .registry
@@ -312,7 +311,9 @@ impl Live {
                     .await
                     .map_err(|e| LiveError::Rejected(e.to_string()))?;
                 added.push((spec.clone(), prepared));
-            } else if before.is_some_and(|before| before.artifact != spec.artifact) {
+                continue;
+            };
+            if before.artifact != spec.artifact {
                 let bytes = std::fs::read(&spec.artifact).map_err(|source| {
                     LiveError::Rejected(
                         LoadError::Read {
@@ -330,7 +331,7 @@ impl Live {
                     .await
                     .map_err(|e| LiveError::Rejected(e.to_string()))?;
                 incoming.push((spec.clone(), loaded, bytes));
-            } else if before.is_some_and(|before| before.limits != spec.limits)
+            } else if before.limits != spec.limits
                 && let Some(running) = self.registry.get(name)
             {
                 let relimited = running

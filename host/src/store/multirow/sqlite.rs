@@ -9,8 +9,11 @@
 //! docs/benchmarks.md).
 //!
 //! A piece holds a power of two of rows, at most [`MOST_ROWS`], so each kind of statement
-//! has at most seven texts for sqlx to prepare and keep in its statement cache; the
-//! widest (effects, 12 parameters a row) stays far below SQLite's 32,766 parameters.
+//! has at most seven texts, each written once ([`Texts`]) and kept prepared in sqlx's
+//! statement cache; the widest (effects, 14 parameters a row) stays far below SQLite's
+//! 32,766 parameters.
+
+use std::sync::OnceLock;
 
 use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
@@ -39,6 +42,40 @@ fn pieces<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
         Some(piece)
     })
 }
+
+/// Piece sizes: 1, 2, 4 … [`MOST_ROWS`].
+const SIZES: usize = MOST_ROWS.ilog2() as usize + 1;
+
+/// The texts of one kind of statement, one per piece size, each written the first time
+/// it is needed rather than on every commit.
+struct Texts {
+    make: fn(usize) -> String,
+    made: [OnceLock<String>; SIZES],
+}
+
+impl Texts {
+    const fn new(make: fn(usize) -> String) -> Texts {
+        Texts {
+            make,
+            made: [const { OnceLock::new() }; SIZES],
+        }
+    }
+
+    /// The text for a piece of `rows` rows (a power of two, see [`pieces`]).
+    fn of(&'static self, rows: usize) -> &'static str {
+        self.made[rows.ilog2() as usize].get_or_init(|| (self.make)(rows))
+    }
+}
+
+static READ_KEYS: Texts = Texts::new(read_keys);
+static READ_TIMERS: Texts = Texts::new(read_timers);
+static CLAIM: Texts = Texts::new(claim_inbox);
+static PUT: Texts = Texts::new(put_keys);
+static DELETE_KEYS: Texts = Texts::new(delete_keys);
+static DELETE_TIMERS: Texts = Texts::new(delete_timers);
+static INSERT_TIMERS: Texts = Texts::new(insert_timers);
+static INSERT_OUTBOX: Texts = Texts::new(insert_outbox);
+static INSERT_EFFECTS: Texts = Texts::new(insert_effects);
 
 /// `(?, ?), (?, ?)`: `rows` rows of `width` parameters.
 fn values(rows: usize, width: usize) -> String {
@@ -83,6 +120,47 @@ fn delete_timers(rows: usize) -> String {
     )
 }
 
+fn claim_inbox(rows: usize) -> String {
+    format!(
+        "INSERT INTO inbox (component, event_id, topic, partition, \"offset\", handled_at_ms, version, \
+         activation, request_id, trace_id, outcome) VALUES {} ON CONFLICT (component, event_id) DO NOTHING",
+        values(rows, 11)
+    )
+}
+
+fn put_keys(rows: usize) -> String {
+    format!(
+        "INSERT INTO kv (component, key, value) VALUES {} \
+         ON CONFLICT (component, key) DO UPDATE SET value = excluded.value",
+        values(rows, 3)
+    )
+}
+
+fn insert_timers(rows: usize) -> String {
+    format!(
+        "INSERT INTO timers (id, component, topic, msg_key, payload, headers, fire_at_ms, created_at_ms) \
+         VALUES {}",
+        values(rows, 8)
+    )
+}
+
+fn insert_outbox(rows: usize) -> String {
+    format!(
+        "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms, shard) \
+         VALUES {}",
+        values(rows, 8)
+    )
+}
+
+fn insert_effects(rows: usize) -> String {
+    format!(
+        "INSERT INTO effects (id, component, kind, request, result_topic, result_event_id, result_headers, \
+         context, max_attempts, initial_backoff_ms, max_backoff_ms, attempts, due_at_ms, created_at_ms) \
+         VALUES {}",
+        values(rows, 14)
+    )
+}
+
 /// Binds a message's row: its id, component, topic, key, payload and headers.
 fn bind_message<'q>(
     query: Query<'q, Sqlite, SqliteArguments<'q>>,
@@ -103,8 +181,7 @@ fn bind_message<'q>(
 pub(super) async fn read(tx: &mut Lite, current: &mut Current) -> Result<(), StoreError> {
     let keys: Vec<(String, String)> = current.values.keys().cloned().collect();
     for piece in pieces(&keys) {
-        let sql = read_keys(piece.len());
-        let mut query = sqlx::query_as::<_, (String, String, Vec<u8>)>(&sql);
+        let mut query = sqlx::query_as::<_, (String, String, Vec<u8>)>(READ_KEYS.of(piece.len()));
         for (component, key) in piece {
             query = query.bind(component).bind(key);
         }
@@ -114,8 +191,7 @@ pub(super) async fn read(tx: &mut Lite, current: &mut Current) -> Result<(), Sto
     }
     let timers: Vec<(String, String)> = current.timers.keys().cloned().collect();
     for piece in pieces(&timers) {
-        let sql = read_timers(piece.len());
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        let mut query = sqlx::query_as::<_, (String, String)>(READ_TIMERS.of(piece.len()));
         for (component, id) in piece {
             query = query.bind(component).bind(id);
         }
@@ -131,12 +207,7 @@ pub(super) async fn claim(tx: &mut Lite, units: &[&Unit]) -> Result<u64, StoreEr
     let now = now_ms();
     let mut claimed = 0;
     for piece in pieces(units) {
-        let sql = format!(
-            "INSERT INTO inbox (component, event_id, topic, partition, \"offset\", handled_at_ms, version, \
-             activation, request_id, trace_id, outcome) VALUES {} ON CONFLICT (component, event_id) DO NOTHING",
-            values(piece.len(), 11)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(CLAIM.of(piece.len()));
         for unit in piece {
             let r = &unit.inbox;
             query = query
@@ -161,24 +232,15 @@ pub(super) async fn claim(tx: &mut Lite, units: &[&Unit]) -> Result<u64, StoreEr
 pub(super) async fn write(tx: &mut Lite, writes: &Writes<'_>) -> Result<(), StoreError> {
     let now = now_ms();
     for piece in pieces(&writes.put) {
-        let sql = format!(
-            "INSERT INTO kv (component, key, value) VALUES {} \
-             ON CONFLICT (component, key) DO UPDATE SET value = excluded.value",
-            values(piece.len(), 3)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(PUT.of(piece.len()));
         for (component, key, value) in piece {
             query = query.bind(*component).bind(*key).bind(*value);
         }
         query.execute(&mut **tx).await?;
     }
-    for (delete, rows) in [
-        (delete_keys as fn(usize) -> String, &writes.delete),
-        (delete_timers, &writes.cancelled),
-    ] {
+    for (delete, rows) in [(&DELETE_KEYS, &writes.delete), (&DELETE_TIMERS, &writes.cancelled)] {
         for piece in pieces(rows) {
-            let sql = delete(piece.len());
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(delete.of(piece.len()));
             for (component, key) in piece {
                 query = query.bind(*component).bind(*key);
             }
@@ -186,12 +248,7 @@ pub(super) async fn write(tx: &mut Lite, writes: &Writes<'_>) -> Result<(), Stor
         }
     }
     for piece in pieces(&writes.timers) {
-        let sql = format!(
-            "INSERT INTO timers (id, component, topic, msg_key, payload, headers, fire_at_ms, created_at_ms) \
-             VALUES {}",
-            values(piece.len(), 8)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(INSERT_TIMERS.of(piece.len()));
         for (component, (id, fire_at_ms, message)) in piece {
             query = bind_message(query, id, component, message).bind(*fire_at_ms).bind(now);
         }
@@ -200,12 +257,7 @@ pub(super) async fn write(tx: &mut Lite, writes: &Writes<'_>) -> Result<(), Stor
     // Rows of one `VALUES` list are inserted in their order, and the pieces go in turn:
     // ids follow the order the events ran, which the relay sends them in.
     for piece in pieces(&writes.outbox) {
-        let sql = format!(
-            "INSERT INTO outbox (event_id, component, topic, msg_key, payload, headers, created_at_ms, shard) \
-             VALUES {}",
-            values(piece.len(), 8)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(INSERT_OUTBOX.of(piece.len()));
         for (component, (id, message)) in piece {
             query = bind_message(query, id, component, message).bind(now).bind(shard_of(
                 &message.topic,
@@ -216,13 +268,7 @@ pub(super) async fn write(tx: &mut Lite, writes: &Writes<'_>) -> Result<(), Stor
         query.execute(&mut **tx).await?;
     }
     for piece in pieces(&writes.effects) {
-        let sql = format!(
-            "INSERT INTO effects (id, component, kind, request, result_topic, result_event_id, result_headers, \
-             context, max_attempts, initial_backoff_ms, max_backoff_ms, attempts, due_at_ms, created_at_ms) \
-             VALUES {}",
-            values(piece.len(), 14)
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(INSERT_EFFECTS.of(piece.len()));
         for (component, e) in piece {
             query = query
                 .bind(&e.id)
