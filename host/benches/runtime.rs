@@ -272,9 +272,18 @@ impl BenchDb {
         if self.dir.is_none() {
             let (server, name) = self.url.rsplit_once('/').context("database URL without a name")?;
             let admin = sqlx::PgPool::connect(&format!("{server}/postgres")).await?;
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&admin)
-                .await?;
+            // FORCE may not end an autovacuum worker, which has no role ("must be a member
+            // of the role whose process is being terminated", seen after 5,000-event runs);
+            // the worker soon goes, so try again rather than fail the whole bench.
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let mut tries = 0;
+            while let Err(err) = sqlx::query(&drop).execute(&admin).await {
+                tries += 1;
+                if tries == 20 {
+                    return Err(err).with_context(|| format!("dropping the bench database {name}"));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             admin.close().await;
         }
         Ok(())
