@@ -29,7 +29,7 @@ fn event(plan: Value) -> InboundEvent {
         None,
         serde_json::to_vec(&plan).unwrap(),
         vec![(headers::EVENT_ID.into(), uuid::Uuid::new_v4().to_string())],
-        1_700_000_000_000,
+        Some(1_700_000_000_000),
     )
 }
 

@@ -25,7 +25,7 @@ fn event(topic: &str, payload: serde_json::Value) -> InboundEvent {
         None,
         serde_json::to_vec(&payload).unwrap(),
         vec![(headers::EVENT_ID.into(), uuid::Uuid::new_v4().to_string())],
-        1_700_000_000_000,
+        Some(1_700_000_000_000),
     )
 }
 

@@ -308,7 +308,7 @@ fn invocation_event(i: usize, plan: &serde_json::Value) -> InboundEvent {
         None,
         payload,
         vec![(headers::EVENT_ID.into(), uuid::Uuid::new_v4().to_string())],
-        0,
+        Some(0),
     )
 }
 

@@ -68,7 +68,7 @@ impl TraceContext {
                     trace_id: trace.to_ascii_lowercase(),
                     parent_id: parent.to_ascii_lowercase(),
                     flags: flags.to_ascii_lowercase(),
-                    tracestate: tracestate.to_string(),
+                    tracestate: bounded_tracestate(tracestate),
                 })
             }
             _ => None,
@@ -101,6 +101,22 @@ impl TraceContext {
     }
 }
 
+/// Longest `tracestate` passed on: the W3C limit a vendor must carry (512 characters).
+/// Every message a handler publishes carries it, outside the caps on what the guest
+/// writes, so a megabyte from any producer must not get that far.
+pub const MAX_TRACESTATE: usize = 512;
+
+/// `tracestate` as passed on: empty when it is longer than [`MAX_TRACESTATE`] or holds
+/// anything but printable ASCII (the W3C grammar's alphabet); the trace itself is kept.
+fn bounded_tracestate(tracestate: &str) -> String {
+    let tracestate = tracestate.trim();
+    if tracestate.len() <= MAX_TRACESTATE && tracestate.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        tracestate.to_string()
+    } else {
+        String::new()
+    }
+}
+
 fn new_span_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
 }
@@ -116,12 +132,16 @@ impl InboundEvent {
     /// cluster id, or a fresh id per embedded broker), topic, partition, offset and
     /// timestamp. The origin and timestamp keep a restarted embedded broker or a
     /// recreated topic, whose offsets start again at 0, from colliding with old events.
+    ///
+    /// A message without a timestamp (an old producer's) gets the time it is read as its
+    /// timestamp, but its id says `@none`: an id from the reading time would differ on
+    /// every delivery, and a redelivered event would run again.
     pub fn from_message(
         at: &LogPosition<'_>,
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
         headers: Vec<(String, String)>,
-        timestamp_ms: i64,
+        timestamp_ms: Option<i64>,
     ) -> InboundEvent {
         let LogPosition {
             origin,
@@ -132,8 +152,12 @@ impl InboundEvent {
         let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         let id = match header(headers::EVENT_ID) {
             Some(id) => crate::protocol::bounded_event_id(&id),
-            None => crate::protocol::bounded_event_id(&format!("{origin}/{topic}/{partition}/{offset}@{timestamp_ms}")),
+            None => crate::protocol::bounded_event_id(&match timestamp_ms {
+                Some(at) => format!("{origin}/{topic}/{partition}/{offset}@{at}"),
+                None => format!("{origin}/{topic}/{partition}/{offset}@none"),
+            }),
         };
+        let timestamp_ms = timestamp_ms.unwrap_or_else(crate::store::now_ms);
         // Bounded like event ids: the inbox indexes it and every message the handler
         // publishes carries it, so a NUL or a few KB from any producer must not reach them.
         let request_id = header(headers::REQUEST_ID)
@@ -216,10 +240,19 @@ mod tests {
             partition: 2,
             offset: 9,
         };
-        let e = InboundEvent::from_message(&at, None, br#"{"requestId":"r-1"}"#.to_vec(), vec![], 5);
+        let e = InboundEvent::from_message(&at, None, br#"{"requestId":"r-1"}"#.to_vec(), vec![], Some(5));
         assert_eq!(e.id, "c1/t/2/9@5");
-        let later = InboundEvent::from_message(&LogPosition { origin: "c2", ..at }, None, vec![], vec![], 5);
+        let later = InboundEvent::from_message(&LogPosition { origin: "c2", ..at }, None, vec![], vec![], Some(5));
         assert_ne!(later.id, e.id, "another broker's offset 9 is another event");
+        // No timestamp: the same id on every delivery, whenever it is read.
+        let untimed = InboundEvent::from_message(&at, None, vec![], vec![], None);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let again = InboundEvent::from_message(&at, None, vec![], vec![], None);
+        assert_eq!(
+            (untimed.id.as_str(), again.id.as_str()),
+            ("c1/t/2/9@none", "c1/t/2/9@none")
+        );
+        assert!(untimed.timestamp_ms > 0, "the reading time stands in for the timestamp");
         assert_eq!(e.request_id.as_deref(), Some("r-1"));
         let headers = vec![
             (headers::EVENT_ID.to_string(), "ev".to_string()),
@@ -229,7 +262,7 @@ mod tests {
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
             ),
         ];
-        let e = InboundEvent::from_message(&at, None, b"not json".to_vec(), headers, 0);
+        let e = InboundEvent::from_message(&at, None, b"not json".to_vec(), headers, Some(0));
         assert_eq!(e.id, "ev");
         assert_eq!(e.request_id.as_deref(), Some("r-2"));
         assert_eq!(e.trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -242,7 +275,7 @@ mod tests {
             ),
             ("TRACESTATE".to_string(), "k=v".to_string()),
         ];
-        let e = InboundEvent::from_message(&at, None, vec![], headers, 0);
+        let e = InboundEvent::from_message(&at, None, vec![], headers, Some(0));
         assert_eq!(
             (
                 e.trace.trace_id.as_str(),
@@ -251,5 +284,22 @@ mod tests {
             ),
             ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "k=v")
         );
+    }
+
+    #[test]
+    fn an_oversized_or_binary_tracestate_is_dropped_and_the_trace_kept() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let at_limit = format!("k={}", "v".repeat(MAX_TRACESTATE - 2));
+        let kept = TraceContext::parse(parent, &at_limit).unwrap();
+        assert_eq!(kept.tracestate, at_limit);
+        for bad in [
+            format!("k={}", "v".repeat(1 << 20)),
+            "k=v\u{0}".to_string(),
+            "k=\u{e9}".to_string(),
+        ] {
+            let trace = TraceContext::parse(parent, &bad).unwrap();
+            assert_eq!(trace.tracestate, "", "{:?}", &bad[..bad.len().min(20)]);
+            assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        }
     }
 }

@@ -345,7 +345,7 @@ async fn invoke(cli: &Cli, component: &str, event_path: &Path, commit: bool) -> 
         file.key.map(String::into_bytes),
         payload,
         headers,
-        switchyard::store::now_ms(),
+        Some(switchyard::store::now_ms()),
     );
 
     let runtime = Runtime::new()?;

@@ -91,8 +91,10 @@ pub async fn send(client: &reqwest::Client, id: &str, request: &HttpRequest, tra
                     status: status.as_u16(),
                 };
             }
-            let body = response.text().await.unwrap_or_default();
-            let excerpt: String = body.chars().take(200).collect();
+            let excerpt: String = String::from_utf8_lossy(&body_prefix(response, EXCERPT_BYTES).await)
+                .chars()
+                .take(200)
+                .collect();
             let reason = format!("HTTP {status} from {}: {}", url, excerpt.trim());
             let transient = status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429);
             if transient {
@@ -112,6 +114,22 @@ pub async fn send(client: &reqwest::Client, id: &str, request: &HttpRequest, tra
             reason: format!("{url}: {}", error_chain(&err)),
         },
     }
+}
+
+/// Bytes of a refused answer's body read for its reason (200 characters kept).
+const EXCERPT_BYTES: usize = 1024;
+
+/// The first `limit` bytes of `response`'s body. The rest is never read: a target that
+/// answers an error with an endless body costs a kilobyte, not the worker's memory.
+async fn body_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]),
+            _ => break,
+        }
+    }
+    body
 }
 
 /// An error with its causes ("connection refused" sits deep in reqwest's chain).
@@ -137,6 +155,76 @@ mod tests {
             authorization_env(&url).unwrap(),
             "SWITCHYARD_HTTP_HOOKS_EXAMPLE_COM_443_AUTHORIZATION"
         );
+    }
+
+    /// A one-connection HTTP server on a thread: writes `head`, then `body_chunks`
+    /// chunks of 64 KiB of `x` (chunked), for as long as the client reads.
+    fn answering(head: &'static str, body_chunks: usize) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(head.as_bytes());
+            let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "x".repeat(64 << 10));
+            for _ in 0..body_chunks {
+                if stream.write_all(chunk.as_bytes()).is_err() {
+                    return; // the client hung up
+                }
+            }
+            let _ = stream.write_all(b"0\r\n\r\n");
+        });
+        url
+    }
+
+    fn request(url: String) -> HttpRequest {
+        HttpRequest {
+            method: "POST".into(),
+            url,
+            headers: vec![],
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_cut_to_an_excerpt() {
+        // 64 GiB if read whole: only the excerpt is.
+        let url = answering("HTTP/1.1 500 Oops\r\ntransfer-encoding: chunked\r\n\r\n", 1 << 20);
+        let client = client(&crate::delivery::Settings::default()).unwrap();
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            send(&client, "d-1", &request(url), None),
+        )
+        .await
+        .expect("answers without reading the whole body");
+        match attempt {
+            Attempt::Failed {
+                status: Some(500),
+                reason,
+            } => assert!(
+                reason.contains("HTTP 500") && reason.ends_with(&"x".repeat(100)),
+                "{reason}"
+            ),
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_refused_not_followed() {
+        let url = answering(
+            "HTTP/1.1 302 Found\r\nlocation: http://10.255.255.1/elsewhere\r\ntransfer-encoding: chunked\r\n\r\n",
+            0,
+        );
+        let client = client(&crate::delivery::Settings::default()).unwrap();
+        match send(&client, "d-2", &request(url), None).await {
+            Attempt::Refused {
+                status: Some(302),
+                reason,
+            } => assert!(reason.contains("302"), "{reason}"),
+            other => panic!("expected the redirect refused, got {other:?}"),
+        }
     }
 
     #[test]

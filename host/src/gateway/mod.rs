@@ -93,7 +93,12 @@ pub struct Gateway {
     pub shutdown: watch::Receiver<bool>,
     /// Client settings for the broker, for `/ready`.
     pub kafka: ClientConfig,
+    /// The last `/ready` check: what was down, and when it ran (see [`READY_REUSE`]).
+    readiness: tokio::sync::Mutex<Option<(std::time::Instant, Down)>>,
 }
+
+/// What does not answer (database, cache, kafka), each with its cause for the log.
+type Down = Vec<(&'static str, String)>;
 
 impl Gateway {
     pub async fn new(
@@ -106,6 +111,7 @@ impl Gateway {
     ) -> anyhow::Result<Arc<Gateway>> {
         let decoy_hash = tokio::task::spawn_blocking(auth::decoy_hash).await?;
         Ok(Arc::new(Gateway {
+            readiness: Default::default(),
             config,
             db,
             cache,
@@ -241,7 +247,40 @@ const READY_CHECK_LIMIT: Duration = Duration::from_secs(2);
         (status = 503, description = "a dependency does not answer", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
-    // Causes go to the log; the answer, served without a login, only names what is down.
+    // One check at a time, its answer reused for READY_REUSE: `/ready` is served without
+    // a login, and each check holds a blocking thread (a new broker client) for up to 2 s,
+    // threads that password hashing needs too; a flood of probes waits for one answer.
+    let failures = {
+        let mut last = gw.readiness.lock().await;
+        match &*last {
+            Some((at, failures)) if at.elapsed() < READY_REUSE => failures.clone(),
+            _ => {
+                let failures = check_dependencies(&gw).await;
+                *last = Some((std::time::Instant::now(), failures.clone()));
+                failures
+            }
+        }
+    };
+    if failures.is_empty() {
+        axum::Json(serde_json::json!({"status": "ready", "database": gw.db.kind(), "cache": gw.cache.kind()}))
+            .into_response()
+    } else {
+        tracing::warn!(failures = ?failures, "not ready");
+        let down: Vec<&str> = failures.iter().map(|(what, _)| *what).collect();
+        Problem::unavailable(format!(
+            "not ready: {} (the server log has the causes)",
+            down.join(", ")
+        ))
+        .with("down", &down)
+        .into_response()
+    }
+}
+
+/// How long one `/ready` check answers for.
+const READY_REUSE: Duration = Duration::from_secs(1);
+
+/// What does not answer, with the causes (for the log; the answer only names them).
+async fn check_dependencies(gw: &Gateway) -> Down {
     let mut failures = Vec::new();
     let db_ok = tokio::time::timeout(READY_CHECK_LIMIT, async {
         on_pool!(&gw.db, |p| sqlx::query("SELECT 1").execute(p).await.map(|_| ()))
@@ -267,19 +306,7 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
     if let Err(err) = broker {
         failures.push(("kafka", err));
     }
-    if failures.is_empty() {
-        axum::Json(serde_json::json!({"status": "ready", "database": gw.db.kind(), "cache": gw.cache.kind()}))
-            .into_response()
-    } else {
-        tracing::warn!(failures = ?failures, "not ready");
-        let down: Vec<&str> = failures.iter().map(|(what, _)| *what).collect();
-        Problem::unavailable(format!(
-            "not ready: {} (the server log has the causes)",
-            down.join(", ")
-        ))
-        .with("down", &down)
-        .into_response()
-    }
+    failures
 }
 
 /// Runs the gateway until `shutdown`, on the broker `kafka` (see
@@ -316,7 +343,7 @@ pub async fn serve_on(
     let cache = match &config.redis_url {
         Some(url) => StatusCache::redis(url, shutdown.clone())
             .await
-            .with_context(|| format!("connecting the status cache to {url}"))?,
+            .with_context(|| format!("connecting the status cache to {}", crate::store::redact(url)))?,
         None => StatusCache::memory(),
     };
     let consumer: StreamConsumer = status::consumer_config(&base, &config.group)

@@ -22,7 +22,7 @@ use super::{auth, orders, problem, reads, status};
         orders::OrderRequest, orders::OrderItem, orders::Accepted, orders::OrderView, orders::OrdersPage, status::OrderStatus,
         reads::DepositRequest, reads::DepositAccepted, reads::Me, reads::Profile, reads::Balance,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &InternalErrors),
 )]
 pub struct ApiDoc;
 
@@ -40,6 +40,41 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every route answers 500 (a problem, no internals) when the database or the status
+/// cache fails under it; declared once here rather than on each route.
+struct InternalErrors;
+
+impl Modify for InternalErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let internal = ResponseBuilder::new()
+            .description("the database or the status cache failed; the cause is logged, not shown")
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .entry("500".to_string())
+                    .or_insert_with(|| internal.clone().into());
+            }
+        }
     }
 }
 

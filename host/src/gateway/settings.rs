@@ -184,7 +184,7 @@ impl GatewayConfig {
             _ => unreachable!("only the algorithms matched above"),
         };
         if let Some(url) = &args.redis_url {
-            redis::Client::open(url.as_str()).map_err(|e| SettingsError::Redis(url.clone(), e))?;
+            redis::Client::open(url.as_str()).map_err(|e| SettingsError::Redis(crate::store::redact(url), e))?;
         }
         Ok(GatewayConfig {
             addr,
@@ -252,6 +252,12 @@ mod tests {
             args(|a| a.redis_url = Some("http://x".into()))
                 .unwrap()
                 .contains("redis://")
+        );
+        // A password never reaches the message.
+        let refused = args(|a| a.redis_url = Some("rediss+bad://:hunter2@cache:6379".into())).unwrap();
+        assert!(
+            refused.contains(":***@cache") && !refused.contains("hunter2"),
+            "{refused}"
         );
     }
 }

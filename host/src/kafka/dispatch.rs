@@ -198,7 +198,8 @@ struct Received {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     headers: Vec<(String, String)>,
-    timestamp_ms: i64,
+    /// None when the message has none (see [`InboundEvent::from_message`]).
+    timestamp_ms: Option<i64>,
 }
 
 impl Received {
@@ -210,7 +211,7 @@ impl Received {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             headers: headers_of(message),
-            timestamp_ms: message.timestamp().to_millis().unwrap_or_else(now_ms),
+            timestamp_ms: message.timestamp().to_millis(),
         }
     }
 }

@@ -17,9 +17,13 @@ mod state;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::ComponentSpec;
@@ -83,6 +87,10 @@ pub enum InvokeError {
     Store(#[from] StoreError),
     #[error("cannot instantiate component \"{component}\": {reason}")]
     Instantiate { component: String, reason: String },
+    /// The engine's pool had no room for one more instance: the host's limit, not the
+    /// event's fault, so the event waits and runs again without spending an attempt.
+    #[error("no room for another instance of component \"{component}\": {reason}")]
+    PoolFull { component: String, reason: String },
     /// The database refused what the event would commit (see
     /// [`StoreError::is_caused_by_data`]): retrying cannot help.
     #[error("the database refused this event's data: {0}")]
@@ -219,15 +227,31 @@ impl LoadedComponent {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<InvocationState>,
+    /// One permit per instance the pool holds. Every store takes one before anything
+    /// else (its transaction included) and keeps it until it is dropped, so routes whose
+    /// concurrency adds up past the pool, and gateway queries, wait for room instead of
+    /// failing to instantiate (which would dead-letter good events).
+    slots: Arc<Semaphore>,
 }
 
+/// Room for one instance in the pool, held as long as the store that uses it.
+pub(crate) struct InstanceSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
 impl Runtime {
+    /// A runtime with room for [`MAX_INSTANCES`] instances at once.
     pub fn new() -> Result<Runtime, LoadError> {
+        Runtime::with_instance_limit(MAX_INSTANCES)
+    }
+
+    /// A runtime with room for `limit` instances at once, across all components and
+    /// queries; more wait their turn.
+    pub fn with_instance_limit(limit: u32) -> Result<Runtime, LoadError> {
+        let limit = limit.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 8)
-            .total_memories(MAX_INSTANCES * 2)
-            .total_tables(MAX_INSTANCES * 4)
+        pool.total_component_instances(limit)
+            .total_core_instances(limit * 8)
+            .total_memories(limit * 2)
+            .total_tables(limit * 4)
             .max_memory_size(MAX_MEMORY_BYTES)
             // Every event gets a fresh instance. Returning its memory with madvise cost a
             // TLB shootdown on every core and page faults on the next instance: 22 % of
@@ -261,7 +285,11 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         host::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        Ok(Runtime { engine, linker })
+        Ok(Runtime {
+            engine,
+            linker,
+            slots: Arc::new(Semaphore::new(limit as usize)),
+        })
     }
 
     /// Compiles the component's artifact and checks it against world `handler`: an
@@ -320,7 +348,7 @@ impl Runtime {
     /// A fresh store for one call of `spec`'s component: WASI with no files, env or
     /// sockets (clocks and randomness only), captured output, the memory cap, and the
     /// epoch deadline that stops a guest which computes past its time.
-    pub(crate) fn new_store(&self, staged: Staged, origin: Origin) -> Store<InvocationState> {
+    pub(crate) fn new_store(&self, slot: InstanceSlot, staged: Staged, origin: Origin) -> Store<InvocationState> {
         let limits = origin.component.limits;
         let stdout = CappedOutput::new(OUTPUT_CAPACITY);
         let stderr = CappedOutput::new(OUTPUT_CAPACITY);
@@ -332,6 +360,7 @@ impl Runtime {
             .allow_ip_name_lookup(false)
             .build();
         let state = InvocationState {
+            _slot: slot,
             wasi,
             table: Default::default(),
             stdout,
@@ -361,12 +390,27 @@ impl Runtime {
         store
     }
 
+    /// Waits for room for one more instance in the pool (see [`Runtime::slots`]). Taken
+    /// before the store's transaction begins, so a store never holds a database
+    /// connection while it waits.
+    pub(crate) async fn instance_slot(&self) -> InstanceSlot {
+        InstanceSlot(
+            self.slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the slots are never closed"),
+        )
+    }
+
     /// Instantiates `component` once, read-only and within its limits, and drops the
     /// instance: start-up code that traps, loops or outgrows memory is found before a
     /// version goes live rather than at its first event.
     pub async fn trial_instantiate(&self, component: &LoadedComponent, db: &Db) -> Result<(), String> {
+        let slot = self.instance_slot().await;
         let staged = Staged::new(db, component.spec.name.as_str(), Overlay::default());
         let mut store = self.new_store(
+            slot,
             staged,
             Origin {
                 component: component.spec.clone(),
@@ -469,8 +513,10 @@ impl Runtime {
         base: Overlay,
     ) -> Result<(Ran, Overlay), InvokeError> {
         let spec = &component.spec;
+        let slot = self.instance_slot().await;
         let started = Instant::now();
         let mut store = self.new_store(
+            slot,
             Staged::new(db, spec.name.as_str(), base),
             Origin {
                 component: spec.clone(),
@@ -501,9 +547,11 @@ impl Runtime {
                     Err(e)
                 } else {
                     store.into_data().staged.discard().await;
-                    return Err(InvokeError::Instantiate {
-                        component: spec.name.to_string(),
-                        reason: format!("{e:#}"),
+                    let (component, reason) = (spec.name.to_string(), format!("{e:#}"));
+                    return Err(if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+                        InvokeError::PoolFull { component, reason }
+                    } else {
+                        InvokeError::Instantiate { component, reason }
                     });
                 }
             }

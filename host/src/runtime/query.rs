@@ -103,10 +103,12 @@ impl Runtime {
     ) -> Result<Vec<u8>, QueryError> {
         let spec = &component.spec;
         let (component_name, query_name) = (spec.name.to_string(), name.to_string());
+        let slot = self.instance_slot().await;
         let staged = Staged::for_query(db, spec.name.as_str());
 
         let started = Instant::now();
         let mut store = self.new_store(
+            slot,
             staged,
             Origin {
                 component: spec.clone(),

@@ -107,6 +107,8 @@ impl ResourceLimiter for MemoryCap {
 /// linked to a view that borrows only the parts it needs (see [`super::host`]), so what
 /// a host call can touch is visible in its signature.
 pub struct InvocationState {
+    /// Room in the engine's pool, given back when the store is dropped.
+    pub(crate) _slot: super::InstanceSlot,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     /// Captured guest stdout and stderr, turned into log lines after the call.

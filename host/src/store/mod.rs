@@ -557,8 +557,8 @@ fn decode_headers(text: &str) -> Result<Vec<(String, String)>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))
 }
 
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
+/// A service URL (database, Redis) without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];

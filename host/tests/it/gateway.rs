@@ -574,6 +574,44 @@ mod routes {
         assert_problem(status, &headers, &problem, StatusCode::UNAUTHORIZED);
     }
 
+    /// A broker that does not answer makes `/ready` a 503 naming it (the cause only in
+    /// the log), in the probe's bound.
+    #[tokio::test]
+    async fn ready_names_a_dependency_that_does_not_answer() {
+        let db = test_db(Backend::Sqlite).await.unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let mut nowhere = rdkafka::ClientConfig::new();
+        nowhere.set("bootstrap.servers", "127.0.0.1:1");
+        let gw = Gateway::new(
+            GatewayConfig::from_args(&args(300)).unwrap(),
+            db.db.clone(),
+            StatusCache::memory(),
+            queries(&db.db).await,
+            nowhere,
+            shutdown,
+        )
+        .await
+        .unwrap();
+        let started = std::time::Instant::now();
+        let response = gateway::router(gw)
+            .oneshot(request("GET", "/ready", None, None))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["down"], serde_json::json!(["kafka"]), "{body}");
+        assert!(
+            !body.to_string().contains("127.0.0.1:1"),
+            "causes stay in the log: {body}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test]
     async fn health_ready_and_the_openapi_document() {
         let r = Routes::hs256().await;
@@ -604,6 +642,19 @@ mod routes {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        // A failing database or cache answers 500 on any route: the document says so.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let operations = item.as_object().unwrap().iter();
+            for (method, operation) in
+                operations.filter(|(m, _)| ["get", "post", "put", "delete", "patch"].contains(&m.as_str()))
+            {
+                let internal = &operation["responses"]["500"];
+                assert_eq!(
+                    internal["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem",
+                    "{method} {path}: {operation}"
+                );
+            }
+        }
     }
 }
 

@@ -31,7 +31,7 @@ fn event(id: &str, plan: serde_json::Value) -> InboundEvent {
         None,
         serde_json::to_vec(&plan).unwrap(),
         vec![(headers::EVENT_ID.into(), id.into())],
-        0,
+        Some(0),
     )
 }
 
@@ -181,7 +181,7 @@ async fn event_ids_with_nul_bytes_or_over_the_index_limit_are_claimed_once(db: &
                 (headers::EVENT_ID.into(), e.id),
                 (headers::REQUEST_ID.into(), request_id),
             ],
-            0,
+            Some(0),
         );
         let kept = e.request_id.clone().unwrap();
         assert!(!kept.contains('\0') && kept.len() < 200, "{kept}");

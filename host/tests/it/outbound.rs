@@ -185,7 +185,7 @@ fn event(id: &str, plan: Value) -> InboundEvent {
                 format!("00-{TRACE_ID}-00f067aa0ba902b7-01"),
             ),
         ],
-        1_700_000_000_000,
+        Some(1_700_000_000_000),
     )
 }
 

@@ -16,7 +16,7 @@ async fn deliver(runtime: &Runtime, component: &LoadedComponent, db: &Db, topic:
         payload["username"].as_str().map(|u| u.as_bytes().to_vec()),
         serde_json::to_vec(&payload).unwrap(),
         vec![(headers::EVENT_ID.into(), uuid::Uuid::new_v4().to_string())],
-        1_700_000_000_000,
+        Some(1_700_000_000_000),
     );
     match runtime.invoke(component, db, &event).await.unwrap() {
         Outcome::Committed(_) => {}
@@ -216,7 +216,7 @@ async fn a_write_attempted_in_a_query_fails_and_leaves_nothing(db: &Db) {
         None,
         serde_json::to_vec(&json!({"steps": [{"op": "put", "key": "k", "value": "kept"}]})).unwrap(),
         vec![(headers::EVENT_ID.into(), "e1".into())],
-        1,
+        Some(1),
     );
     assert!(matches!(
         runtime.invoke(&probe, db, &event).await.unwrap(),

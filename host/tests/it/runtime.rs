@@ -28,7 +28,7 @@ fn event(id: &str, plan: serde_json::Value) -> InboundEvent {
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             ),
         ],
-        1_700_000_000_000,
+        Some(1_700_000_000_000),
     )
 }
 
@@ -545,7 +545,35 @@ async fn listings_of_edge_prefixes_are_decided_in_a_group(db: &Db) {
     );
 }
 
+/// More invocations at once than the engine's pool has room for wait their turn: none
+/// fails to instantiate (a failure the dispatcher would count against the event and end
+/// in a dead letter).
+async fn invocations_past_the_pools_room_wait_their_turn(db: &Db) {
+    let runtime = std::sync::Arc::new(Runtime::with_instance_limit(2).unwrap());
+    let probe = std::sync::Arc::new(runtime.load(&spec("probe", "probe", &[])).unwrap());
+    let started = std::time::Instant::now();
+    let runs = (0..5).map(|i| {
+        let (runtime, probe, db) = (runtime.clone(), probe.clone(), db.clone());
+        tokio::spawn(async move {
+            let plan =
+                json!({"steps": [{"op": "sleep", "ms": 200}, {"op": "put", "key": format!("k{i}"), "value": "v"}]});
+            runtime.invoke(&probe, &db, &event(&format!("wait-{i}"), plan)).await
+        })
+    });
+    for run in futures_util::future::join_all(runs).await {
+        committed(run.unwrap().expect("waits for room instead of failing to instantiate"));
+    }
+    // Two at a time: three rounds of 200 ms at least.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(db.count(Table::Inbox).await.unwrap(), 5);
+}
+
 on_both_backends!(
+    invocations_past_the_pools_room_wait_their_turn,
     a_group_commit_decides_each_event_as_if_alone,
     listings_of_edge_prefixes_are_decided_in_a_group,
     a_listing_in_a_group_sees_the_earlier_units_writes,

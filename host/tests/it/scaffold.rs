@@ -183,7 +183,7 @@ async fn a_new_handler_builds_passes_check_untouched_and_handles_events() {
         None,
         serde_json::to_vec(&json!({"id": 1})).unwrap(),
         vec![(headers::EVENT_ID.into(), "e1".into())],
-        1,
+        Some(1),
     );
     assert!(matches!(
         runtime.invoke(&audit, &db, &event).await.unwrap(),
