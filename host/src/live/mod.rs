@@ -15,7 +15,7 @@ pub mod routes;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -99,6 +99,19 @@ pub enum LiveError {
     #[error("no route {0:?}; `switchyard status` lists them")]
     UnknownRoute(String),
 }
+
+/// How an edit's check failed: the edit's fault (refused, the running routing stays), or
+/// the database's (kept as [`DeployError::Store`]: the admin API answers 503 without its
+/// text, and the file watcher tries the edit again).
+fn refusal(err: DeployError) -> LiveError {
+    match err {
+        DeployError::Store(_) => LiveError::Deploy(err),
+        err => LiveError::Rejected(err.to_string()),
+    }
+}
+
+/// How long the file watcher waits before it tries again an edit the database failed.
+const RETRY_UNAPPLIED: Duration = Duration::from_secs(2);
 
 /// The running host as live operations see it.
 pub struct Live {
@@ -275,6 +288,13 @@ impl Live {
                     tracing::info!(trigger, ?report, "routing edit applied");
                 }
             }
+            Err(err @ LiveError::Deploy(DeployError::Store(_))) => {
+                tracing::error!(trigger, error = %err, "routing edit not applied: the database failed under it");
+                *self.last_rejected.lock().expect("rejected lock") = Some(RejectedEdit {
+                    at_ms: now_ms(),
+                    error: format!("not applied, the database failed (tried again): {err}"),
+                });
+            }
             Err(err) => {
                 tracing::error!(trigger, error = %err, "routing edit refused");
                 *self.last_rejected.lock().expect("rejected lock") = Some(RejectedEdit {
@@ -305,11 +325,7 @@ impl Live {
         for (name, spec) in &new.components {
             let Some(before) = old.components.get(name) else {
                 // The version it will run: the file's, or the one the database has active.
-                let prepared = self
-                    .registry
-                    .prepare_add(spec)
-                    .await
-                    .map_err(|e| LiveError::Rejected(e.to_string()))?;
+                let prepared = self.registry.prepare_add(spec).await.map_err(refusal)?;
                 added.push((spec.clone(), prepared));
                 continue;
             };
@@ -325,11 +341,7 @@ impl Live {
                         .to_string(),
                     )
                 })?;
-                let loaded = self
-                    .registry
-                    .check(spec, &bytes)
-                    .await
-                    .map_err(|e| LiveError::Rejected(e.to_string()))?;
+                let loaded = self.registry.check(spec, &bytes).await.map_err(refusal)?;
                 incoming.push((spec.clone(), loaded, bytes));
             } else if before.limits != spec.limits
                 && let Some(running) = self.registry.get(name)
@@ -337,10 +349,10 @@ impl Live {
                 let relimited = running
                     .with_spec(self.registry.runtime(), spec)
                     .map_err(|e| LiveError::Rejected(e.to_string()))?;
-                self.registry
-                    .check_start(&relimited)
-                    .await
-                    .map_err(|e| LiveError::Rejected(format!("{e} under the new limits")))?;
+                self.registry.check_start(&relimited).await.map_err(|e| match e {
+                    DeployError::Store(_) => refusal(e),
+                    e => LiveError::Rejected(format!("{e} under the new limits")),
+                })?;
             }
         }
         if let Err(err) = self.topics.ensure(&new).await {
@@ -423,6 +435,7 @@ impl Live {
     /// a broken one.
     pub async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut routing_seen = file_digest(&self.routing_path);
+        let mut retry_routing_at: Option<Instant> = None;
         let mut routing_last = routing_seen;
         let mut artifacts_seen = self.artifact_fingerprints();
         let mut artifacts_last = artifacts_seen.clone();
@@ -447,9 +460,18 @@ impl Live {
             let digest = file_digest(&self.routing_path);
             let settled = digest == routing_last;
             routing_last = digest;
-            if settled && digest != routing_seen {
-                routing_seen = digest;
-                let _ = self.reload("routing file changed").await;
+            if settled && digest != routing_seen && retry_routing_at.is_none_or(|at| Instant::now() >= at) {
+                match self.reload("routing file changed").await {
+                    // The edit was not refused: the database failed under it. Tried
+                    // again until it applies or is refused, not lost until the next edit.
+                    Err(LiveError::Deploy(DeployError::Store(_))) => {
+                        retry_routing_at = Some(Instant::now() + RETRY_UNAPPLIED);
+                    }
+                    _ => {
+                        routing_seen = digest;
+                        retry_routing_at = None;
+                    }
+                }
                 continue;
             }
             let now = self.artifact_fingerprints();

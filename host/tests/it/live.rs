@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use serde_json::json;
-use switchyard::admin::client::AdminClient;
+use switchyard::admin::client::{AdminClient, ClientError};
 use switchyard::config::Routing;
 use switchyard::runtime::version_of;
 use switchyard::service::{self, Options};
@@ -591,6 +591,51 @@ async fn bad_artifacts_and_edits_are_refused(real: bool, backend: Backend) {
             .collect::<Vec<_>>(),
         vec![("stamp", version.as_str())]
     );
+
+    // An edit the database fails under is not refused, and not lost: the admin API
+    // answers 503 without the database's text, and the watcher tries the edit again
+    // until it applies. (Before, the watcher took the file as seen, and the edit waited
+    // for the next change of the file.) `other` comes back from its file this time.
+    let sql = |statement: &'static str| async move {
+        match db.postgres_pool() {
+            Some(pool) => sqlx::query(statement).execute(pool).await.unwrap().rows_affected(),
+            None => sqlx::query(statement)
+                .execute(db.sqlite_pool().unwrap())
+                .await
+                .unwrap()
+                .rows_affected(),
+        }
+    };
+    write_atomically(&path, &without_other);
+    wait_for("the refusal cleared once more", Duration::from_secs(10), async || {
+        admin.status().await.unwrap().last_rejected_edit.is_none()
+    })
+    .await;
+    sql("DELETE FROM component_activations WHERE component = 'other'").await;
+    sql("ALTER TABLE component_activations RENAME TO component_activations_away").await;
+    write_atomically(&path, &routing_text(&p, 3, false));
+    wait_for("the edit not applied", Duration::from_secs(30), async || {
+        admin.status().await.unwrap().last_rejected_edit.is_some()
+    })
+    .await;
+    match admin.reload().await.unwrap_err() {
+        ClientError::Refused { status, detail, .. } => assert!(
+            status == 503 && detail.contains("try again") && !detail.contains("component_activations"),
+            "{status} {detail}"
+        ),
+        other => panic!("expected a 503, got {other}"),
+    }
+    assert_eq!(admin.status().await.unwrap().components.len(), 1);
+    sql("ALTER TABLE component_activations_away RENAME TO component_activations").await;
+    wait_for(
+        "the edit applied once the database answers",
+        Duration::from_secs(30),
+        async || {
+            let status = admin.status().await.unwrap();
+            status.components.len() == 2 && status.routes.len() == 2 && status.last_rejected_edit.is_none()
+        },
+    )
+    .await;
 
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
