@@ -42,6 +42,11 @@ pub const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
 const SUBSCRIBE_AT_START: Duration = Duration::from_secs(10);
 /// How many statuses the in-process cache keeps (oldest dropped first).
 const MEMORY_CAPACITY: usize = 100_000;
+/// How many bytes of statuses (as JSON) it keeps, whatever their count (oldest dropped first).
+const MEMORY_BYTES: usize = 64 << 20;
+/// Largest `orders.status` message taken: the order component's are a few hundred bytes,
+/// and anything any producer writes there is kept by every gateway replica.
+pub const MAX_STATUS_BYTES: usize = 64 << 10;
 
 /// `OrderStatusUpdated` as the gateway keeps and answers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -95,8 +100,11 @@ enum Backend {
 
 #[derive(Default)]
 struct Memory {
-    map: HashMap<String, Arc<OrderStatus>>,
+    /// Each status with its size as JSON.
+    map: HashMap<String, (Arc<OrderStatus>, usize)>,
     order: VecDeque<String>,
+    /// Sum of the sizes in `map`.
+    bytes: usize,
 }
 
 /// The status cache shared by the consumer, the waiting requests and the reads.
@@ -168,15 +176,20 @@ impl StatusCache {
     pub async fn put(&self, status: OrderStatus) -> Result<(), CacheError> {
         match &self.backend {
             Backend::Memory(memory) => {
+                let size = serde_json::to_vec(&status).map_or(0, |json| json.len());
                 let status = Arc::new(status);
                 {
                     let mut m = memory.lock().expect("status cache lock");
-                    if m.map.insert(status.request_id.clone(), status.clone()).is_none() {
-                        m.order.push_back(status.request_id.clone());
-                        while m.order.len() > MEMORY_CAPACITY {
-                            if let Some(old) = m.order.pop_front() {
-                                m.map.remove(&old);
-                            }
+                    m.bytes += size;
+                    match m.map.insert(status.request_id.clone(), (status.clone(), size)) {
+                        Some((_, replaced)) => m.bytes -= replaced,
+                        None => m.order.push_back(status.request_id.clone()),
+                    }
+                    while m.order.len() > MEMORY_CAPACITY || (m.bytes > MEMORY_BYTES && m.order.len() > 1) {
+                        if let Some(old) = m.order.pop_front()
+                            && let Some((_, size)) = m.map.remove(&old)
+                        {
+                            m.bytes -= size;
                         }
                     }
                 }
@@ -199,7 +212,12 @@ impl StatusCache {
 
     pub async fn get(&self, request_id: &str) -> Result<Option<Arc<OrderStatus>>, CacheError> {
         match &self.backend {
-            Backend::Memory(memory) => Ok(memory.lock().expect("status cache lock").map.get(request_id).cloned()),
+            Backend::Memory(memory) => Ok(memory
+                .lock()
+                .expect("status cache lock")
+                .map
+                .get(request_id)
+                .map(|(status, _)| status.clone())),
             Backend::Redis { commands, .. } => {
                 let (generation, mut conn) = commands.current();
                 let text: Option<String> =
@@ -454,6 +472,17 @@ pub async fn run_consumer(
     close::close_within(&group, close::CLOSE_LIMIT, move || drop(consumer)).await;
 }
 
+/// The status an `orders.status` message carries, or why it is skipped.
+fn status_of(payload: &[u8]) -> Result<OrderStatus, String> {
+    if payload.len() > MAX_STATUS_BYTES {
+        return Err(format!(
+            "{} bytes, larger than any status (at most {MAX_STATUS_BYTES})",
+            payload.len()
+        ));
+    }
+    serde_json::from_slice(payload).map_err(|err| format!("not an OrderStatusUpdated: {err}"))
+}
+
 async fn consume(consumer: &StreamConsumer, cache: &StatusCache, mut shutdown: watch::Receiver<bool>) {
     loop {
         let message = tokio::select! {
@@ -468,8 +497,7 @@ async fn consume(consumer: &StreamConsumer, cache: &StatusCache, mut shutdown: w
                 continue;
             }
         };
-        let payload = message.payload().unwrap_or_default();
-        match serde_json::from_slice::<OrderStatus>(payload) {
+        match status_of(message.payload().unwrap_or_default()) {
             Ok(status) => {
                 let span =
                     tracing::info_span!("order status", request_id = %status.request_id, status = %status.status);
@@ -496,7 +524,7 @@ async fn consume(consumer: &StreamConsumer, cache: &StatusCache, mut shutdown: w
                 error = %err,
                 partition = message.partition(),
                 offset = message.offset(),
-                "orders.status message is not an OrderStatusUpdated; skipped"
+                "orders.status message skipped"
             ),
         }
         if let Err(err) = consumer.store_offset(message.topic(), message.partition(), message.offset()) {
@@ -519,6 +547,47 @@ mod tests {
             updated_at: 1,
             metadata: Map::new(),
         }
+    }
+
+    /// Statuses are kept by bytes as well as by count: a producer writing big statuses
+    /// to orders.status cannot grow a replica's memory past the budget.
+    #[tokio::test]
+    async fn the_memory_cache_keeps_a_byte_budget() {
+        let cache = StatusCache::memory();
+        let big = |id: &str| {
+            let mut s = status(id, "PAID");
+            s.metadata
+                .insert("pad".into(), Value::String("x".repeat(MAX_STATUS_BYTES - 200)));
+            s
+        };
+        let count = 2 * MEMORY_BYTES / MAX_STATUS_BYTES;
+        for i in 0..count {
+            cache.put(big(&format!("r{i}"))).await.unwrap();
+        }
+        let Backend::Memory(memory) = &cache.backend else {
+            unreachable!()
+        };
+        let (kept, bytes) = {
+            let m = memory.lock().unwrap();
+            (m.map.len(), m.bytes)
+        };
+        assert!(bytes <= MEMORY_BYTES && kept < count, "{kept} statuses, {bytes} bytes");
+        assert!(
+            cache.get(&format!("r{}", count - 1)).await.unwrap().is_some(),
+            "the newest stays"
+        );
+        assert!(cache.get("r0").await.unwrap().is_none(), "the oldest went first");
+        // Replacing a status counts its new size, not both.
+        cache.put(status(&format!("r{}", count - 1), "PAID")).await.unwrap();
+        assert!(memory.lock().unwrap().bytes < bytes);
+        // Nor does a status bigger than any the order component writes get in.
+        let huge = serde_json::to_vec(&big("huge")).unwrap();
+        assert!(status_of(&huge).is_ok());
+        let mut padded = big("huge");
+        padded.metadata.insert("more".into(), Value::String("x".repeat(300)));
+        let err = status_of(&serde_json::to_vec(&padded).unwrap()).unwrap_err();
+        assert!(err.contains("larger than any status"), "{err}");
+        assert!(status_of(b"[1]").unwrap_err().contains("not an OrderStatusUpdated"));
     }
 
     #[tokio::test]
