@@ -10,6 +10,7 @@ use switchyard::config::{ComponentName, Routing};
 use switchyard::event::InboundEvent;
 use switchyard::gateway::{GatewayArgs, GatewayConfig};
 use switchyard::kafka::Brokers;
+use switchyard::kafka::admin::{NEWEST_PER_PARTITION, Reading, list_dead_letters, read_dead_letter};
 use switchyard::runtime::{self, InvokeMode, Outcome, Runtime};
 use switchyard::store::Db;
 
@@ -523,12 +524,18 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
                 Some(t) => vec![t.clone()],
                 None => routing.dead_letter_topics().iter().map(|t| t.to_string()).collect(),
             };
-            let listing = switchyard::kafka::admin::list_dead_letters(&base, &topics, &signer)?;
+            let listing = switchyard::kafka::admin::list_dead_letters(&base, &topics, &signer, Reading::Newest)?;
             let letters = &listing.letters;
             if listing.unread > 0 {
                 eprintln!(
                     "warning: {} dead letter(s) could not be read in time; this list is incomplete (run it again)",
                     listing.unread
+                );
+            }
+            if listing.older > 0 {
+                eprintln!(
+                    "{} older dead letter(s) not listed: each partition lists its newest {NEWEST_PER_PARTITION}",
+                    listing.older
                 );
             }
             if *json {
@@ -555,20 +562,23 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<ExitCode> {
             partition,
             offset,
         } => {
-            let listing = switchyard::kafka::admin::list_dead_letters(&base, std::slice::from_ref(topic), &signer)?;
-            if listing.unread > 0 && partition.is_none() {
-                anyhow::bail!(
-                    "{} dead letter(s) of {topic} could not be read in time; nothing replayed (run it again)",
-                    listing.unread
-                );
-            }
-            let mut letters = listing.letters;
-            if let (Some(p), Some(o)) = (partition, offset) {
-                letters.retain(|l| l.partition == *p && l.offset == *o);
-                if letters.is_empty() {
-                    anyhow::bail!("no dead letter at {topic}[{p}]@{o} (see `switchyard dlq list`)");
+            let letters = match (partition, offset) {
+                // One letter: read straight from its offset.
+                (Some(p), Some(o)) => match read_dead_letter(&base, topic, *p, *o, &signer)? {
+                    Some(letter) => vec![letter],
+                    None => anyhow::bail!("no dead letter at {topic}[{p}]@{o} (see `switchyard dlq list`)"),
+                },
+                _ => {
+                    let listing = list_dead_letters(&base, std::slice::from_ref(topic), &signer, Reading::All)?;
+                    if listing.unread > 0 {
+                        anyhow::bail!(
+                            "{} dead letter(s) of {topic} could not be read in time; nothing replayed (run it again)",
+                            listing.unread
+                        );
+                    }
+                    listing.letters
                 }
-            }
+            };
             let n = switchyard::kafka::admin::replay(&base, &routing, &signer, &letters).await?;
             println!("replayed {n} dead letter(s) from {topic}");
         }

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::problem::Problem;
-use crate::kafka::admin::{DeadLetter, ReplayError, list_dead_letters, replay};
+use crate::kafka::admin::{DeadLetter, Reading, ReplayError, list_dead_letters, read_dead_letter, replay};
 use crate::live::Live;
 use crate::live::routes::route_key;
 use crate::store::now_ms;
@@ -105,9 +105,12 @@ pub struct DeadLetterView {
     /// Signed by a host of this database: only these are replayed.
     pub signed: bool,
     pub key: Option<String>,
-    /// The original payload as text (invalid UTF-8 replaced, see `payload_utf8`).
+    /// The original payload as text (invalid UTF-8 replaced, see `payload_utf8`); in a
+    /// listing at most its first 16 KiB (see `payload_bytes`).
     pub payload: String,
     pub payload_utf8: bool,
+    /// The payload's whole length; more than `payload` holds when the listing cut it.
+    pub payload_bytes: usize,
     pub headers: Vec<(String, String)>,
 }
 
@@ -129,7 +132,12 @@ impl From<&DeadLetter> for DeadLetterView {
             signed: l.signed,
             key: l.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
             payload: String::from_utf8_lossy(&l.payload).into_owned(),
-            payload_utf8: std::str::from_utf8(&l.payload).is_ok(),
+            // A cut can split a character: only an error before the end is invalid text.
+            payload_utf8: match std::str::from_utf8(&l.payload) {
+                Ok(_) => true,
+                Err(e) => l.payload.len() < l.payload_bytes && e.error_len().is_none(),
+            },
+            payload_bytes: l.payload_bytes,
             headers: l.headers.clone(),
         }
     }
@@ -142,6 +150,9 @@ pub struct DeadLettersView {
     pub letters: Vec<DeadLetterView>,
     /// Dead letters not read in time: the listing is incomplete when this is not 0.
     pub unread: i64,
+    /// Older dead letters not listed: each partition lists its newest 500.
+    #[serde(default)]
+    pub older: i64,
 }
 
 /// `POST /api/dead-letters/replay`: the dead letter at `topic[partition]@offset`.
@@ -365,7 +376,7 @@ fn dead_letter_topics(live: &Live, topic: Option<&str>) -> Result<Vec<String>, P
 async fn read_letters(views: &Views, topics: Vec<String>) -> Result<crate::kafka::admin::Listing, Problem> {
     let base = views.live.routes().deps().consumer_base.clone();
     let signer = views.live.routes().deps().db.signer().clone();
-    tokio::task::spawn_blocking(move || list_dead_letters(&base, &topics, &signer))
+    tokio::task::spawn_blocking(move || list_dead_letters(&base, &topics, &signer, Reading::Newest))
         .await
         .map_err(|e| Problem::internal("reading dead letters", &e))?
         .map_err(|e| Problem::unavailable(format!("the dead letters could not be read: {e:#}")))
@@ -381,6 +392,7 @@ async fn dead_letters(
         topics,
         letters: listing.letters.iter().map(DeadLetterView::from).collect(),
         unread: listing.unread,
+        older: listing.older,
     }))
 }
 
@@ -388,26 +400,21 @@ async fn replay_one(
     State(views): State<Arc<Views>>,
     Json(request): Json<ReplayRequest>,
 ) -> Result<Json<Replayed>, Problem> {
-    let topics = dead_letter_topics(&views.live, Some(&request.topic))?;
-    let listing = read_letters(&views, topics).await?;
+    dead_letter_topics(&views.live, Some(&request.topic))?;
     let at = format!("{}[{}]@{}", request.topic, request.partition, request.offset);
-    let Some(letter) = listing
-        .letters
-        .into_iter()
-        .find(|l| l.partition == request.partition && l.offset == request.offset)
-    else {
-        if listing.unread > 0 {
-            return Err(Problem::unavailable(format!(
-                "{at} was not among the dead letters read in time ({} unread); try again",
-                listing.unread
-            )));
-        }
+    let base = views.live.routes().deps().consumer_base.clone();
+    let signer = views.live.routes().deps().db.signer().clone();
+    // Read straight from its offset, whole: however many letters the topic holds.
+    let (b, s, r) = (base.clone(), signer.clone(), request.clone());
+    let letter = tokio::task::spawn_blocking(move || read_dead_letter(&b, &r.topic, r.partition, r.offset, &s))
+        .await
+        .map_err(|e| Problem::internal("reading a dead letter", &e))?
+        .map_err(|e| Problem::unavailable(format!("{at} could not be read: {e:#}")))?;
+    let Some(letter) = letter else {
         return Err(Problem::not_found(format!(
             "no dead letter at {at}; the list shows the ones there are"
         )));
     };
-    let base = views.live.routes().deps().consumer_base.clone();
-    let signer = views.live.routes().deps().db.signer().clone();
     let routing = views.live.routing();
     let replayed = replay(&base, &routing, &signer, std::slice::from_ref(&letter))
         .await

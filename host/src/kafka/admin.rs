@@ -8,7 +8,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -176,8 +176,11 @@ pub struct DeadLetter {
     pub signed: bool,
     #[serde(skip)]
     pub key: Option<Vec<u8>>,
+    /// In a [`Reading::Newest`] listing, at most [`LISTED_PAYLOAD_BYTES`] of it.
     #[serde(skip)]
     pub payload: Vec<u8>,
+    /// The payload's whole length.
+    pub payload_bytes: usize,
     #[serde(skip)]
     pub headers: Vec<(String, String)>,
 }
@@ -189,19 +192,48 @@ pub struct Listing {
     /// Dead letters below the high watermark not read before the timeout: the listing
     /// is incomplete when this is not 0, and says so.
     pub unread: i64,
+    /// Older dead letters left out of a [`Reading::Newest`] listing.
+    pub older: i64,
 }
 
-/// Reads every dead letter currently in `topics` (from the start to the high
-/// watermark), without joining a group or committing anything, checking each one's
-/// signature with `signer`.
-pub fn list_dead_letters(base: &ClientConfig, topics: &[String], signer: &Signer) -> anyhow::Result<Listing> {
+/// How much of the dead-letter topics a listing reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reading {
+    /// The newest [`NEWEST_PER_PARTITION`] letters of each partition, payloads cut to
+    /// [`LISTED_PAYLOAD_BYTES`]: what a person browses. A topic of a million letters of
+    /// a megabyte each costs the host a few megabytes, not its memory.
+    Newest,
+    /// Every letter, whole: what a bulk replay sends again.
+    All,
+}
+
+/// Letters per partition in a [`Reading::Newest`] listing.
+pub const NEWEST_PER_PARTITION: i64 = 500;
+/// Payload bytes kept per letter in a [`Reading::Newest`] listing (`payload_bytes` says
+/// how long it was).
+pub const LISTED_PAYLOAD_BYTES: usize = 16 << 10;
+
+fn dlq_reader(base: &ClientConfig) -> anyhow::Result<BaseConsumer> {
     let mut config = base.clone();
     config
         .set("group.id", "switchyard-dlq-reader")
         .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = config.create()?;
+    Ok(config.create()?)
+}
+
+/// Reads the dead letters currently in `topics` (up to the high watermark; see
+/// [`Reading`] for how far back), without joining a group or committing anything,
+/// checking each one's signature with `signer`.
+pub fn list_dead_letters(
+    base: &ClientConfig,
+    topics: &[String],
+    signer: &Signer,
+    reading: Reading,
+) -> anyhow::Result<Listing> {
+    let consumer = dlq_reader(base)?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0i64;
+    let mut older = 0i64;
     let metadata = consumer.fetch_metadata(None, TIMEOUT)?;
     for topic in topics {
         let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
@@ -209,15 +241,23 @@ pub fn list_dead_letters(base: &ClientConfig, topics: &[String], signer: &Signer
         };
         for p in meta.partitions() {
             let (low, high) = consumer.fetch_watermarks(topic, p.id(), TIMEOUT)?;
-            if high > low {
-                assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
-                remaining += high - low;
+            let from = match reading {
+                Reading::Newest => low.max(high - NEWEST_PER_PARTITION),
+                Reading::All => low,
+            };
+            if high > from {
+                assignment.add_partition_offset(topic, p.id(), Offset::Offset(from))?;
+                remaining += high - from;
+                older += from - low;
             }
         }
     }
     let mut letters = Vec::new();
     if remaining == 0 {
-        return Ok(Listing::default());
+        return Ok(Listing {
+            older,
+            ..Listing::default()
+        });
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + TIMEOUT;
@@ -236,41 +276,85 @@ pub fn list_dead_letters(base: &ClientConfig, topics: &[String], signer: &Signer
             continue;
         }
         remaining -= 1;
-        let headers = headers_of(&message);
-        let key = message.key().map(<[u8]>::to_vec);
-        let payload = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
-        let signed = signer.verify(message.topic(), key.as_deref(), &payload, &headers);
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        letters.push(DeadLetter {
-            dlq_topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            event_id: header(names::EVENT_ID),
-            component: header(names::DLQ_COMPONENT),
-            source_topic: header(names::DLQ_TOPIC),
-            source_partition: header(names::DLQ_PARTITION),
-            source_offset: header(names::DLQ_OFFSET),
-            kind: header(names::DLQ_KIND),
-            reason: header(names::DLQ_REASON),
-            attempts: header(names::DLQ_ATTEMPTS),
-            failed_at_ms: header(names::DLQ_FAILED_AT),
-            signed,
-            key,
-            payload,
-            headers,
-        });
+        let mut letter = dead_letter_of(&message, signer);
+        if reading == Reading::Newest && letter.payload.len() > LISTED_PAYLOAD_BYTES {
+            letter.payload.truncate(LISTED_PAYLOAD_BYTES);
+            letter.payload.shrink_to_fit();
+        }
+        letters.push(letter);
     }
     letters.sort_by(|a, b| (&a.dlq_topic, a.partition, a.offset).cmp(&(&b.dlq_topic, b.partition, b.offset)));
     Ok(Listing {
         letters,
         unread: remaining,
+        older,
     })
+}
+
+/// The dead letter at `topic[partition]@offset`, whole, read straight from there: None
+/// when the partition holds no message at that offset (any more).
+pub fn read_dead_letter(
+    base: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    signer: &Signer,
+) -> anyhow::Result<Option<DeadLetter>> {
+    let consumer = dlq_reader(base)?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+    if offset < low || offset >= high {
+        return Ok(None);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        if message.offset() == offset {
+            return Ok(Some(dead_letter_of(&message, signer)));
+        }
+        if message.offset() > offset {
+            return Ok(None); // compacted or a transaction marker: no letter there
+        }
+    }
+    anyhow::bail!("{topic}[{partition}]@{offset} could not be read within {TIMEOUT:?}; try again")
+}
+
+fn dead_letter_of(message: &BorrowedMessage<'_>, signer: &Signer) -> DeadLetter {
+    let headers = headers_of(message);
+    let key = message.key().map(<[u8]>::to_vec);
+    let payload = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
+    let signed = signer.verify(message.topic(), key.as_deref(), &payload, &headers);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    DeadLetter {
+        dlq_topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        event_id: header(names::EVENT_ID),
+        component: header(names::DLQ_COMPONENT),
+        source_topic: header(names::DLQ_TOPIC),
+        source_partition: header(names::DLQ_PARTITION),
+        source_offset: header(names::DLQ_OFFSET),
+        kind: header(names::DLQ_KIND),
+        reason: header(names::DLQ_REASON),
+        attempts: header(names::DLQ_ATTEMPTS),
+        failed_at_ms: header(names::DLQ_FAILED_AT),
+        signed,
+        key,
+        payload_bytes: payload.len(),
+        payload,
+        headers,
+    }
 }
 
 /// Why a dead letter cannot be replayed.

@@ -319,7 +319,7 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
     .await;
     wait_for(db, "second", "count", 1, WAIT).await;
     let start = Instant::now();
-    while admin::list_dead_letters(&base, std::slice::from_ref(&dead), db.signer())
+    while admin::list_dead_letters(&base, std::slice::from_ref(&dead), db.signer(), admin::Reading::All)
         .unwrap()
         .letters
         .is_empty()

@@ -465,7 +465,9 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
         wait_for(&db, "worker", "count", 5 + 10, Duration::from_secs(60)).await;
         let start = Instant::now();
         let letters = loop {
-            let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+            let letters = admin::list_dead_letters(&base, &dead, db.signer(), admin::Reading::All)
+                .unwrap()
+                .letters;
             if letters.len() >= 3 {
                 break letters;
             }
@@ -513,7 +515,9 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
             .map_err(|(e, _)| e)
             .unwrap();
         let all = loop {
-            let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+            let letters = admin::list_dead_letters(&base, &dead, db.signer(), admin::Reading::All)
+                .unwrap()
+                .letters;
             if letters.len() == 4 {
                 break letters;
             }
@@ -838,7 +842,9 @@ async fn every_failure_kind_is_dead_lettered_with_its_record_and_replayed_by_the
         }
         let start = Instant::now();
         let letters = loop {
-            let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+            let letters = admin::list_dead_letters(&base, &dead, db.signer(), admin::Reading::All)
+                .unwrap()
+                .letters;
             if letters.len() == cases.len() {
                 break letters;
             }

@@ -218,7 +218,9 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
         wait_for(&db, "worker", "count", 5, Duration::from_secs(60)).await;
         let start = Instant::now();
         loop {
-            let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+            let letters = admin::list_dead_letters(&base, &dead, db.signer(), admin::Reading::All)
+                .unwrap()
+                .letters;
             if letters.len() == 2 {
                 let poison = &letters[0];
                 assert_eq!(poison.component, "worker");
@@ -284,7 +286,9 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
     // The fix: the component now has its setting. Replay the poison event only.
     let fixed = routing(dir.path(), &p, &POISON.replace("{config}", "fixed = \"yes\""));
     with_service(&fixed, &db, &brokers, async {
-        let letters = admin::list_dead_letters(&base, &dead, db.signer()).unwrap().letters;
+        let letters = admin::list_dead_letters(&base, &dead, db.signer(), admin::Reading::All)
+            .unwrap()
+            .letters;
         admin::replay(&base, &fixed, db.signer(), &letters[..1]).await.unwrap();
         admin::replay(&base, &fixed, db.signer(), &letters[..1]).await.unwrap(); // a second replay is absorbed
         wait_for(&db, "worker", "count", 6, Duration::from_secs(60)).await;
@@ -292,6 +296,65 @@ async fn poison_event_is_dead_lettered_and_replayed_after_a_fix(real: bool, back
     })
     .await;
     assert_eq!(counter(&db, "worker", "count").await, 6);
+}
+
+/// A long dead-letter topic: a listing reads each partition's newest letters, their
+/// payloads cut, so browsing a million big letters costs the host little; one letter is
+/// read whole straight from its offset (for a replay), however far back it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_dead_letter_topic_lists_its_newest_letters_and_reads_one_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prefix();
+    let routing = routing(dir.path(), &p, &POISON.replace("{config}", ""));
+    // The real broker: the embedded one keeps only a few megabytes per partition.
+    let brokers = brokers_for(true, &routing).await.unwrap();
+    let db = test_db(Backend::Sqlite).await.unwrap();
+    let base = brokers.client_config();
+    let dead = format!("{p}.in.dead");
+    let producer = producer(&base);
+    let big = "x".repeat(40 << 10);
+    let total = admin::NEWEST_PER_PARTITION + 20;
+    let sends = (0..total).map(|i| {
+        let payload = format!("{i:04}:{big}");
+        let (producer, dead) = (producer.clone(), dead.clone());
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&dead).partition(0).key("k").payload(&payload),
+                    Timeout::Never,
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(sends).await;
+
+    let signer = db.db.signer();
+    let listing = admin::list_dead_letters(&base, std::slice::from_ref(&dead), signer, admin::Reading::Newest).unwrap();
+    assert_eq!(
+        (listing.letters.len() as i64, listing.older, listing.unread),
+        (admin::NEWEST_PER_PARTITION, 20, 0)
+    );
+    assert_eq!(listing.letters[0].offset, 20, "the newest, in order");
+    let whole = 5 + big.len();
+    for letter in &listing.letters {
+        assert_eq!(
+            (letter.payload.len(), letter.payload_bytes),
+            (admin::LISTED_PAYLOAD_BYTES, whole)
+        );
+    }
+
+    let letter = admin::read_dead_letter(&base, &dead, 0, 3, signer).unwrap().unwrap();
+    assert_eq!(
+        (letter.offset, letter.payload.len(), letter.payload_bytes),
+        (3, whole, whole)
+    );
+    assert!(letter.payload.starts_with(b"0003:"));
+    assert!(
+        admin::read_dead_letter(&base, &dead, 0, total, signer)
+            .unwrap()
+            .is_none()
+    );
 }
 
 const RETRY: &str = r#"

@@ -123,7 +123,8 @@ async function loadLetters() {
     const view = await api("/dead-letters");
     if (read !== lettersRead) return;
     $("letters-status").textContent = `${view.letters.length} dead letter(s) in ${view.topics.join(", ") || "no topic"}` +
-      (view.unread ? ` — ${view.unread} not read in time, the list is incomplete` : "");
+      (view.unread ? ` — ${view.unread} not read in time, the list is incomplete` : "") +
+      (view.older ? ` — ${view.older} older not listed (each partition lists its newest 500)` : "");
     $("letters").replaceChildren(...view.letters.map(letterCard));
   } catch (err) {
     if (read !== lettersRead) return;
@@ -166,7 +167,8 @@ function letterCard(l) {
         ["request id", requestId || "-"], ["key", l.key == null ? "-" : l.key],
         ["signed", l.signed ? "yes" : "no (not replayable)"]]
         .map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { class: k.replace(" ", "-"), text: v }))),
-      el("tr", {}, el("th", { text: l.payload_utf8 ? "payload" : "payload (not UTF-8)" }),
+      el("tr", {}, el("th", { text: (l.payload_utf8 ? "payload" : "payload (not UTF-8)") +
+        (l.payload_bytes > l.payload.length ? ` (first 16 KiB of ${l.payload_bytes} bytes)` : "") }),
         el("td", {}, el("pre", { class: "payload", text: l.payload }))),
       el("tr", {}, el("th", { text: "headers" }),
         el("td", {}, el("pre", { class: "headers", text: l.headers.map(([n, v]) => `${n}: ${v}`).join("\n") }))))));
