@@ -207,6 +207,17 @@ impl AdminClient {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_token_file_is_made_once_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = host_token(dir.path()).unwrap();
+        assert_eq!(token.len(), 64);
+        let mode = std::fs::metadata(token_path(dir.path())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert_eq!(host_token(dir.path()).unwrap(), token, "kept across starts");
+    }
+
     async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
         tokio::time::timeout(Duration::from_secs(5), call)
             .await

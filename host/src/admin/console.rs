@@ -47,3 +47,27 @@ async fn script() -> impl IntoResponse {
 async fn style() -> impl IntoResponse {
     asset("text/css; charset=utf-8", STYLE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// Every asset carries the strict policy: no inline script, no other origin.
+    #[tokio::test]
+    async fn every_asset_is_served_under_the_strict_policy() {
+        for path in ["/", "/console.js", "/console.css"] {
+            let request = axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+            let response = router::<()>().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), axum::http::StatusCode::OK, "{path}");
+            let headers = response.headers();
+            assert_eq!(headers[header::CONTENT_SECURITY_POLICY], POLICY, "{path}");
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+        }
+        assert!(POLICY.contains("default-src 'none'") && POLICY.contains("script-src 'self'"));
+        assert!(
+            !POLICY.contains("unsafe-inline") && !PAGE.contains("<script>"),
+            "no inline script"
+        );
+    }
+}

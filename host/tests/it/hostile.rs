@@ -452,7 +452,21 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
                 FutureRecord::to(&input)
                     .partition(0)
                     .key("k")
-                    .payload(&b"\xff\xfe not utf-8"[..]),
+                    .payload(&b"\xff\xfe not utf-8"[..])
+                    // 8. with a header value that is not UTF-8 either: kept as text.
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "x-bin",
+                        value: Some(&b"\xff\xfe"[..]),
+                    })),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        // 9. A tombstone (no payload at all): a dead letter with an empty payload.
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(&input).partition(0).key("k"),
                 Timeout::After(Duration::from_secs(10)),
             )
             .await
@@ -468,13 +482,13 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
             let letters = admin::list_dead_letters(&base, &dead, db.signer(), admin::Reading::All)
                 .unwrap()
                 .letters;
-            if letters.len() >= 3 {
+            if letters.len() >= 4 {
                 break letters;
             }
             assert!(start.elapsed() < Duration::from_secs(30), "dead letters: {letters:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        assert_eq!(letters.len(), 3, "{letters:?}");
+        assert_eq!(letters.len(), 4, "{letters:?}");
         for letter in &letters {
             assert!(letter.signed, "{letter:?}");
             assert_eq!(
@@ -494,6 +508,19 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
         assert_eq!(
             letters[2].payload, b"\xff\xfe not utf-8",
             "the original payload is kept"
+        );
+        let bin = letters[2].headers.iter().find(|(n, _)| n == "x-bin");
+        assert_eq!(
+            bin.map(|(_, v)| v.as_str()),
+            Some("\u{fffd}\u{fffd}"),
+            "{:?}",
+            letters[2].headers
+        );
+        assert!(letters[3].reason.contains("bad plan"), "{}", letters[3].reason);
+        assert_eq!(
+            (letters[3].payload.len(), letters[3].payload_bytes),
+            (0, 0),
+            "a tombstone's letter is empty"
         );
 
         // A forged dead letter, produced straight into the dead-letter topic, is not replayed.
@@ -518,12 +545,12 @@ async fn forged_and_broken_metadata_never_stops_a_route(real: bool, backend: Bac
             let letters = admin::list_dead_letters(&base, &dead, db.signer(), admin::Reading::All)
                 .unwrap()
                 .letters;
-            if letters.len() == 4 {
+            if letters.len() == 5 {
                 break letters;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let err = admin::replay(&base, &routing, db.signer(), &all[3..])
+        let err = admin::replay(&base, &routing, db.signer(), &all[4..])
             .await
             .unwrap_err();
         assert!(matches!(err, admin::ReplayError::Unsigned { .. }), "{err}");
