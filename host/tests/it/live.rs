@@ -760,6 +760,61 @@ fn wat_component_of_other_world() -> Vec<u8> {
 
 crate::on_both_stacks!(swaps_and_edits_under_traffic, bad_artifacts_and_edits_are_refused);
 
+/// A host that starts runs what the database has active, not what its artifact file
+/// holds: a deploy and a rollback made through the admin API survive restarts. A file
+/// that changed while no host ran is deployed at the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_runs_the_active_version_and_a_file_changed_meanwhile() {
+    let db = test_db(Backend::Sqlite).await.unwrap();
+    let db = &db.db;
+    let p = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let owned = dir.path().join("stamp.wasm");
+    std::fs::copy(artifact("probe"), &owned).unwrap();
+    let path = dir.path().join("topics.toml");
+    let probe_line = format!("artifact = \"{}\"", artifact("probe").display());
+    let text = routing_text(&p, 3, false).replacen(&probe_line, &format!("artifact = \"{}\"", owned.display()), 1);
+    std::fs::write(&path, &text).unwrap();
+    let routing = Routing::load(&path).unwrap();
+    let brokers = brokers_for(false, &routing).await.unwrap();
+    let v2 = std::fs::read(artifact("probe-v2")).unwrap();
+    let running_stamp = async |admin: &AdminClient| {
+        let status = admin.status().await.unwrap();
+        let stamp = status.components.iter().find(|c| c.name == "stamp").unwrap();
+        (stamp.version.clone(), stamp.history.first().map(|h| h.reason.clone()))
+    };
+
+    // First start: the file's version; then v2 through the admin API.
+    let (_, admin, stop, running) = host_with_admin(&routing, db, &brokers).await;
+    let (v1, _) = running_stamp(&admin).await;
+    let deployed = admin.deploy("stamp", v2.clone()).await.unwrap().to;
+    assert_ne!(deployed, v1);
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    // Restarted with the file unchanged: v2 still runs; then a rollback to v1.
+    let (_, admin, stop, running) = host_with_admin(&routing, db, &brokers).await;
+    assert_eq!(running_stamp(&admin).await.0, deployed, "the deploy survives a restart");
+    assert_eq!(admin.rollback("stamp", None).await.unwrap().to, v1);
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    // Restarted again: the rollback holds. Then the file changes while no host runs.
+    let (_, admin, stop, running) = host_with_admin(&routing, db, &brokers).await;
+    assert_eq!(running_stamp(&admin).await, (v1.clone(), Some("rollback".to_string())));
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    std::fs::write(&owned, &v2).unwrap();
+    let (_, admin, stop, running) = host_with_admin(&routing, db, &brokers).await;
+    assert_eq!(
+        running_stamp(&admin).await,
+        (deployed, Some("file".to_string())),
+        "a file changed while no host ran is deployed at the start"
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
+
 /// Runs the binary with none of the caller's SWITCHYARD_* settings.
 fn switchyard_cmd(dir: &Path) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
