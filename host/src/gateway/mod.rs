@@ -153,9 +153,38 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(gw.config.body_limit))
+        .layer(middleware::from_fn_with_state(request_limit(&gw.config), bounded))
         .layer(middleware::from_fn(trace_request))
         .layer(middleware::from_fn(crate::observe::track_http))
         .with_state(gw)
+}
+
+/// How long past the reply timeout (the longest a request waits by design, for an
+/// order's final status) a request may take before it is answered 503.
+pub const REQUEST_MARGIN: Duration = Duration::from_secs(10);
+
+/// The longest any request takes: a database that accepts and never answers (hung, or
+/// cut off without a reset) would otherwise hold the client for as long as TCP retries,
+/// about 15 minutes.
+pub fn request_limit(config: &GatewayConfig) -> Duration {
+    config.reply_timeout + REQUEST_MARGIN
+}
+
+async fn bounded(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!(
+                limit_ms = limit.as_millis() as u64,
+                "request not answered in time; a dependency is not answering"
+            );
+            Problem::unavailable(format!(
+                "not answered within {} s: a dependency (the database or the cache) is not answering; retry later",
+                limit.as_secs()
+            ))
+            .into_response()
+        }
+    }
 }
 
 /// One span per request with its trace id (from `traceparent`, else a new trace) and,

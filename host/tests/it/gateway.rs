@@ -612,6 +612,43 @@ mod routes {
         );
     }
 
+    /// A database that accepts and never answers (hung, or cut off without a reset): a
+    /// request that needs it is answered 503 at the request limit instead of holding
+    /// the client for as long as TCP retries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_that_stops_answering_gets_a_503_at_the_request_limit() {
+        let (direct, url) = crate::common::postgres_database().await.unwrap();
+        direct.close().await;
+        let (at, rest) = url.split_once('@').unwrap();
+        let (server, name) = rest.split_once('/').unwrap();
+        let (proxy, silent) = super::cache::silenceable_proxy(server.to_string()).await;
+        let db = Db::open(Some(&format!("{at}@{proxy}/{name}")), std::path::Path::new("."))
+            .await
+            .unwrap();
+        let config = GatewayConfig::from_args(&args(300)).unwrap();
+        let limit = gateway::request_limit(&config);
+        let r = Routes::on(config, db, None).await;
+        r.register("slow").await;
+
+        silent.store(true, std::sync::atomic::Ordering::SeqCst);
+        let started = Instant::now();
+        let (status, headers, body) = tokio::time::timeout(
+            limit + Duration::from_secs(20),
+            r.post(
+                "/auth/login",
+                None,
+                json!({"username": "slow", "password": "password-1"}),
+            ),
+        )
+        .await
+        .expect("answered, not held");
+        let waited = started.elapsed();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(body["detail"].as_str().unwrap().contains("not answering"), "{body}");
+        assert!(waited >= limit && waited < limit + Duration::from_secs(5), "{waited:?}");
+    }
+
     #[tokio::test]
     async fn health_ready_and_the_openapi_document() {
         let r = Routes::hs256().await;
@@ -955,15 +992,19 @@ mod cache {
     /// every byte: a Redis that accepts and never answers (hung, or cut off without a
     /// reset). Returns the proxy's URL and the flag.
     async fn silenceable(url: &str) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+        let target = url.trim_start_matches("redis://").split('/').next().unwrap();
+        let (addr, silent) = silenceable_proxy(target.to_string()).await;
+        (format!("redis://{addr}"), silent)
+    }
+
+    /// A TCP proxy to `target` (host:port) that forwards until the flag is set, then
+    /// holds every byte.
+    pub(super) async fn silenceable_proxy(
+        target: String,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
         use std::sync::atomic::{AtomicBool, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let target = url
-            .trim_start_matches("redis://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let silent = Arc::new(AtomicBool::new(false));
@@ -997,7 +1038,7 @@ mod cache {
                 }
             }
         });
-        (format!("redis://{addr}"), silent)
+        (addr, silent)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
