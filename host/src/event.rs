@@ -107,14 +107,31 @@ impl TraceContext {
 pub const MAX_TRACESTATE: usize = 512;
 
 /// `tracestate` as passed on: empty when it is longer than [`MAX_TRACESTATE`] or holds
-/// anything but printable ASCII (the W3C grammar's alphabet); the trace itself is kept.
+/// anything but printable ASCII and tabs (the W3C grammar's alphabet); the trace itself
+/// is kept.
 fn bounded_tracestate(tracestate: &str) -> String {
     let tracestate = tracestate.trim();
-    if tracestate.len() <= MAX_TRACESTATE && tracestate.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+    if tracestate.len() <= MAX_TRACESTATE && tracestate.bytes().all(|b| b == b'\t' || (0x20..=0x7e).contains(&b)) {
         tracestate.to_string()
     } else {
         String::new()
     }
+}
+
+/// The first 16 hex digits of the SHA-256 of a message's key and payload.
+fn content_digest(key: Option<&[u8]>, payload: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    match key {
+        Some(key) => {
+            hash.update([1]);
+            hash.update((key.len() as u64).to_be_bytes());
+            hash.update(key);
+        }
+        None => hash.update([0]),
+    }
+    hash.update(payload);
+    hex::encode(&hash.finalize()[..8])
 }
 
 fn new_span_id() -> String {
@@ -134,8 +151,10 @@ impl InboundEvent {
     /// recreated topic, whose offsets start again at 0, from colliding with old events.
     ///
     /// A message without a timestamp (an old producer's) gets the time it is read as its
-    /// timestamp, but its id says `@none`: an id from the reading time would differ on
-    /// every delivery, and a redelivered event would run again.
+    /// timestamp, but its id says `@none-` and a digest of its key and payload: an id from
+    /// the reading time would differ on every delivery (a redelivered event would run
+    /// again), and the digest keeps a recreated topic's message at an old offset apart
+    /// from the old one.
     pub fn from_message(
         at: &LogPosition<'_>,
         key: Option<Vec<u8>>,
@@ -154,7 +173,10 @@ impl InboundEvent {
             Some(id) => crate::protocol::bounded_event_id(&id),
             None => crate::protocol::bounded_event_id(&match timestamp_ms {
                 Some(at) => format!("{origin}/{topic}/{partition}/{offset}@{at}"),
-                None => format!("{origin}/{topic}/{partition}/{offset}@none"),
+                None => format!(
+                    "{origin}/{topic}/{partition}/{offset}@none-{}",
+                    content_digest(key.as_deref(), &payload)
+                ),
             }),
         };
         let timestamp_ms = timestamp_ms.unwrap_or_else(crate::store::now_ms);
@@ -244,14 +266,15 @@ mod tests {
         assert_eq!(e.id, "c1/t/2/9@5");
         let later = InboundEvent::from_message(&LogPosition { origin: "c2", ..at }, None, vec![], vec![], Some(5));
         assert_ne!(later.id, e.id, "another broker's offset 9 is another event");
-        // No timestamp: the same id on every delivery, whenever it is read.
-        let untimed = InboundEvent::from_message(&at, None, vec![], vec![], None);
+        // No timestamp: the same id on every delivery, whenever it is read; another
+        // message at that place (a recreated topic) gets another.
+        let untimed = InboundEvent::from_message(&at, None, b"a".to_vec(), vec![], None);
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let again = InboundEvent::from_message(&at, None, vec![], vec![], None);
-        assert_eq!(
-            (untimed.id.as_str(), again.id.as_str()),
-            ("c1/t/2/9@none", "c1/t/2/9@none")
-        );
+        let again = InboundEvent::from_message(&at, None, b"a".to_vec(), vec![], None);
+        assert!(untimed.id.starts_with("c1/t/2/9@none-"), "{}", untimed.id);
+        assert_eq!(untimed.id, again.id);
+        let other = InboundEvent::from_message(&at, Some(b"a".to_vec()), vec![], vec![], None);
+        assert_ne!(other.id, untimed.id);
         assert!(untimed.timestamp_ms > 0, "the reading time stands in for the timestamp");
         assert_eq!(e.request_id.as_deref(), Some("r-1"));
         let headers = vec![

@@ -419,9 +419,17 @@ pub async fn serve_on(
     result
 }
 
-/// Maps a store failure to a 500 problem, logging the cause.
+/// Maps a store failure to a problem, logging the cause: 503 when no connection could be
+/// had in time (the database busy or not answering), 500 otherwise.
 pub fn store_failure(context: &str) -> impl FnOnce(StoreError) -> Problem + '_ {
-    move |e| Problem::internal(context, &e)
+    move |e| {
+        if e.is_unavailable() {
+            tracing::error!(error = %e, "{context}");
+            Problem::unavailable(format!("{context} failed: the database is not answering; retry later"))
+        } else {
+            Problem::internal(context, &e)
+        }
+    }
 }
 
 /// The 503 a request gets while the gateway shuts down.

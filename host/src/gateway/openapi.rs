@@ -22,7 +22,7 @@ use super::{auth, orders, problem, reads, status};
         orders::OrderRequest, orders::OrderItem, orders::Accepted, orders::OrderView, orders::OrdersPage, status::OrderStatus,
         reads::DepositRequest, reads::DepositAccepted, reads::Me, reads::Profile, reads::Balance,
     )),
-    modifiers(&BearerAuth, &InternalErrors),
+    modifiers(&BearerAuth, &DependencyErrors),
 )]
 pub struct ApiDoc;
 
@@ -43,23 +43,33 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every route answers 500 (a problem, no internals) when the database or the status
-/// cache fails under it; declared once here rather than on each route.
-struct InternalErrors;
+/// Every route that uses the database or the status cache answers 500 when one fails
+/// under it, and 503 when one does not answer in time (a problem either way, the cause
+/// only in the log); declared once here rather than on each route.
+struct DependencyErrors;
 
-impl Modify for InternalErrors {
+impl Modify for DependencyErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let internal = ResponseBuilder::new()
-            .description("the database or the status cache failed; the cause is logged, not shown")
-            .content(
-                "application/problem+json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build(),
-            )
-            .build();
-        for item in openapi.paths.paths.values_mut() {
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        let failed = problem("the database or the status cache failed; the cause is logged, not shown");
+        let silent = problem(
+            "the database or the status cache did not answer in time (no connection free, or the request ran past the reply timeout plus 10 s)",
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/health" {
+                continue; // the process alone answers
+            }
             let operations = [
                 &mut item.get,
                 &mut item.post,
@@ -68,11 +78,13 @@ impl Modify for InternalErrors {
                 &mut item.patch,
             ];
             for operation in operations.into_iter().flatten() {
-                operation
-                    .responses
-                    .responses
+                let responses = &mut operation.responses.responses;
+                responses
                     .entry("500".to_string())
-                    .or_insert_with(|| internal.clone().into());
+                    .or_insert_with(|| failed.clone().into());
+                responses
+                    .entry("503".to_string())
+                    .or_insert_with(|| silent.clone().into());
             }
         }
     }

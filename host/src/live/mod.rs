@@ -105,9 +105,14 @@ pub enum LiveError {
 /// text, and the file watcher tries the edit again).
 fn refusal(err: DeployError) -> LiveError {
     match err {
-        DeployError::Store(_) => LiveError::Deploy(err),
+        DeployError::Store(ref e) if !e.is_caused_by_data() => LiveError::Deploy(err),
         err => LiveError::Rejected(err.to_string()),
     }
+}
+
+/// True when `result` is an edit the database failed under (see [`refusal`]).
+fn unapplied(result: &Result<ReloadReport, LiveError>) -> bool {
+    matches!(result, Err(LiveError::Deploy(DeployError::Store(e))) if !e.is_caused_by_data())
 }
 
 /// How long the file watcher waits before it tries again an edit the database failed.
@@ -288,11 +293,11 @@ impl Live {
                     tracing::info!(trigger, ?report, "routing edit applied");
                 }
             }
-            Err(err @ LiveError::Deploy(DeployError::Store(_))) => {
+            Err(err) if unapplied(&result) => {
                 tracing::error!(trigger, error = %err, "routing edit not applied: the database failed under it");
                 *self.last_rejected.lock().expect("rejected lock") = Some(RejectedEdit {
                     at_ms: now_ms(),
-                    error: format!("not applied, the database failed (tried again): {err}"),
+                    error: format!("not applied, the database failed: {err}"),
                 });
             }
             Err(err) => {
@@ -446,10 +451,14 @@ impl Live {
             tokio::select! {
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
                 Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    let _ = self.reload("SIGHUP").await;
                     // Artifact files stay watched as they were: one rewritten just before
                     // the reload (a deploy script, `git pull`) is still swapped in below.
-                    routing_seen = file_digest(&self.routing_path);
+                    if unapplied(&self.reload("SIGHUP").await) {
+                        retry_routing_at = Some(Instant::now() + RETRY_UNAPPLIED);
+                    } else {
+                        routing_seen = file_digest(&self.routing_path);
+                        retry_routing_at = None;
+                    }
                     continue;
                 }
                 _ = tick.tick() => {}
@@ -460,17 +469,16 @@ impl Live {
             let digest = file_digest(&self.routing_path);
             let settled = digest == routing_last;
             routing_last = digest;
-            if settled && digest != routing_seen && retry_routing_at.is_none_or(|at| Instant::now() >= at) {
-                match self.reload("routing file changed").await {
-                    // The edit was not refused: the database failed under it. Tried
-                    // again until it applies or is refused, not lost until the next edit.
-                    Err(LiveError::Deploy(DeployError::Store(_))) => {
-                        retry_routing_at = Some(Instant::now() + RETRY_UNAPPLIED);
-                    }
-                    _ => {
-                        routing_seen = digest;
-                        retry_routing_at = None;
-                    }
+            let retry_due = retry_routing_at.is_some_and(|at| Instant::now() >= at);
+            if settled && ((digest != routing_seen && retry_routing_at.is_none()) || retry_due) {
+                // An edit the database failed under (by this watcher or a SIGHUP) is not
+                // refused: tried again until it applies or is refused, not lost until the
+                // next change of the file.
+                if unapplied(&self.reload("routing file changed").await) {
+                    retry_routing_at = Some(Instant::now() + RETRY_UNAPPLIED);
+                } else {
+                    routing_seen = digest;
+                    retry_routing_at = None;
                 }
                 continue;
             }

@@ -360,7 +360,7 @@ impl Runtime {
             .allow_ip_name_lookup(false)
             .build();
         let state = InvocationState {
-            _slot: slot,
+            slot: Some(slot),
             wasi,
             table: Default::default(),
             stdout,
@@ -430,7 +430,7 @@ impl Runtime {
                 component.spec.limits.deadline.as_millis()
             )),
         };
-        store.into_data().staged.discard().await;
+        store.into_data().free_slot().staged.discard().await;
         result
     }
 
@@ -546,7 +546,7 @@ impl Runtime {
                 if store.data().memory.exceeded || e.downcast_ref::<DeadlineExceeded>().is_some() {
                     Err(e)
                 } else {
-                    store.into_data().staged.discard().await;
+                    store.into_data().free_slot().staged.discard().await;
                     let (component, reason) = (spec.name.to_string(), format!("{e:#}"));
                     return Err(if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
                         InvokeError::PoolFull { component, reason }
@@ -558,7 +558,7 @@ impl Runtime {
             Err(_elapsed) => Err(wasmtime::Error::new(DeadlineExceeded(deadline.as_millis()))
                 .context("blocked in a host call (sleep, lock wait) past the deadline")),
         };
-        let mut state = store.into_data();
+        let mut state = store.into_data().free_slot();
         forward_output(&state);
         let failure = match result {
             Ok(_) if state.guard.over_limit.is_some() => Failure {

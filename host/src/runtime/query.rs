@@ -140,7 +140,7 @@ impl Runtime {
             Ok(ran) => ran,
             Err(_) => Ran::Stopped(DeadlineExceeded(budget_ms).into()),
         };
-        let state = store.into_data();
+        let state = store.into_data().free_slot();
         forward_output(&state);
         let poisoned = state.guard.poisoned.clone();
         let memory_exceeded = state.memory.exceeded;

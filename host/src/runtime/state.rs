@@ -107,8 +107,9 @@ impl ResourceLimiter for MemoryCap {
 /// linked to a view that borrows only the parts it needs (see [`super::host`]), so what
 /// a host call can touch is visible in its signature.
 pub struct InvocationState {
-    /// Room in the engine's pool, given back when the store is dropped.
-    pub(crate) _slot: super::InstanceSlot,
+    /// Room in the engine's pool: given back right after the store is dropped (see
+    /// [`InvocationState::free_slot`]), before the transaction is finished.
+    pub(crate) slot: Option<super::InstanceSlot>,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     /// Captured guest stdout and stderr, turned into log lines after the call.
@@ -125,6 +126,15 @@ pub struct InvocationState {
     pub(crate) effects: Effects,
     /// Usage against [`caps`], and why the invocation must fail whatever it returns.
     pub(crate) guard: Guard,
+}
+
+impl InvocationState {
+    /// Gives the instance's room in the pool back: call right after the store is
+    /// dropped (`into_data`), which returns the instance's memory to the pool.
+    pub(crate) fn free_slot(mut self) -> Self {
+        self.slot = None;
+        self
+    }
 }
 
 /// Who runs and on whose behalf: the event (or query) a store's host calls act for.

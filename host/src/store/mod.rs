@@ -75,6 +75,15 @@ impl StoreError {
         // program limit exceeded (an index row over ~2.7 kB). SQLite: 18 SQLITE_TOOBIG.
         code.starts_with("22") || code.starts_with("54") || code == "18"
     }
+
+    /// True when no connection could be had in time (every one busy, or the server not
+    /// answering): a passing condition, answered 503 rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+        )
+    }
 }
 
 /// A message on its way to Kafka: published by a component, fired by a timer, or a

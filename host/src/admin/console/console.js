@@ -168,7 +168,7 @@ function letterCard(l) {
         ["signed", l.signed ? "yes" : "no (not replayable)"]]
         .map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { class: k.replace(" ", "-"), text: v }))),
       el("tr", {}, el("th", { text: (l.payload_utf8 ? "payload" : "payload (not UTF-8)") +
-        (l.payload_bytes > l.payload.length ? ` (first 16 KiB of ${l.payload_bytes} bytes)` : "") }),
+        (l.payload_bytes > 16384 ? ` (first 16 KiB of ${l.payload_bytes} bytes)` : "") }),
         el("td", {}, el("pre", { class: "payload", text: l.payload }))),
       el("tr", {}, el("th", { text: "headers" }),
         el("td", {}, el("pre", { class: "headers", text: l.headers.map(([n, v]) => `${n}: ${v}`).join("\n") }))))));
