@@ -367,6 +367,16 @@ impl Live {
         }
 
         for (spec, loaded, bytes) in incoming {
+            // Already running it: an earlier try of this edit swapped it before the
+            // database failed under a later step. Activating it again would swap every
+            // host to what it runs.
+            let running = self.registry.get(&spec.name).map(|c| c.version.clone());
+            if running.as_deref() == Some(&*loaded.version) {
+                if let Err(err) = self.registry.respec(&spec).await {
+                    tracing::warn!(error = %err, "cannot apply the new settings to the running version");
+                }
+                continue;
+            }
             // The new code carries the new settings already; the old code never runs
             // under settings it was not started with. Applied after the swap, they
             // reach a newer version another host activated meanwhile.

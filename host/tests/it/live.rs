@@ -808,9 +808,24 @@ async fn a_restarted_host_runs_the_active_version_and_a_file_changed_meanwhile()
     let (_, admin, stop, running) = host_with_admin(&routing, db, &brokers).await;
     assert_eq!(
         running_stamp(&admin).await,
-        (deployed, Some("file".to_string())),
+        (deployed.clone(), Some("file".to_string())),
         "a file changed while no host ran is deployed at the start"
     );
+    // An edit that points stamp at another file holding the version it runs swaps
+    // nothing: no new activation, no host swapped to what it runs (what a retried edit
+    // that had swapped before the database failed under it meets).
+    let activations = admin.versions("stamp").await.unwrap().history.len();
+    let copy = dir.path().join("stamp-copy.wasm");
+    std::fs::write(&copy, &v2).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen(&owned.display().to_string(), &copy.display().to_string(), 1),
+    )
+    .unwrap();
+    let report = admin.reload().await.unwrap();
+    assert!(report.swapped.is_empty(), "{report:?}");
+    assert_eq!(admin.versions("stamp").await.unwrap().history.len(), activations);
+    assert_eq!(running_stamp(&admin).await.0, deployed);
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 }
