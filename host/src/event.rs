@@ -37,6 +37,9 @@ pub struct TraceContext {
     pub parent_id: String,
     pub flags: String,
     pub tracestate: String,
+    /// Made up by the host for what came without a context: its span starts the trace,
+    /// and the root sampler decides it (its flags say nothing of a caller's choice).
+    pub root: bool,
 }
 
 impl TraceContext {
@@ -47,6 +50,21 @@ impl TraceContext {
             parent_id: new_span_id(),
             flags: "01".into(),
             tracestate: String::new(),
+            root: true,
+        }
+    }
+
+    /// The root trace of an event that came without a context: derived from its id, so
+    /// every try of the event (and every host that runs it) is in the same trace.
+    pub fn root_for(event_id: &str) -> TraceContext {
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(format!("switchyard trace of {event_id}").as_bytes());
+        TraceContext {
+            trace_id: hex::encode(&hash[..16]),
+            parent_id: hex::encode(&hash[16..24]),
+            flags: "01".into(),
+            tracestate: String::new(),
+            root: true,
         }
     }
 
@@ -69,6 +87,7 @@ impl TraceContext {
                     parent_id: parent.to_ascii_lowercase(),
                     flags: flags.to_ascii_lowercase(),
                     tracestate: bounded_tracestate(tracestate),
+                    root: false,
                 })
             }
             _ => None,
@@ -186,7 +205,7 @@ impl InboundEvent {
             .or_else(|| request_id_of(&payload))
             .filter(|id| !id.is_empty())
             .map(|id| crate::protocol::bounded_event_id(&id));
-        let trace = TraceContext::from_headers(&headers).unwrap_or_else(TraceContext::new_root);
+        let trace = TraceContext::from_headers(&headers).unwrap_or_else(|| TraceContext::root_for(&id));
         InboundEvent {
             id,
             topic: topic.to_string(),

@@ -194,7 +194,10 @@ async fn trace_request(mut request: Request, next: Next) -> Response {
         .headers()
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(|tp| TraceContext::parse(tp, ""));
+        .and_then(|tp| {
+            let state = request.headers().get(headers::TRACESTATE).and_then(|v| v.to_str().ok());
+            TraceContext::parse(tp, state.unwrap_or(""))
+        });
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -206,7 +209,12 @@ async fn trace_request(mut request: Request, next: Next) -> Response {
         trace_id = tracing::field::Empty,
         request_id = tracing::field::Empty,
         username = tracing::field::Empty,
-        otel.name = %format_args!("{} {}", request.method(), route.as_deref().unwrap_or("")),
+        // The method and route template, as OpenTelemetry names server spans; the method
+        // alone for a path no route matched (`unmatched` in the metrics).
+        otel.name = %match route.as_deref() {
+            Some(route) => format!("{} {route}", request.method()),
+            None => request.method().to_string(),
+        },
         otel.kind = "server",
         http.request.method = %request.method(),
         http.route = route.as_deref().unwrap_or(""),

@@ -818,11 +818,13 @@ pub fn group_lag(base: &ClientConfig, route: &Route, partitions: u32) -> anyhow:
     let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
     let mut out = Vec::new();
     for element in committed.elements() {
-        let (_, high) =
+        // No committed offset yet: the group starts from the earliest event still kept
+        // (as `/metrics` counts it).
+        let (low, high) =
             consumer.fetch_watermarks(route.topic.as_str(), element.partition(), Duration::from_secs(10))?;
         let at = match element.offset() {
             Offset::Offset(o) => o,
-            _ => 0,
+            _ => low,
         };
         out.push((element.partition(), at, high - at));
     }

@@ -180,6 +180,7 @@ impl Registry {
     /// Forgets a component a routing edit removed (its routes are stopped first).
     pub fn remove(&self, name: &ComponentName) {
         self.slots.write().expect("registry lock").remove(name);
+        crate::observe::metrics().component_removed(name.as_str());
     }
 
     /// Applies edited settings (`publishes`, `config`, `limits`) to the running code.

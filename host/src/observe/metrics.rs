@@ -89,7 +89,7 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
-/// Seconds buckets from 100 µs to about 30 s.
+/// Seconds buckets from 100 µs to about 15 s.
 fn duration_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.0001, 2.5, 14)
 }
@@ -284,6 +284,16 @@ impl Metrics {
             .set(1);
     }
 
+    /// A component a routing edit removed: it has no active version any more.
+    pub fn component_removed(&self, component: &str) {
+        if let Some(version) = self.versions.write().expect("versions lock").remove(component) {
+            self.component_info.remove(&ComponentLabels {
+                component: component.to_string(),
+                version,
+            });
+        }
+    }
+
     /// The version of `component` as last loaded, `unknown` before.
     pub fn version_of(&self, component: &str) -> String {
         self.versions
@@ -442,6 +452,16 @@ mod tests {
         assert!(
             !text.contains("version=\"abc\""),
             "a replaced version is no longer active: {text}"
+        );
+        m.component_loaded("audit", "123");
+        assert!(
+            m.encode()
+                .contains("switchyard_component_info{component=\"audit\",version=\"123\"} 1")
+        );
+        m.component_removed("audit");
+        assert!(
+            !m.encode().contains("component=\"audit\""),
+            "a removed component has no active version"
         );
         assert!(text.contains("switchyard_handler_duration_seconds_count{component=\"order\",version=\"def\"} 1"));
         assert!(text.contains("switchyard_host_calls_total{interface=\"storage\"} 1"));

@@ -160,10 +160,11 @@ fn sample_lag(consumer: &BaseConsumer, route: &Route, partitions: u32) -> Result
         let seconds = if lag == 0 {
             0.0
         } else {
-            // Behind by the age of the newest message handled; never handled here: by
-            // how long the oldest waiting message has waited is unknown, so count from
-            // the first sample that saw the lag.
-            let since = m.handled_at(&labels).unwrap_or_else(|| first_seen(&labels));
+            // Behind by the age of the newest message handled, but never by more than
+            // the lag has lasted: after an idle hour one new message is not an hour
+            // behind. Never handled here: from the first sample that saw the lag.
+            let seen = first_seen(&labels);
+            let since = m.handled_at(&labels).map_or(seen, |handled| handled.max(seen));
             ((now_ms() - since).max(0) as f64) / 1000.0
         };
         if lag == 0 {

@@ -547,6 +547,12 @@ impl Runtime {
                     Err(e)
                 } else {
                     store.into_data().free_slot().staged.discard().await;
+                    // Every try counts in the duration histogram, this one too.
+                    crate::observe::metrics().handler_duration(
+                        spec.name.as_str(),
+                        &component.version,
+                        started.elapsed(),
+                    );
                     let (component, reason) = (spec.name.to_string(), format!("{e:#}"));
                     return Err(if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
                         InvokeError::PoolFull { component, reason }

@@ -172,6 +172,10 @@ impl Visitor<'_> {
             "otel.name" => self.span.name = Some(text(value)),
             "otel.kind" => self.span.kind = kind(&text(value)),
             name if name.starts_with("otel.") => {}
+            // Attributes are namespaced (`http.route`, `messaging.system`,
+            // `switchyard.component`); an exported span's plain fields (the `http` span's
+            // path, request id, username) are for the log lines only.
+            name if !name.contains('.') => {}
             name => {
                 if self.again {
                     wire::remove_attribute(name, &mut self.span.attributes);
@@ -262,10 +266,17 @@ pub fn set_remote_parent(span: &Span, parent: &TraceContext, sampler: &Sampler) 
     let sampled = u8::from_str_radix(&parent.flags, 16).is_ok_and(|f| f & 1 == 1);
     with_recorded(span, false, |r| {
         r.trace_id = trace_id;
-        r.parent_span_id = parent_span_id;
-        r.remote_parent = true;
         r.trace_state = parent.tracestate.clone();
-        r.sampled = sampler.sampled(Some(sampled), trace_id);
+        if parent.root {
+            // Made up by the host: this span starts the trace, as the root sampler says.
+            r.parent_span_id = 0;
+            r.remote_parent = false;
+            r.sampled = sampler.sampled(None, trace_id);
+        } else {
+            r.parent_span_id = parent_span_id;
+            r.remote_parent = true;
+            r.sampled = sampler.sampled(Some(sampled), trace_id);
+        }
     });
 }
 
@@ -276,5 +287,6 @@ pub fn context_of(span: &Span) -> Option<TraceContext> {
         parent_id: format!("{:016x}", r.span_id),
         flags: if r.sampled { "01" } else { "00" }.to_string(),
         tracestate: r.trace_state.clone(),
+        root: false,
     })
 }

@@ -71,12 +71,17 @@ mod tests {
                 "process",
                 otel.name = %format_args!("process {}", "orders"),
                 otel.kind = "consumer",
-                n = 3u64
+                test.n = 3u64,
+                username = "bob"
             );
             let _in = parent.enter();
-            let child = tracing::info_span!("storage.put", otel.kind = "internal", later = tracing::field::Empty);
-            child.record("later", true);
-            child.record("later", false);
+            let child = tracing::info_span!(
+                "storage.put",
+                otel.kind = "internal",
+                test.later = tracing::field::Empty
+            );
+            child.record("test.later", true);
+            child.record("test.later", false);
             drop(child);
         });
         let [child, parent] = &spans[..] else {
@@ -87,9 +92,10 @@ mod tests {
         assert!(parent.parent_span_id.is_empty());
         assert_eq!((parent.name.as_str(), parent.kind), ("process orders", 5));
         assert_eq!((child.name.as_str(), child.kind), ("storage.put", 1));
-        assert_eq!(attributes(parent), vec![("n", Any::IntValue(3))]);
+        // Namespaced fields are attributes; a plain one (a username) stays in the logs.
+        assert_eq!(attributes(parent), vec![("test.n", Any::IntValue(3))]);
         // A field recorded again keeps one attribute, with the last value.
-        assert_eq!(attributes(child), vec![("later", Any::BoolValue(false))]);
+        assert_eq!(attributes(child), vec![("test.later", Any::BoolValue(false))]);
         assert!(child.end_time_unix_nano >= child.start_time_unix_nano && child.start_time_unix_nano > 0);
     }
 
@@ -118,6 +124,38 @@ mod tests {
         assert_eq!(handed_on.trace_id, incoming.trace_id);
         assert_eq!(handed_on.parent_id, hex::encode(&send.span_id));
         assert_eq!((handed_on.flags.as_str(), handed_on.tracestate.as_str()), ("01", "k=v"));
+    }
+
+    /// An event that came without a `traceparent`: its span starts the trace the host
+    /// made up for it (the same for every try), and the root sampler decides it.
+    #[test]
+    fn a_made_up_root_starts_the_trace_as_the_root_sampler_says() {
+        let made_up = TraceContext::root_for("orders.requests/0/7@1");
+        assert_eq!(
+            made_up,
+            TraceContext::root_for("orders.requests/0/7@1"),
+            "the same for every try"
+        );
+        for (vars, exported_as_root) in [
+            (&[][..], true),
+            (&[("OTEL_TRACES_SAMPLER", "parentbased_always_off")][..], false),
+        ] {
+            let s = settings(vars);
+            let sampler = s.sampler;
+            let (spans, _) = exported(s, || {
+                let span = tracing::info_span!("process", otel.kind = "consumer");
+                set_remote_parent(&span, &made_up, &sampler);
+            });
+            match &spans[..] {
+                [process] if exported_as_root => {
+                    assert_eq!(hex::encode(&process.trace_id), made_up.trace_id);
+                    assert!(process.parent_span_id.is_empty(), "it starts the trace");
+                    assert_eq!(process.flags & 0x200, 0, "no remote parent");
+                }
+                [] if !exported_as_root => {}
+                other => panic!("{vars:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
