@@ -445,6 +445,12 @@ async fn run_gateway(cli: &Cli, gateway: &GatewayArgs) -> Result<ExitCode> {
     // admin listener to serve them.
     if let Some(addr) = cli.metrics_addr {
         switchyard::observe::serve_metrics(addr, shutdown.clone()).await?;
+        // The outbox it relays and the timers beside it, sampled like `run` does; it
+        // runs no route, so no lag.
+        let mut no_routes = routing.clone();
+        no_routes.routes.clear();
+        let base = brokers.consumer_config();
+        switchyard::observe::spawn_samplers(move || no_routes.clone(), db.clone(), base, shutdown.clone());
     }
     switchyard::gateway::serve(gateway, db.clone(), brokers.client_config(), queries, true, shutdown).await?;
     db.close().await;
