@@ -140,6 +140,35 @@ fn invoke_runs_one_event_and_reports_its_effects() {
     assert_eq!(report["outcome"], "duplicate");
 }
 
+/// Every line logged while an event runs names its component, event id, requestId and
+/// trace id, and `SWITCHYARD_LOG_FORMAT=json` writes lines a log pipeline can parse.
+#[test]
+fn log_lines_of_an_event_carry_its_ids_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("event.json"), order_event().to_string()).unwrap();
+    let env = [("SWITCHYARD_LOG_FORMAT", "json"), ("SWITCHYARD_LOG", "debug")];
+    let out = switchyard_with(&invoke_order_args(), dir.path(), &env);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(
+        !lines.is_empty() && lines.len() == stderr.lines().count(),
+        "every line is JSON:\n{stderr}"
+    );
+    let handled = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "handled")
+        .unwrap_or_else(|| panic!("no `handled` line:\n{stderr}"));
+    let span = &handled["span"];
+    assert_eq!(
+        (&span["component"], &span["request_id"]),
+        (&"order".into(), &"r-1".into()),
+        "{handled}"
+    );
+    assert!(span["event_id"].as_str().is_some_and(|id| !id.is_empty()), "{handled}");
+    assert_eq!(span["trace_id"].as_str().map(str::len), Some(32), "{handled}");
+}
+
 #[test]
 fn a_bad_trace_setting_is_named_at_start_and_the_host_runs_without_exporting() {
     let dir = tempfile::tempdir().unwrap();
