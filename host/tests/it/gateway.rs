@@ -820,6 +820,7 @@ mod process {
         let mut child = switchyard(&[command], data.path(), &log)
             .env("SWITCHYARD_ADMIN_ADDR", "127.0.0.1:0")
             .env("SWITCHYARD_METRICS_ADDR", "127.0.0.1:0")
+            .env("SWITCHYARD_METRICS_INTERVAL_MS", "200")
             .env("SWITCHYARD_LOG", "info")
             .spawn()
             .unwrap();
@@ -877,6 +878,9 @@ mod process {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| panic!("no metrics listener in the log:\n{}", said()));
+        // A path no route matches is counted under `unmatched`, never its raw path.
+        let unknown = http.get(format!("{url}/no/such/path-7f3a")).send().await.unwrap();
+        assert_eq!(unknown.status(), 404);
         let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
         assert!(
             text.contains(
@@ -884,6 +888,42 @@ mod process {
             ),
             "{metrics}:\n{text}"
         );
+        assert!(
+            text.contains(
+                r#"http_server_request_duration_seconds_count{method="GET",route="unmatched",status="404"} 1"#
+            ),
+            "{metrics}:\n{text}"
+        );
+        assert!(!text.contains("path-7f3a"), "a raw path reached the metrics:\n{text}");
+        // Both commands sample the database's backlogs (SWITCHYARD_METRICS_INTERVAL_MS
+        // is short here); `gateway` runs no route, so it samples without one. A timer
+        // due in an hour, written beside the process, stays pending in both.
+        let db = switchyard::store::Db::open(None, data.path()).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let message = switchyard::store::OutboundMessage {
+            topic: "orders.timeouts".into(),
+            key: None,
+            payload: b"{}".to_vec(),
+            headers: vec![],
+        };
+        let in_an_hour = switchyard::store::now_ms() + 3_600_000;
+        tx.insert_timer("sampled-timer", "order", in_an_hour, &message)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        db.close().await;
+        let started = Instant::now();
+        loop {
+            let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
+            if text.lines().any(|l| l == "switchyard_timers_pending 1") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "`switchyard {command}` did not sample its timers:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let killed = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
