@@ -655,3 +655,67 @@ async fn with_a_bad_trace_setting_the_host_serves_and_posts_no_span() {
     let names: Vec<String> = receiver.spans().iter().map(|s| s.name.clone()).collect();
     assert!(names.is_empty(), "spans were exported: {names:?}");
 }
+
+/// `OTEL_TRACES_SAMPLER` rules the whole process, every hop included: with
+/// `parentbased_traceidratio` at 0 a request that starts its own trace exports nothing,
+/// at the gateway or in the routes its event passes through, while a request whose
+/// caller sampled its trace (`traceparent` flags 01) is exported whole, hops included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_setting_keeps_or_drops_whole_traces_across_hops() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = format!("otel-{}", uuid::Uuid::new_v4().simple());
+    crate::common::saga_routing(dir.path(), &run);
+    let mut host = Host::start(
+        &dir.path().join("topics.toml"),
+        None,
+        None,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
+            ("OTEL_TRACES_SAMPLER_ARG", "0".into()),
+        ],
+    );
+    host.ready().await;
+    let http = reqwest::Client::new();
+    // Its own trace, dropped by the ratio of 0.
+    host.register(&http, &format!("a{}", &run[5..17])).await;
+    // The caller's sampled trace, kept.
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let registered = http
+        .post(format!("{}/auth/register", host.http))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"username": format!("b{}", &run[5..17]), "email": "b@example.org", "password": "password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    eventually("the sampled request's event to be processed and exported", || async {
+        receiver
+            .spans()
+            .iter()
+            .any(|s| hex(&s.trace_id) == trace_id && s.name.starts_with("process "))
+            .then_some(())
+    })
+    .await;
+    // Both users' events are handled by the same routes; give the unsampled one the same
+    // time, then flush everything with the stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    host.stop();
+    let spans = receiver.spans();
+    let foreign: Vec<String> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) != trace_id)
+        .map(|s| format!("{} ({})", s.name, hex(&s.trace_id)))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "spans of a trace the ratio of 0 dropped: {foreign:?}"
+    );
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"POST /auth/register"), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("send ")), "{names:?}");
+}
