@@ -40,10 +40,30 @@ pub enum UnitResult {
 /// The outcome of one chain: per unit, or the host's failure for all of it.
 pub type ChainResult = Result<Vec<UnitResult>, StoreError>;
 
-struct Submission {
-    chain: Vec<Unit>,
-    reply: oneshot::Sender<ChainResult>,
+enum Submission {
+    Chain {
+        chain: Vec<Unit>,
+        reply: oneshot::Sender<ChainResult>,
+    },
+    /// Outbox rows a relay saw acknowledged, marked sent in the group's transaction.
+    Marks {
+        marks: Marks,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
+
+impl Submission {
+    /// What it weighs against [`MAX_GROUP_UNITS`]: a mark statement counts as one unit.
+    fn units(&self) -> usize {
+        match self {
+            Submission::Chain { chain, .. } => chain.len(),
+            Submission::Marks { .. } => 1,
+        }
+    }
+}
+
+/// Outbox row ids and the relay that sent them.
+pub(crate) type Marks = (Vec<i64>, String);
 
 /// The handle of a database's committer task.
 #[derive(Debug)]
@@ -62,21 +82,36 @@ impl Committer {
 
 async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
     while let Some(first) = receiver.recv().await {
-        let mut units = first.chain.len();
+        let mut units = first.units();
         let mut waiting = vec![first];
         while units < MAX_GROUP_UNITS {
             match receiver.try_recv() {
                 Ok(next) => {
-                    units += next.chain.len();
+                    units += next.units();
                     waiting.push(next);
                 }
                 Err(_) => break,
             }
         }
-        let (chains, replies): (Vec<_>, Vec<_>) = waiting.into_iter().map(|s| (s.chain, s.reply)).unzip();
-        let results = db.commit_chains(chains).await;
-        for (reply, result) in replies.into_iter().zip(results) {
+        let (mut chains, mut chain_replies, mut marks, mut mark_replies) = (vec![], vec![], vec![], vec![]);
+        for submission in waiting {
+            match submission {
+                Submission::Chain { chain, reply } => {
+                    chains.push(chain);
+                    chain_replies.push(reply);
+                }
+                Submission::Marks { marks: m, reply } => {
+                    marks.push(m);
+                    mark_replies.push(reply);
+                }
+            }
+        }
+        let (results, marked) = db.commit_chains_and_marks(chains, &marks).await;
+        for (reply, result) in chain_replies.into_iter().zip(results) {
             let _ = reply.send(result); // the submitter stopped waiting: shutting down
+        }
+        for reply in mark_replies {
+            let _ = reply.send(marked.as_ref().map_err(|e| StoreError::Commit(e.clone())).copied());
         }
     }
 }
@@ -88,7 +123,26 @@ impl Db {
             .committer
             .get_or_init(|| Committer::start(self.without_committer()));
         let (reply, answer) = oneshot::channel();
-        if committer.sender.send(Submission { chain, reply }).is_err() {
+        if committer.sender.send(Submission::Chain { chain, reply }).is_err() {
+            return Err(StoreError::Commit("the committer stopped".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
+    }
+
+    /// Marks outbox rows sent in the transaction of the next group, or alone when no
+    /// chain is waiting.
+    pub(crate) async fn commit_marks(&self, ids: Vec<i64>, by: String) -> Result<(), StoreError> {
+        let committer = self
+            .committer
+            .get_or_init(|| Committer::start(self.without_committer()));
+        let (reply, answer) = oneshot::channel();
+        let submission = Submission::Marks {
+            marks: (ids, by),
+            reply,
+        };
+        if committer.sender.send(submission).is_err() {
             return Err(StoreError::Commit("the committer stopped".into()));
         }
         answer
@@ -98,26 +152,48 @@ impl Db {
 
     /// Commits `chains` in one transaction; on a failed statement, each on its own.
     pub async fn commit_chains(&self, chains: Vec<Vec<Unit>>) -> Vec<ChainResult> {
-        match self.apply_chains(&chains).await {
-            Ok(results) => results.into_iter().map(Ok).collect(),
+        self.commit_chains_and_marks(chains, &[]).await.0
+    }
+
+    /// Commits `chains` and `marks` in one transaction. On a statement that fails on
+    /// some data, each chain commits on its own, and the marks after them.
+    async fn commit_chains_and_marks(
+        &self,
+        chains: Vec<Vec<Unit>>,
+        marks: &[Marks],
+    ) -> (Vec<ChainResult>, Result<(), String>) {
+        match self.apply_chains(&chains, marks).await {
+            Ok(results) => (results.into_iter().map(Ok).collect(), Ok(())),
             Err(err) if err.is_caused_by_data() => {
                 let mut out = Vec::with_capacity(chains.len());
                 for chain in &chains {
                     out.push(self.commit_one_by_one(chain).await);
                 }
-                out
+                let marked = match marks.is_empty() {
+                    true => Ok(()),
+                    false => self.apply_chains(&[], marks).await.map(drop).map_err(|e| e.to_string()),
+                };
+                (out, marked)
             }
             Err(err) => {
                 // The database itself failed: every chain is told, none is re-run here.
                 let reason = err.to_string();
-                chains.iter().map(|_| Err(StoreError::Commit(reason.clone()))).collect()
+                let results = chains.iter().map(|_| Err(StoreError::Commit(reason.clone()))).collect();
+                (results, Err(reason))
             }
         }
     }
 
-    async fn apply_chains(&self, chains: &[Vec<Unit>]) -> Result<Vec<Vec<UnitResult>>, StoreError> {
+    async fn apply_chains(&self, chains: &[Vec<Unit>], marks: &[Marks]) -> Result<Vec<Vec<UnitResult>>, StoreError> {
         let mut tx = self.begin().await?;
-        if let Some(results) = super::multirow::apply(&mut tx, chains, &self.hot).await? {
+        let applied = match chains.is_empty() {
+            true => Some(Vec::new()),
+            false => super::multirow::apply(&mut tx, chains, &self.hot).await?,
+        };
+        if let Some(results) = applied {
+            for (ids, by) in marks {
+                tx.mark_sent(ids, by).await?;
+            }
             tx.commit().await?;
             return Ok(results);
         }
@@ -133,6 +209,9 @@ impl Db {
                 }
             }
             results.push(out.into_vec());
+        }
+        for (ids, by) in marks {
+            tx.mark_sent(ids, by).await?;
         }
         tx.commit().await?;
         Ok(results)
@@ -260,5 +339,42 @@ mod tests {
         assert_eq!(db.count(Table::Inbox).await.unwrap(), 39);
         assert_eq!(db.count(Table::Outbox).await.unwrap(), 39);
         assert_eq!(db.peek("a", "other").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn relayed_rows_are_marked_with_a_group_or_alone() {
+        let (_dir, db) = sqlite().await;
+        for i in 0..4 {
+            let unit = staged_unit(&db, &format!("e{i}"), &format!("k{i}"), b"v").await;
+            assert_eq!(db.commit_chain(vec![unit]).await.unwrap(), vec![UnitResult::Committed]);
+        }
+        let ids: Vec<i64> = db.unsent_outbox(10).await.unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), 4);
+
+        // Alone: no chain waits.
+        db.mark_sent(&ids[..1], "relay-a").await.unwrap();
+        assert_eq!(db.count(Table::UnsentOutbox).await.unwrap(), 3);
+
+        // Beside chains submitted at the same time: each is answered, all of it commits.
+        let mut chains = Vec::new();
+        for i in 10..20 {
+            let unit = staged_unit(&db, &format!("e{i}"), &format!("k{i}"), b"v").await;
+            let db = db.clone();
+            chains.push(tokio::spawn(async move { db.commit_chain(vec![unit]).await }));
+        }
+        let marked = {
+            let (db, ids) = (db.clone(), ids[1..].to_vec());
+            tokio::spawn(async move { db.mark_sent(&ids, "relay-a").await })
+        };
+        for chain in chains {
+            assert_eq!(chain.await.unwrap().unwrap(), vec![UnitResult::Committed]);
+        }
+        marked.await.unwrap().unwrap();
+        let unsent: Vec<i64> = db.unsent_outbox(100).await.unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(unsent.len(), 10, "the ten new rows stay unsent");
+        assert!(
+            ids.iter().all(|id| !unsent.contains(id)),
+            "a marked row is still unsent"
+        );
     }
 }

@@ -4,7 +4,9 @@
 
 use std::fs::File;
 
-use super::{Db, OutboundMessage, Pool, StoreError, Tx, decode_headers, encode_headers, now_ms, on_conn, on_pool};
+use super::{
+    Db, OutboundMessage, Pool, StoreError, Tx, TxInner, decode_headers, encode_headers, now_ms, on_conn, on_pool,
+};
 
 /// An outbox row waiting for the relay.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +82,49 @@ pub fn shard_of(topic: &str, key: Option<&[u8]>, event_id: &str) -> i16 {
 }
 
 impl Tx {
+    /// Marks outbox rows as delivered to Kafka by relay `by`, in one statement.
+    pub(crate) async fn mark_sent(&mut self, ids: &[i64], by: &str) -> Result<(), StoreError> {
+        // By id, never by range: ids are taken at insert, so a row with a lower id can
+        // still become visible after this batch was read.
+        const SQL: &str =
+            "UPDATE outbox SET sent_at_ms = $1, relayed_by = $3 WHERE id IN (SELECT value FROM json_each($2))";
+        const SQL_PG: &str = "UPDATE outbox SET sent_at_ms = $1, relayed_by = $3 WHERE id = ANY($2)";
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match &mut self.inner {
+            TxInner::Postgres(t) => {
+                // Planned for its own ids each time (an unnamed statement: one more round
+                // trip, off the saga's path). A plan cached while `outbox` was small kept
+                // scanning the whole table until autovacuum analyzed it, a minute or more
+                // on a new database: in a 15 s `just load` at 100 orders/s 2,090 marks took
+                // 2.5 ms each, two thirds of PostgreSQL's statement time; planned each
+                // time, 0.2 ms.
+                sqlx::query(SQL_PG)
+                    .persistent(false)
+                    .bind(now_ms())
+                    .bind(ids)
+                    .bind(by)
+                    .execute(&mut **t)
+                    .await?;
+            }
+            TxInner::Sqlite(t) => {
+                let list = serde_json::to_string(ids).expect("integers serialize");
+                sqlx::query(SQL)
+                    .bind(now_ms())
+                    .bind(list)
+                    .bind(by)
+                    .execute(&mut **t)
+                    .await?;
+            }
+            TxInner::SqliteReader(_) | TxInner::PostgresReader(_) => {
+                return Err(StoreError::Commit(
+                    "outbox rows marked outside a write transaction".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
     /// Queues a message for the relay, as part of this transaction.
     pub async fn insert_outbox(
         &mut self,
@@ -161,43 +206,19 @@ impl Db {
         outbox_rows(rows)
     }
 
-    /// Marks outbox rows as delivered to Kafka by relay `by`, in one statement.
+    /// Marks outbox rows as delivered to Kafka by relay `by`, in the transaction of the
+    /// next group commit (see [`super::group`]), or alone when no chain waits.
+    ///
+    /// Measured with their own transactions (30,000 full-effect events on SQLite,
+    /// durable): 175 marks waited 10 ms each for the single write connection, and the
+    /// group commits' BEGIN waited 3.3 s of the 5.6 s run for them; each mark paid an
+    /// fsync. Riding on the group, alternating runs of the two builds gave 6,300 and
+    /// 7,670 events/s against 5,930 and 5,500 (medians of 3; PostgreSQL within noise).
     pub async fn mark_sent(&self, ids: &[i64], by: &str) -> Result<(), StoreError> {
-        // By id, never by range: ids are taken at insert, so a row with a lower id can
-        // still become visible after this batch was read.
-        const SQL: &str =
-            "UPDATE outbox SET sent_at_ms = $1, relayed_by = $3 WHERE id IN (SELECT value FROM json_each($2))";
-        const SQL_PG: &str = "UPDATE outbox SET sent_at_ms = $1, relayed_by = $3 WHERE id = ANY($2)";
         if ids.is_empty() {
             return Ok(());
         }
-        match &self.pool {
-            Pool::Postgres(pool) => {
-                // Planned for its own ids each time (an unnamed statement: one more round
-                // trip, off the saga's path). A plan cached while `outbox` was small kept
-                // scanning the whole table until autovacuum analyzed it, a minute or more
-                // on a new database: in a 15 s `just load` at 100 orders/s 2,090 marks took
-                // 2.5 ms each, two thirds of PostgreSQL's statement time; planned each
-                // time, 0.2 ms.
-                sqlx::query(SQL_PG)
-                    .persistent(false)
-                    .bind(now_ms())
-                    .bind(ids)
-                    .bind(by)
-                    .execute(pool)
-                    .await?;
-            }
-            Pool::Sqlite(pool) => {
-                let list = serde_json::to_string(ids).expect("integers serialize");
-                sqlx::query(SQL)
-                    .bind(now_ms())
-                    .bind(list)
-                    .bind(by)
-                    .execute(pool)
-                    .await?;
-            }
-        }
-        Ok(())
+        self.commit_marks(ids.to_vec(), by.to_string()).await
     }
 
     /// Sets a row aside that the broker will never take, with the reason.
