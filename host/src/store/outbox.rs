@@ -211,7 +211,7 @@ impl Db {
     ///
     /// Measured with their own transactions (30,000 full-effect events on SQLite,
     /// durable): 175 marks waited 10 ms each for the single write connection, and the
-    /// group commits' BEGIN waited 3.3 s of the 5.6 s run for them; each mark paid an
+    /// group commits' BEGIN waited 2.3–3.3 s of the 5–5.6 s run for them; each mark paid an
     /// fsync. Riding on the group, alternating runs of the two builds gave 6,300 and
     /// 7,670 events/s against 5,930 and 5,500 (medians of 3; PostgreSQL within noise).
     pub async fn mark_sent(&self, ids: &[i64], by: &str) -> Result<(), StoreError> {

@@ -625,27 +625,28 @@ async fn one_order_is_one_trace(real: bool, _backend: Backend) {
 
 on_both_stacks!(one_order_is_one_trace);
 
+/// A ready `switchyard run` of the saga on the embedded defaults, exporting spans to a
+/// fresh receiver with the `OTEL_*` settings `env`; with the run's id and its directory.
+async fn embedded_host_exporting(env: &[(&str, &str)]) -> (Receiver, Host, String, tempfile::TempDir) {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = format!("otel-{}", uuid::Uuid::new_v4().simple());
+    crate::common::saga_routing(dir.path(), &run);
+    let mut vars = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)];
+    vars.extend(env.iter().map(|(name, value)| (*name, value.to_string())));
+    let host = Host::start(&dir.path().join("topics.toml"), None, None, &vars);
+    host.ready().await;
+    (receiver, host, run, dir)
+}
+
 /// A bad `OTEL_*` value turns exporting off and nothing else: the host serves requests,
 /// and not even the flush at shutdown posts a span to the configured receiver. (The
 /// message naming the value is checked by
 /// `cli::a_bad_trace_setting_is_named_at_start_and_the_host_runs_without_exporting`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_bad_trace_setting_the_host_serves_and_posts_no_span() {
-    let receiver = Receiver::default();
-    let endpoint = receiver.start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let run = format!("otel-{}", uuid::Uuid::new_v4().simple());
-    crate::common::saga_routing(dir.path(), &run);
-    let mut host = Host::start(
-        &dir.path().join("topics.toml"),
-        None,
-        None,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "5s".into()),
-        ],
-    );
-    host.ready().await;
+    let (receiver, mut host, run, _dir) = embedded_host_exporting(&[("OTEL_BSP_SCHEDULE_DELAY", "5s")]).await;
     host.register(&reqwest::Client::new(), &format!("u{}", &run[5..17]))
         .await;
     // SIGTERM: a running exporter would send what it holds now.
@@ -662,23 +663,12 @@ async fn with_a_bad_trace_setting_the_host_serves_and_posts_no_span() {
 /// caller sampled its trace (`traceparent` flags 01) is exported whole, hops included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sampler_setting_keeps_or_drops_whole_traces_across_hops() {
-    let receiver = Receiver::default();
-    let endpoint = receiver.start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let run = format!("otel-{}", uuid::Uuid::new_v4().simple());
-    crate::common::saga_routing(dir.path(), &run);
-    let mut host = Host::start(
-        &dir.path().join("topics.toml"),
-        None,
-        None,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
-            ("OTEL_TRACES_SAMPLER_ARG", "0".into()),
-        ],
-    );
-    host.ready().await;
+    let (receiver, mut host, run, _dir) = embedded_host_exporting(&[
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+    ])
+    .await;
     let http = reqwest::Client::new();
     // Its own trace, dropped by the ratio of 0.
     host.register(&http, &format!("a{}", &run[5..17])).await;
