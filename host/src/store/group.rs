@@ -12,6 +12,11 @@
 //! applied either (those events may have read its writes). If a statement fails, the
 //! whole transaction rolls back and each chain is committed again on its own, unit by
 //! unit, so one event's bad data costs the others nothing.
+//!
+//! On SQLite the relay's marks of rows sent ([`Db::mark_sent`]) are submitted here too,
+//! one unit each, and go in the group's transaction (or alone, when no chain waits): the
+//! single write connection then serves one transaction and one fsync for both. When the
+//! group fails, the marks are applied once more on their own.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -177,9 +182,15 @@ impl Db {
             }
             Err(err) => {
                 // The database itself failed: every chain is told, none is re-run here.
+                // The marks are tried once alone: a failure of the chains' statements (a
+                // deadlock on PostgreSQL) is no reason for the relay to send them again.
                 let reason = err.to_string();
                 let results = chains.iter().map(|_| Err(StoreError::Commit(reason.clone()))).collect();
-                (results, Err(reason))
+                let marked = match marks.is_empty() || chains.is_empty() {
+                    true => Err(reason),
+                    false => self.apply_chains(&[], marks).await.map(drop).map_err(|e| e.to_string()),
+                };
+                (results, marked)
             }
         }
     }
@@ -376,5 +387,38 @@ mod tests {
             ids.iter().all(|id| !unsent.contains(id)),
             "a marked row is still unsent"
         );
+
+        // A group whose chain fails (two outbox rows with one event id break a unique
+        // index) does not take the marks down with it: they are applied on their own.
+        let fresh: Vec<i64> = unsent[..2].to_vec();
+        let mut bad = Staged::new(&db, "a", Overlay::default());
+        for payload in [b"x", b"y"] {
+            let message = OutboundMessage {
+                topic: "t".into(),
+                key: None,
+                payload: payload.to_vec(),
+                headers: vec![],
+            };
+            bad.insert_outbox("out-bad", message);
+        }
+        let record = InboxRecord {
+            component: "a".into(),
+            event_id: "bad".into(),
+            topic: "t".into(),
+            outcome: "committed",
+            ..Default::default()
+        };
+        let bad = bad.finish(record).await.0;
+        let (results, marked) = db
+            .commit_chains_and_marks(vec![vec![bad]], &[(fresh.clone(), "relay-a".into())])
+            .await;
+        assert!(results[0].is_err(), "{results:?}");
+        marked.unwrap();
+        let unsent: Vec<i64> = db.unsent_outbox(100).await.unwrap().iter().map(|r| r.id).collect();
+        assert!(
+            fresh.iter().all(|id| !unsent.contains(id)),
+            "the marks were lost with the group"
+        );
+        assert_eq!(unsent.len(), 8);
     }
 }

@@ -107,7 +107,8 @@ pub struct Db {
     /// SQLite connections that only read: invocations' reads and queries' snapshots, which so
     /// never wait for (or hold) the single write connection.
     readers: Option<SqlitePool>,
-    /// The group committer ([`group`]), started at the first commit.
+    /// The group committer ([`group`]), started at the first commit (on SQLite, or the
+    /// first mark of relayed rows).
     committer: Arc<OnceLock<group::Committer>>,
     /// Keys partitions fought over, read in turns ([`hot`]).
     pub(crate) hot: Arc<hot::HotKeys>,
