@@ -553,6 +553,18 @@ async fn console_shows_lag_dead_letters_and_timelines(real: bool, backend: Backe
             t == format!("replayed to {input}[0] for first")
         })
         .await;
+        // A refresh of the list draws new cards; the replay's outcome stays on its letter.
+        b.click("#letters-refresh").await;
+        b.text_when(
+            &format!("{letter} .replay-outcome"),
+            "replay outcome after a refresh",
+            |t| t == format!("replayed to {input}[0] for first"),
+        )
+        .await;
+        assert!(
+            !b.enabled(&format!("{letter} button.replay")).await,
+            "a replayed letter offers its replay again after a refresh"
+        );
         wait_for(db, "first", "fixed", 1, WAIT).await;
         b.screenshot_of("dead-letters", "replayed").await;
 

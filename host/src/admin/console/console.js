@@ -132,6 +132,20 @@ async function loadLetters() {
   }
 }
 
+// Replays by letter, kept apart from the cards: a refresh of the list while a replay is
+// on its way draws new cards, which must still show how the replay went.
+const replays = new Map();
+
+function showReplay(at) {
+  const state = replays.get(at);
+  const card = [...document.querySelectorAll(".letter")].find((c) => c.dataset.letter === at);
+  if (!state || !card) return;
+  const outcome = card.querySelector(".replay-outcome");
+  outcome.className = state.kind ? `replay-outcome ${state.kind}` : "replay-outcome";
+  outcome.textContent = state.text;
+  card.querySelector("button.replay").disabled = state.busy;
+}
+
 function letterCard(l) {
   const at = `${l.dlq_topic}[${l.partition}]@${l.offset}`;
   const outcome = el("span", { class: "replay-outcome" });
@@ -141,22 +155,25 @@ function letterCard(l) {
     button.title = "not signed by a host of this database: not replayed";
   }
   button.addEventListener("click", async () => {
-    button.disabled = true;
-    outcome.className = "replay-outcome";
-    outcome.textContent = "replaying…";
+    replays.set(at, { busy: true, kind: "", text: "replaying…" });
+    showReplay(at);
     try {
       const done = await api("/dead-letters/replay", {
         method: "POST",
         body: JSON.stringify({ topic: l.dlq_topic, partition: l.partition, offset: l.offset }),
       });
-      outcome.classList.add("ok");
-      outcome.textContent = `replayed to ${done.topic}[${done.partition}] for ${done.component}`;
+      replays.set(at, { busy: true, kind: "ok", text: `replayed to ${done.topic}[${done.partition}] for ${done.component}` });
     } catch (err) {
-      outcome.classList.add("error");
-      outcome.textContent = `not replayed: ${err.message}`;
-      button.disabled = false;
+      replays.set(at, { busy: false, kind: "error", text: `not replayed: ${err.message}` });
     }
+    showReplay(at);
   });
+  const state = replays.get(at);
+  if (state) {
+    outcome.className = state.kind ? `replay-outcome ${state.kind}` : "replay-outcome";
+    outcome.textContent = state.text;
+    button.disabled = state.busy;
+  }
   const requestId = (l.headers.find(([n]) => n === "switchyard-request-id") || [])[1];
   return el("div", { class: "letter", "data-letter": at },
     el("h3", {}, el("span", { class: "mono", text: at }), " ", button, " ", outcome),
