@@ -124,11 +124,19 @@ async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
 impl Db {
     /// Commits `chain` with whatever other chains are waiting (see the module docs).
     pub async fn commit_chain(&self, chain: Vec<Unit>) -> ChainResult {
+        self.submit(|reply| Submission::Chain { chain, reply }).await
+    }
+
+    /// Hands one submission to the committer (started at the first) and awaits its answer.
+    async fn submit<T>(
+        &self,
+        submission: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Submission,
+    ) -> Result<T, StoreError> {
         let committer = self
             .committer
             .get_or_init(|| Committer::start(self.without_committer()));
         let (reply, answer) = oneshot::channel();
-        if committer.sender.send(Submission::Chain { chain, reply }).is_err() {
+        if committer.sender.send(submission(reply)).is_err() {
             return Err(StoreError::Commit("the committer stopped".into()));
         }
         answer
@@ -139,20 +147,11 @@ impl Db {
     /// Marks outbox rows sent in the transaction of the next group, or alone when no
     /// chain is waiting.
     pub(crate) async fn commit_marks(&self, ids: Vec<i64>, by: String) -> Result<(), StoreError> {
-        let committer = self
-            .committer
-            .get_or_init(|| Committer::start(self.without_committer()));
-        let (reply, answer) = oneshot::channel();
-        let submission = Submission::Marks {
+        self.submit(|reply| Submission::Marks {
             marks: (ids, by),
             reply,
-        };
-        if committer.sender.send(submission).is_err() {
-            return Err(StoreError::Commit("the committer stopped".into()));
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
+        })
+        .await
     }
 
     /// Commits `chains` in one transaction; on a failed statement, each on its own.
@@ -174,11 +173,7 @@ impl Db {
                 for chain in &chains {
                     out.push(self.commit_one_by_one(chain).await);
                 }
-                let marked = match marks.is_empty() {
-                    true => Ok(()),
-                    false => self.apply_chains(&[], marks).await.map(drop).map_err(|e| e.to_string()),
-                };
-                (out, marked)
+                (out, self.marks_alone(marks).await)
             }
             Err(err) => {
                 // The database itself failed: every chain is told, none is re-run here.
@@ -186,13 +181,21 @@ impl Db {
                 // deadlock on PostgreSQL) is no reason for the relay to send them again.
                 let reason = err.to_string();
                 let results = chains.iter().map(|_| Err(StoreError::Commit(reason.clone()))).collect();
-                let marked = match marks.is_empty() || chains.is_empty() {
-                    true => Err(reason),
-                    false => self.apply_chains(&[], marks).await.map(drop).map_err(|e| e.to_string()),
+                let marked = match chains.is_empty() {
+                    true => Err(reason), // the marks were all the group held
+                    false => self.marks_alone(marks).await,
                 };
                 (results, marked)
             }
         }
+    }
+
+    /// `marks` in a transaction of their own, after their group failed.
+    async fn marks_alone(&self, marks: &[Marks]) -> Result<(), String> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        self.apply_chains(&[], marks).await.map(drop).map_err(|e| e.to_string())
     }
 
     async fn apply_chains(&self, chains: &[Vec<Unit>], marks: &[Marks]) -> Result<Vec<Vec<UnitResult>>, StoreError> {
