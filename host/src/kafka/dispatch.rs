@@ -1,8 +1,10 @@
 //! Consuming a route: one consumer group member per route, one worker task per
 //! partition. A partition's events run one at a time in offset order, and those waiting
-//! run as a chain that commits together (see [`crate::store::group`]); partitions run
-//! in parallel, so a retrying event blocks only its own partition. The offset of an
-//! event is stored only after its effects (or its dead letter) are committed.
+//! run as a chain that commits together (see [`crate::store::group`]); while a chain
+//! commits, the partition's next one runs over its writes, and stands only if the first
+//! committed whole. Partitions run in parallel, so a retrying event blocks only its own
+//! partition. The offset of an event is stored only after its effects (or its dead
+//! letter) are committed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +25,7 @@ use crate::live::registry::Registry;
 use crate::live::routes::{RouteSettings, RouteState};
 use crate::protocol::{DeadLetterRecord, names};
 use crate::runtime::{Failure, FailureKind, InvokeError, LoadedComponent, Outcome, Ran};
-use crate::store::{Db, InboxEntry, OutboundMessage, Overlay, UnitResult, now_ms};
+use crate::store::{Db, InboxEntry, OutboundMessage, Overlay, Settled, Submitted, UnitResult, now_ms};
 
 use super::headers_of;
 
@@ -364,43 +366,136 @@ async fn partition_worker(
             continue;
         }
 
+        // A chain runs, and while it commits the partition's next one runs over its
+        // writes: the worker waited for more than half its time for commits before.
         let chain = pending.len().min(limit);
-        let ChainEnd {
-            mut finished,
-            head,
-            conflicted,
-        } = run_chain(&ctx, pending.range(..chain), check_handled).await;
-        if finished > 0 {
-            check_handled = false;
-        }
-        limit = if conflicted {
-            (limit / 2).max(1)
-        } else {
-            (limit * 2).min(MAX_CHAIN)
-        };
-        if finished == 0 && head.is_none() && conflicted {
-            continue; // runs again; the key it lost on is now read in turns (store::hot)
-        }
-        if finished == 0 {
-            // The first event failed (or the host did): retries, backoff and dead
-            // letter, one event at a time.
-            let (message, _) = pending.front().expect("not empty");
-            if let Some(event) = prepare(&ctx, message)
-                && !handle_event(&ctx, event, head).await
+        let mut current = start_chain(
+            &ctx,
+            pending.range(..chain),
+            chain,
+            check_handled,
+            Overlay::default(),
+            None,
+        )
+        .await;
+        loop {
+            let next = match current.next.take() {
+                Some(over) if can_follow(&ctx, refreshed_at) => {
+                    while pending.len() < current.len + limit {
+                        match receiver.try_recv() {
+                            Ok(next) => pending.push_back(next),
+                            Err(_) => break,
+                        }
+                    }
+                    // Queued before a revocation: the outer loop drops them first.
+                    let generation = ctx.consumer.context().generation(partition);
+                    let len = match pending.iter().all(|(_, g)| *g == generation) {
+                        true => (pending.len() - current.len).min(limit),
+                        false => 0,
+                    };
+                    let after = current.submitted.as_ref().map(|s| s.settled.clone());
+                    match len {
+                        0 => None,
+                        _ => Some(
+                            start_chain(
+                                &ctx,
+                                pending.range(current.len..current.len + len),
+                                len,
+                                check_handled,
+                                over,
+                                after,
+                            )
+                            .await,
+                        ),
+                    }
+                }
+                _ => None,
+            };
+            let end = current.finish(&ctx).await;
+            let whole = end.whole;
+            if !settle(
+                &ctx,
+                partition,
+                &mut pending,
+                &queued,
+                end,
+                &mut limit,
+                &mut check_handled,
+            )
+            .await
             {
                 return;
             }
-            finished = 1;
+            match next {
+                Some(next) if whole => current = next,
+                Some(next) => {
+                    // It read writes that did not commit: the committer applies none of
+                    // it, and its events run again.
+                    next.abandon().await;
+                    break;
+                }
+                None => break,
+            }
         }
-        let last = pending.drain(..finished).next_back().expect("finished > 0").0.offset;
-        // Stores last+1 for the next commit, which covers the events before it; fails
-        // harmlessly if the partition was revoked meanwhile (the new owner's inbox then
-        // skips the events).
-        if let Err(err) = ctx.consumer.store_offset(ctx.topic.as_str(), partition, last) {
-            tracing::debug!(partition, offset = last, error = %err, "offset not stored");
-        }
-        queued.fetch_sub(finished, Ordering::AcqRel);
     }
+}
+
+/// Whether a partition's next chain may run before the last one committed: not when
+/// stopping, nor when the route was just assigned partitions (a partition's first chain
+/// catches up with the activation log).
+fn can_follow(ctx: &RouteCtx, refreshed_at: u64) -> bool {
+    !*ctx.shutdown.borrow() && ctx.state.assignments.load(Ordering::SeqCst) == refreshed_at
+}
+
+/// Carries a chain's end through: the partition's chain length, the one-at-a-time path
+/// for a first event that failed, and the offset stored past the finished events. False
+/// when shutdown interrupted that path.
+async fn settle(
+    ctx: &RouteCtx,
+    partition: i32,
+    pending: &mut VecDeque<Queued>,
+    queued: &AtomicUsize,
+    end: ChainEnd,
+    limit: &mut usize,
+    check_handled: &mut bool,
+) -> bool {
+    let ChainEnd {
+        mut finished,
+        head,
+        conflicted,
+        ..
+    } = end;
+    if finished > 0 {
+        *check_handled = false;
+    }
+    *limit = if conflicted {
+        (*limit / 2).max(1)
+    } else {
+        (*limit * 2).min(MAX_CHAIN)
+    };
+    if finished == 0 && head.is_none() && conflicted {
+        return true; // runs again; the key it lost on is now read in turns (store::hot)
+    }
+    if finished == 0 {
+        // The first event failed (or the host did): retries, backoff and dead
+        // letter, one event at a time.
+        let (message, _) = pending.front().expect("not empty");
+        if let Some(event) = prepare(ctx, message)
+            && !handle_event(ctx, event, head).await
+        {
+            return false;
+        }
+        finished = 1;
+    }
+    let last = pending.drain(..finished).next_back().expect("finished > 0").0.offset;
+    // Stores last+1 for the next commit, which covers the events before it; fails
+    // harmlessly if the partition was revoked meanwhile (the new owner's inbox then
+    // skips the events).
+    if let Err(err) = ctx.consumer.store_offset(ctx.topic.as_str(), partition, last) {
+        tracing::debug!(partition, offset = last, error = %err, "offset not stored");
+    }
+    queued.fetch_sub(finished, Ordering::AcqRel);
+    true
 }
 
 /// The event of `message`, or None when it is not this component's to handle (a replay
@@ -470,43 +565,77 @@ struct ChainEnd {
     head: Option<Result<Outcome, InvokeError>>,
     /// An event read what another partition changed before it committed.
     conflicted: bool,
+    /// Every event finished and every unit committed: a chain that ran over its writes
+    /// stands.
+    whole: bool,
 }
 
-/// Runs the given events of a partition in order, each over the writes of the ones
-/// before, until one fails, and commits them as one chain. With `check_handled`, events
-/// handled before are looked up first and not run (after an assignment, when the
-/// previous owner may have handled them); otherwise the commit finds such an event out.
-async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>, check_handled: bool) -> ChainEnd {
+/// A chain whose events ran, its units with the committer.
+struct InFlight {
+    route: Route,
+    /// Events of the partition's queue it took, from its front (or from the end of the
+    /// chain before).
+    len: usize,
+    slots: Vec<Slot>,
+    submitted: Option<Submitted>,
+    /// The turns on hot keys its events read, held to its commit.
+    overlay: Overlay,
+    /// Set when none of its events failed: its first one's failure, or the host's.
+    head: Option<Result<Outcome, InvokeError>>,
+    /// What the partition's next chain runs over while this one commits; None when an
+    /// event failed, or when it holds turns on hot keys (the next chain would wait for
+    /// them).
+    next: Option<Overlay>,
+}
+
+/// Runs the given `len` events of a partition in order over `overlay`, each over the
+/// writes of the ones before, until one fails, and hands them to the committer as one
+/// chain (`after`: the chain before, not committed yet, see [`Db::submit_chain`]). With
+/// `check_handled`, events handled before are looked up first and not run (after an
+/// assignment, when the previous owner may have handled them); otherwise the commit
+/// finds such an event out.
+async fn start_chain<'a>(
+    ctx: &RouteCtx,
+    pending: impl Iterator<Item = &'a Queued>,
+    len: usize,
+    check_handled: bool,
+    mut overlay: Overlay,
+    after: Option<Settled>,
+) -> InFlight {
     let route = ctx.settings.current();
     let events: Vec<Option<InboundEvent>> = pending.map(|(m, _)| prepare(ctx, m)).collect();
     let ids: Vec<String> = events.iter().flatten().map(|e| e.id.clone()).collect();
-    let mut end = ChainEnd {
-        finished: 0,
+    let mut flight = InFlight {
+        route: route.clone(),
+        len,
+        slots: Vec::with_capacity(events.len()),
+        submitted: None,
+        overlay: Overlay::default(),
         head: None,
-        conflicted: false,
+        next: None,
     };
     let handled = if check_handled {
         let Ok(handled) = ctx.db.handled(ctx.component.as_str(), &ids).await else {
-            return end; // the one-by-one path waits for the database
+            return flight; // the one-by-one path waits for the database
         };
         handled
     } else {
         Default::default()
     };
-    let mut overlay = Overlay::default();
-    let mut slots = Vec::with_capacity(events.len());
     let mut chain = Vec::new();
+    let mut ran_all = true;
     for event in events {
         let Some(event) = event else {
-            slots.push(Slot::Skipped);
+            flight.slots.push(Slot::Skipped);
             continue;
         };
         if handled.contains(&event.id) || overlay.claims(&event.id) {
-            slots.push(Slot::Duplicate(event));
+            flight.slots.push(Slot::Duplicate(event));
             continue;
         }
         // Looked up per event: a swap applies between events, never backwards.
         let Some(component) = ctx.registry.get(&ctx.component) else {
+            ran_all = false;
             break;
         };
         let ran = {
@@ -527,64 +656,106 @@ async fn run_chain<'a>(ctx: &RouteCtx, pending: impl Iterator<Item = &'a Queued>
             Ok((Ran::Staged { unit, .. }, next)) => {
                 overlay = next;
                 chain.push(*unit);
-                slots.push(Slot::Staged(event));
+                flight.slots.push(Slot::Staged(event));
             }
             Ok((Ran::Failed(failure), next)) => {
                 overlay = next; // its turns on hot keys are held until the chain commits
-                if slots.is_empty() {
-                    end.head = Some(Ok(Outcome::Failed(failure)));
+                if flight.slots.is_empty() {
+                    flight.head = Some(Ok(Outcome::Failed(failure)));
                 }
+                ran_all = false;
                 break;
             }
             Err(err) => {
-                if slots.is_empty() {
-                    end.head = Some(Err(err));
+                if flight.slots.is_empty() {
+                    flight.head = Some(Err(err));
                 }
+                ran_all = false;
                 break;
             }
         }
     }
-    let mut results = if chain.is_empty() {
-        Vec::new().into_iter()
-    } else {
-        match ctx.db.commit_chain(chain).await {
-            Ok(results) => results.into_iter(),
-            Err(err) => {
-                tracing::warn!(error = %err, "group commit failed; the events run again");
-                Vec::new().into_iter()
-            }
-        }
-    };
-    drop(overlay); // the turns on hot keys, held to the commit
-    let metrics = crate::observe::metrics();
-    for slot in slots {
-        match slot {
-            Slot::Skipped => {}
-            Slot::Duplicate(event) => {
-                metrics.handled(&route, &event, "duplicate");
-                log_duplicate(ctx, &event).instrument(event_span(&event)).await;
-            }
-            Slot::Staged(event) => match results.next() {
-                Some(UnitResult::Committed) => metrics.handled(&route, &event, "committed"),
-                Some(UnitResult::Duplicate) => {
+    if ran_all && !overlay.holds_turns() {
+        flight.next = Some(Overlay::after(&chain));
+    }
+    if !chain.is_empty() {
+        flight.submitted = Some(ctx.db.submit_chain(chain, after));
+    }
+    flight.overlay = overlay;
+    flight
+}
+
+impl InFlight {
+    /// Waits for the commit and accounts for each event.
+    async fn finish(self, ctx: &RouteCtx) -> ChainEnd {
+        let InFlight {
+            route,
+            len,
+            slots,
+            submitted,
+            overlay,
+            head,
+            ..
+        } = self;
+        let mut end = ChainEnd {
+            finished: 0,
+            head,
+            conflicted: false,
+            whole: false,
+        };
+        let mut results = match submitted {
+            None => Vec::new().into_iter(),
+            Some(submitted) => match submitted.result().await {
+                Ok(results) => results.into_iter(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "group commit failed; the events run again");
+                    Vec::new().into_iter()
+                }
+            },
+        };
+        drop(overlay); // the turns on hot keys, held to the commit
+        let metrics = crate::observe::metrics();
+        let mut all_committed = true;
+        for slot in slots {
+            match slot {
+                Slot::Skipped => {}
+                Slot::Duplicate(event) => {
                     metrics.handled(&route, &event, "duplicate");
                     log_duplicate(ctx, &event).instrument(event_span(&event)).await;
                 }
-                Some(UnitResult::Rejected(reason)) if end.finished == 0 => {
-                    end.head = Some(Err(InvokeError::Rejected(reason)));
-                    break;
-                }
-                Some(UnitResult::Conflict) => {
-                    end.conflicted = true;
-                    break;
-                }
-                // After one that did not commit, or the commit failed: runs again.
-                _ => break,
-            },
+                Slot::Staged(event) => match results.next() {
+                    Some(UnitResult::Committed) => metrics.handled(&route, &event, "committed"),
+                    Some(UnitResult::Duplicate) => {
+                        all_committed = false;
+                        metrics.handled(&route, &event, "duplicate");
+                        log_duplicate(ctx, &event).instrument(event_span(&event)).await;
+                    }
+                    Some(UnitResult::Rejected(reason)) if end.finished == 0 => {
+                        end.head = Some(Err(InvokeError::Rejected(reason)));
+                        break;
+                    }
+                    Some(UnitResult::Conflict) => {
+                        end.conflicted = true;
+                        break;
+                    }
+                    // After one that did not commit, or the commit failed: runs again.
+                    _ => break,
+                },
+            }
+            end.finished += 1;
         }
-        end.finished += 1;
+        end.whole = all_committed && end.finished == len;
+        end
     }
-    end
+
+    /// Drops a chain that ran over one that did not commit whole: the committer applied
+    /// none of it (see [`Db::submit_chain`]); waiting for its answer keeps the next
+    /// chain behind it.
+    async fn abandon(self) {
+        if let Some(submitted) = self.submitted {
+            let _ = submitted.result().await;
+        }
+    }
 }
 
 /// Handles one event to the end, one try at a time: committed, skipped as duplicate,

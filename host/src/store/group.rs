@@ -13,15 +13,23 @@
 //! whole transaction rolls back and each chain is committed again on its own, unit by
 //! unit, so one event's bad data costs the others nothing.
 //!
+//! A partition may submit its next chain before the last one's answer came
+//! ([`Db::submit_chain`] with `after`): that chain ran over the uncommitted writes of the
+//! one before, so it is only applied once the one before committed whole, in a later
+//! group, and otherwise answered [`UnitResult::NotRun`] throughout, untouched.
+//!
 //! On SQLite the relay's marks of rows sent ([`Db::mark_sent`]) are submitted here too,
 //! one unit each, and go in the group's transaction (or alone, when no chain waits): the
 //! single write connection then serves one transaction and one fsync for both. When the
 //! group fails, the marks are applied once more on their own.
 
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::staged::{Applied, Unit};
-use super::{Db, StoreError};
+use super::{Db, StoreError, WriteConn};
 
 /// Units one transaction takes at most: enough to spread an fsync thin, few enough that
 /// a transaction stays short.
@@ -49,6 +57,10 @@ enum Submission {
     Chain {
         chain: Vec<Unit>,
         reply: oneshot::Sender<ChainResult>,
+        /// Set by the committer once it decided the chain: whether it committed whole.
+        settled: Settled,
+        /// The chain before it, when this one ran over its uncommitted writes.
+        after: Option<Settled>,
     },
     /// Outbox rows a relay saw acknowledged, marked sent in the group's transaction.
     Marks {
@@ -64,6 +76,33 @@ impl Submission {
             Submission::Chain { chain, .. } => chain.len(),
             Submission::Marks { .. } => 1,
         }
+    }
+}
+
+/// Whether a submitted chain committed whole (every unit [`UnitResult::Committed`]),
+/// known once the committer has decided it.
+#[derive(Debug, Clone, Default)]
+pub struct Settled(Arc<OnceLock<bool>>);
+
+impl Settled {
+    fn set(&self, whole: bool) {
+        let _ = self.0.set(whole); // decided once: a chain is in one group
+    }
+}
+
+/// A chain handed to the committer; [`Submitted::result`] waits for its answer.
+pub struct Submitted {
+    answer: oneshot::Receiver<ChainResult>,
+    /// Pass it as `after` to the partition's next chain, to run that one before this
+    /// one's answer comes.
+    pub settled: Settled,
+}
+
+impl Submitted {
+    pub async fn result(self) -> ChainResult {
+        self.answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
     }
 }
 
@@ -85,10 +124,30 @@ impl Committer {
     }
 }
 
+/// How long the committer keeps the write connection from one group to the next while
+/// more wait (see [`super::held`]). On SQLite it is the only one: the timer pump, the
+/// delivery worker and dead letters wait for it that long at most.
+const HOLD_AT_MOST: Duration = Duration::from_millis(50);
+
 async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
-    while let Some(first) = receiver.recv().await {
-        let mut units = first.units();
-        let mut waiting = vec![first];
+    // Chains whose chain before is in the group being committed: they go in the next.
+    let mut deferred: Vec<Submission> = Vec::new();
+    // The last group's connection, and since when it has not gone back to the pool.
+    let mut kept: Option<(WriteConn, Instant)> = None;
+    loop {
+        if let Some((_, since)) = &kept
+            && ((receiver.is_empty() && deferred.is_empty()) || since.elapsed() >= HOLD_AT_MOST)
+        {
+            kept = None; // back to the pool, for other writers
+        }
+        let mut waiting = std::mem::take(&mut deferred);
+        if waiting.is_empty() {
+            match receiver.recv().await {
+                Some(first) => waiting.push(first),
+                None => return,
+            }
+        }
+        let mut units: usize = waiting.iter().map(Submission::units).sum();
         while units < MAX_GROUP_UNITS {
             match receiver.try_recv() {
                 Ok(next) => {
@@ -101,18 +160,44 @@ async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
         let (mut chains, mut chain_replies, mut marks, mut mark_replies) = (vec![], vec![], vec![], vec![]);
         for submission in waiting {
             match submission {
-                Submission::Chain { chain, reply } => {
-                    chains.push(chain);
-                    chain_replies.push(reply);
-                }
+                Submission::Chain {
+                    chain,
+                    reply,
+                    settled,
+                    after,
+                } => match after.as_ref().map(|after| after.0.get().copied()) {
+                    // The chain before is in this group: decided, it is known in the next.
+                    Some(None) => deferred.push(Submission::Chain {
+                        chain,
+                        reply,
+                        settled,
+                        after,
+                    }),
+                    // It did not commit whole: this one read writes that never were.
+                    Some(Some(false)) => {
+                        settled.set(false);
+                        let _ = reply.send(Ok(chain.iter().map(|_| UnitResult::NotRun).collect()));
+                    }
+                    Some(Some(true)) | None => {
+                        chains.push(chain);
+                        chain_replies.push((reply, settled));
+                    }
+                },
                 Submission::Marks { marks: m, reply } => {
                     marks.push(m);
                     mark_replies.push(reply);
                 }
             }
         }
-        let (results, marked) = db.commit_chains_and_marks(chains, &marks).await;
-        for (reply, result) in chain_replies.into_iter().zip(results) {
+        if chains.is_empty() && marks.is_empty() {
+            continue; // only chains answered or put off
+        }
+        let since = kept.as_ref().map_or_else(Instant::now, |(_, since)| *since);
+        let mut conn = kept.take().map(|(conn, _)| conn);
+        let (results, marked) = db.commit_chains_and_marks(chains, &marks, &mut conn).await;
+        kept = conn.map(|conn| (conn, since));
+        for ((reply, settled), result) in chain_replies.into_iter().zip(results) {
+            settled.set(matches!(&result, Ok(units) if units.iter().all(|u| *u == UnitResult::Committed)));
             let _ = reply.send(result); // the submitter stopped waiting: shutting down
         }
         for reply in mark_replies {
@@ -124,24 +209,35 @@ async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
 impl Db {
     /// Commits `chain` with whatever other chains are waiting (see the module docs).
     pub async fn commit_chain(&self, chain: Vec<Unit>) -> ChainResult {
-        self.submit(|reply| Submission::Chain { chain, reply }).await
+        self.submit_chain(chain, None).result().await
     }
 
-    /// Hands one submission to the committer (started at the first) and awaits its answer.
-    async fn submit<T>(
+    /// Hands `chain` to the committer without waiting. With `after`, the chain ran over
+    /// the uncommitted writes of that earlier chain of its partition: it is applied only
+    /// once that one committed whole, and otherwise answered `NotRun` throughout.
+    pub fn submit_chain(&self, chain: Vec<Unit>, after: Option<Settled>) -> Submitted {
+        let settled = Settled::default();
+        let answer = self.submit(|reply| Submission::Chain {
+            chain,
+            reply,
+            settled: settled.clone(),
+            after,
+        });
+        Submitted { answer, settled }
+    }
+
+    /// Hands one submission to the committer (started at the first); the receiver gets
+    /// its answer (closed when the committer stopped).
+    fn submit<T>(
         &self,
         submission: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Submission,
-    ) -> Result<T, StoreError> {
+    ) -> oneshot::Receiver<Result<T, StoreError>> {
         let committer = self
             .committer
             .get_or_init(|| Committer::start(self.without_committer()));
         let (reply, answer) = oneshot::channel();
-        if committer.sender.send(submission(reply)).is_err() {
-            return Err(StoreError::Commit("the committer stopped".into()));
-        }
+        let _ = committer.sender.send(submission(reply)); // if not, `answer` is closed
         answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
     }
 
     /// Marks outbox rows sent in the transaction of the next group, or alone when no
@@ -152,21 +248,24 @@ impl Db {
             reply,
         })
         .await
+        .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
     }
 
     /// Commits `chains` in one transaction; on a failed statement, each on its own.
     pub async fn commit_chains(&self, chains: Vec<Vec<Unit>>) -> Vec<ChainResult> {
-        self.commit_chains_and_marks(chains, &[]).await.0
+        self.commit_chains_and_marks(chains, &[], &mut None).await.0
     }
 
-    /// Commits `chains` and `marks` in one transaction. On a statement that fails on
-    /// some data, each chain commits on its own, and the marks after them.
+    /// Commits `chains` and `marks` in one transaction, on `kept` if given, and leaves
+    /// its connection there when it committed. On a statement that fails on some data,
+    /// each chain commits on its own, and the marks after them.
     async fn commit_chains_and_marks(
         &self,
         chains: Vec<Vec<Unit>>,
         marks: &[Marks],
+        kept: &mut Option<WriteConn>,
     ) -> (Vec<ChainResult>, Result<(), String>) {
-        match self.apply_chains(&chains, marks).await {
+        match self.apply_chains(&chains, marks, kept).await {
             Ok(results) => (results.into_iter().map(Ok).collect(), Ok(())),
             Err(err) if err.is_caused_by_data() => {
                 let mut out = Vec::with_capacity(chains.len());
@@ -195,11 +294,21 @@ impl Db {
         if marks.is_empty() {
             return Ok(());
         }
-        self.apply_chains(&[], marks).await.map(drop).map_err(|e| e.to_string())
+        self.apply_chains(&[], marks, &mut None)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
-    async fn apply_chains(&self, chains: &[Vec<Unit>], marks: &[Marks]) -> Result<Vec<Vec<UnitResult>>, StoreError> {
-        let mut tx = self.begin().await?;
+    /// One transaction, on `kept` if given; its connection is left there if it
+    /// committed (on an error it goes back to the pool, so the fallbacks find it there).
+    async fn apply_chains(
+        &self,
+        chains: &[Vec<Unit>],
+        marks: &[Marks],
+        kept: &mut Option<WriteConn>,
+    ) -> Result<Vec<Vec<UnitResult>>, StoreError> {
+        let mut tx = self.begin_on(kept.take()).await?;
         let applied = match chains.is_empty() {
             true => Some(Vec::new()),
             false => super::multirow::apply(&mut tx, chains, &self.hot).await?,
@@ -208,12 +317,12 @@ impl Db {
             for (ids, by) in marks {
                 tx.mark_sent(ids, by).await?;
             }
-            tx.commit().await?;
+            *kept = tx.commit_keeping().await?;
             return Ok(results);
         }
         // Undecidable up front: nothing was applied, but locks and reads were taken.
-        tx.rollback().await?;
-        tx = self.begin().await?;
+        let conn = tx.rollback_keeping().await?;
+        tx = self.begin_on(conn).await?;
         let mut results = Vec::with_capacity(chains.len());
         for chain in chains {
             let mut out = ChainResults::with_capacity(chain.len());
@@ -227,7 +336,7 @@ impl Db {
         for (ids, by) in marks {
             tx.mark_sent(ids, by).await?;
         }
-        tx.commit().await?;
+        *kept = tx.commit_keeping().await?;
         Ok(results)
     }
 
@@ -356,6 +465,96 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_chain_run_over_an_uncommitted_one_stands_only_if_that_one_committed_whole() {
+        let (_dir, db) = sqlite().await;
+        // Submitted at once: the follower waits for a later group than its chain before,
+        // and both commit.
+        let first = staged_unit(&db, "e1", "k1", b"1").await;
+        let before = db.submit_chain(vec![first], None);
+        let second = staged_unit(&db, "e2", "k2", b"2").await;
+        let follower = db.submit_chain(vec![second], Some(before.settled.clone()));
+        assert_eq!(before.result().await.unwrap(), vec![UnitResult::Committed]);
+        assert_eq!(follower.result().await.unwrap(), vec![UnitResult::Committed]);
+
+        // The chain before loses a read to another partition's commit: the follower (and
+        // the one after it) apply nothing, though their own reads and claims are fine.
+        let mut loser = Staged::new(&db, "a", Overlay::default());
+        assert_eq!(loser.increment("n", 1).await.unwrap(), 1);
+        let (lost, _) = loser
+            .finish(InboxRecord {
+                component: "a".into(),
+                event_id: "lost".into(),
+                topic: "t".into(),
+                outcome: "committed",
+                ..Default::default()
+            })
+            .await;
+        let winner = staged_unit(&db, "winner", "n", b"7").await;
+        assert_eq!(
+            db.commit_chain(vec![winner]).await.unwrap(),
+            vec![UnitResult::Committed]
+        );
+        let before = db.submit_chain(vec![lost], None);
+        let third = staged_unit(&db, "e3", "k3", b"3").await;
+        let fourth = staged_unit(&db, "e4", "k4", b"4").await;
+        let follower = db.submit_chain(vec![third, fourth], Some(before.settled.clone()));
+        let last = staged_unit(&db, "e5", "k5", b"5").await;
+        let last = db.submit_chain(vec![last], Some(follower.settled.clone()));
+        assert_eq!(before.result().await.unwrap(), vec![UnitResult::Conflict]);
+        assert_eq!(
+            follower.result().await.unwrap(),
+            vec![UnitResult::NotRun, UnitResult::NotRun]
+        );
+        assert_eq!(last.result().await.unwrap(), vec![UnitResult::NotRun]);
+        for key in ["k3", "k4", "k5"] {
+            assert_eq!(db.peek("a", key).await.unwrap(), None, "{key} was written");
+        }
+        assert_eq!(db.peek("a", "n").await.unwrap().as_deref(), Some(&b"7"[..]));
+        assert_eq!(db.count(Table::Inbox).await.unwrap(), 3, "e1, e2 and winner");
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_ends_every_transaction_and_goes_back_to_other_writers() {
+        let (_dir, db) = sqlite().await;
+        // A transaction dropped half-way (an error) leaves its connection with nothing
+        // open: the next one on it begins, and the dropped write never happened.
+        let mut tx = db.begin().await.unwrap();
+        tx.put("a", "dropped", b"x").await.unwrap();
+        drop(tx);
+        let mut tx = db.begin().await.unwrap();
+        tx.put("a", "kept", b"y").await.unwrap();
+        let conn = tx.commit_keeping().await.unwrap();
+        let mut tx = db.begin_on(conn).await.unwrap();
+        tx.put("a", "again", b"z").await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(db.peek("a", "dropped").await.unwrap(), None);
+        assert_eq!(db.peek("a", "kept").await.unwrap().as_deref(), Some(&b"y"[..]));
+        assert_eq!(db.peek("a", "again").await.unwrap().as_deref(), Some(&b"z"[..]));
+
+        // While chains wait, the committer keeps SQLite's one write connection from
+        // group to group, but not for ever: another writer gets it in between.
+        const CHAINS: usize = 20_000; // dozens of groups, far more than HOLD_AT_MOST
+        let mut submitted = Vec::with_capacity(CHAINS);
+        for n in 0..CHAINS {
+            let unit = staged_unit(&db, &format!("c{n}"), &format!("k{n}"), b"v").await;
+            submitted.push(db.submit_chain(vec![unit], None));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // the first group has begun
+        let mut other = db.begin().await.unwrap();
+        other.put("a", "other", b"w").await.unwrap();
+        other.commit().await.unwrap();
+        let committed_before = db.count(Table::Inbox).await.unwrap() as usize;
+        for waiting in submitted {
+            assert_eq!(waiting.result().await.unwrap(), vec![UnitResult::Committed]);
+        }
+        assert!(
+            committed_before < CHAINS,
+            "the other writer only got the connection once every chain had committed"
+        );
+        assert_eq!(db.peek("a", "other").await.unwrap().as_deref(), Some(&b"w"[..]));
+    }
+
+    #[tokio::test]
     async fn relayed_rows_are_marked_with_a_group_or_alone() {
         let (_dir, db) = sqlite().await;
         for i in 0..4 {
@@ -413,7 +612,7 @@ mod tests {
         };
         let bad = bad.finish(record).await.0;
         let (results, marked) = db
-            .commit_chains_and_marks(vec![vec![bad]], &[(fresh.clone(), "relay-a".into())])
+            .commit_chains_and_marks(vec![vec![bad]], &[(fresh.clone(), "relay-a".into())], &mut None)
             .await;
         assert!(results[0].is_err(), "{results:?}");
         marked.unwrap();

@@ -12,6 +12,7 @@
 mod components;
 mod effects;
 pub mod group;
+mod held;
 pub(crate) mod hot;
 mod inbox;
 mod kv;
@@ -27,14 +28,17 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+
+use held::Held;
 use tokio::sync::Notify;
 
 pub use components::{Activation, StoredVersion};
 pub use effects::{ClaimedEffect, EffectStatus, NewEffect};
-pub use group::{ChainResult, UnitResult};
+pub use group::{ChainResult, Settled, Submitted, UnitResult};
 pub use inbox::InboxEntry;
 pub use outbox::{OutboxRow, ParkedRow, RELAY_SHARDS, RelayLock, shard_of};
 pub use staged::{InboxRecord, Overlay, Staged, StagedEffect, Unit};
@@ -146,6 +150,10 @@ impl Default for Signals {
     }
 }
 
+/// How a write transaction starts on SQLite: with the write lock taken at once, so two
+/// processes on one file queue at `BEGIN` instead of failing at their first write.
+const BEGIN_SQLITE: &str = "BEGIN IMMEDIATE";
+
 /// One open transaction.
 pub struct Tx {
     pub(crate) inner: TxInner,
@@ -158,12 +166,18 @@ pub struct Tx {
 }
 
 pub(crate) enum TxInner {
-    Sqlite(Transaction<'static, Sqlite>),
-    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Held<Sqlite>),
+    Postgres(Held<Postgres>),
     /// A connection outside any transaction, each statement reading the latest commit
     /// (see [`Db::reader`]).
-    SqliteReader(sqlx::pool::PoolConnection<Sqlite>),
-    PostgresReader(sqlx::pool::PoolConnection<Postgres>),
+    SqliteReader(PoolConnection<Sqlite>),
+    PostgresReader(PoolConnection<Postgres>),
+}
+
+/// The write connection a transaction ran on, kept for the next one (see [`held`]).
+pub(crate) enum WriteConn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
 }
 
 /// Runs `$body` with `$c` bound to the transaction's connection, for either driver.
@@ -403,9 +417,18 @@ impl Db {
     /// Starts a transaction. SQLite takes the write lock up front so that two writers
     /// never deadlock upgrading from read to write.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        let inner = match &self.pool {
-            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+        self.begin_on(None).await
+    }
+
+    /// [`Db::begin`] on `kept`, the connection of an earlier transaction, when given.
+    pub(crate) async fn begin_on(&self, kept: Option<WriteConn>) -> Result<Tx, StoreError> {
+        let inner = match (&self.pool, kept) {
+            (_, Some(WriteConn::Sqlite(conn))) => TxInner::Sqlite(Held::begin(conn, Some(BEGIN_SQLITE)).await?),
+            (_, Some(WriteConn::Postgres(conn))) => TxInner::Postgres(Held::begin(conn, None).await?),
+            (Pool::Sqlite(pool), None) => {
+                TxInner::Sqlite(Held::begin(pool.acquire().await?, Some(BEGIN_SQLITE)).await?)
+            }
+            (Pool::Postgres(pool), None) => TxInner::Postgres(Held::begin(pool.acquire().await?, None).await?),
         };
         Ok(Tx {
             inner,
@@ -444,11 +467,18 @@ impl Db {
     /// repeatable-read, read-only one. Everything read through it is one consistent state.
     pub async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
         let inner = match (&self.pool, &self.readers) {
-            (Pool::Sqlite(_), Some(readers)) => TxInner::Sqlite(readers.begin_with("BEGIN DEFERRED").await?),
-            (Pool::Sqlite(pool), None) => TxInner::Sqlite(pool.begin_with("BEGIN DEFERRED").await?),
+            (Pool::Sqlite(_), Some(readers)) => {
+                TxInner::Sqlite(Held::begin(readers.acquire().await?, Some("BEGIN DEFERRED")).await?)
+            }
+            (Pool::Sqlite(pool), None) => {
+                TxInner::Sqlite(Held::begin(pool.acquire().await?, Some("BEGIN DEFERRED")).await?)
+            }
             (Pool::Postgres(pool), _) => TxInner::Postgres(
-                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?,
+                Held::begin(
+                    pool.acquire().await?,
+                    Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+                )
+                .await?,
             ),
         };
         Ok(Tx {
@@ -528,11 +558,16 @@ pub enum Table {
 impl Tx {
     /// Commits, then wakes the relay or the timer pump if this transaction gave them work.
     pub async fn commit(self) -> Result<(), StoreError> {
-        match self.inner {
-            TxInner::Sqlite(t) => t.commit().await?,
-            TxInner::Postgres(t) => t.commit().await?,
-            TxInner::SqliteReader(_) | TxInner::PostgresReader(_) => {}
-        }
+        self.commit_keeping().await.map(drop)
+    }
+
+    /// [`Tx::commit`], giving back the write connection for the next transaction.
+    pub(crate) async fn commit_keeping(self) -> Result<Option<WriteConn>, StoreError> {
+        let kept = match self.inner {
+            TxInner::Sqlite(t) => Some(WriteConn::Sqlite(t.commit().await?)),
+            TxInner::Postgres(t) => Some(WriteConn::Postgres(t.commit().await?)),
+            TxInner::SqliteReader(_) | TxInner::PostgresReader(_) => None,
+        };
         if self.wrote_outbox {
             self.signals.outbox.notify_one();
         }
@@ -542,16 +577,20 @@ impl Tx {
         if self.wrote_effects {
             self.signals.effects.notify_one();
         }
-        Ok(())
+        Ok(kept)
     }
 
     pub async fn rollback(self) -> Result<(), StoreError> {
-        match self.inner {
-            TxInner::Sqlite(t) => t.rollback().await?,
-            TxInner::Postgres(t) => t.rollback().await?,
-            TxInner::SqliteReader(_) | TxInner::PostgresReader(_) => {}
-        }
-        Ok(())
+        self.rollback_keeping().await.map(drop)
+    }
+
+    /// [`Tx::rollback`], giving back the write connection for the next transaction.
+    pub(crate) async fn rollback_keeping(self) -> Result<Option<WriteConn>, StoreError> {
+        Ok(match self.inner {
+            TxInner::Sqlite(t) => Some(WriteConn::Sqlite(t.rollback().await?)),
+            TxInner::Postgres(t) => Some(WriteConn::Postgres(t.rollback().await?)),
+            TxInner::SqliteReader(_) | TxInner::PostgresReader(_) => None,
+        })
     }
 
     pub(crate) fn is_postgres(&self) -> bool {

@@ -12,7 +12,9 @@
 //!
 //! Events of one partition run one after another before their group commits: an
 //! [`Overlay`] carries the writes of the earlier, not yet committed events, so a later
-//! one reads what an earlier one wrote.
+//! one reads what an earlier one wrote. A partition's next chain may run while the last
+//! one commits, over [`Overlay::after`] it. A read the overlay answers is checked at
+//! commit like any other, so another partition's commit in between is a conflict.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -37,6 +39,9 @@ pub struct Overlay {
     kv: HashMap<String, Option<Vec<u8>>>,
     /// Timer id → whether it exists after those events.
     timers: HashMap<String, bool>,
+    /// The same, after the chain before, which commits in a group of its own: a timer
+    /// may fire between the two commits, so a read of these is checked.
+    carried_timers: HashMap<String, bool>,
     /// Event ids those events claim.
     claimed: HashSet<String>,
 }
@@ -45,6 +50,30 @@ impl Overlay {
     /// True when one of the earlier events of the group has the same id.
     pub fn claims(&self, event_id: &str) -> bool {
         self.claimed.contains(event_id)
+    }
+
+    /// True when these events hold a turn on a hot key (released at their commit).
+    pub fn holds_turns(&self) -> bool {
+        !self.turns.is_empty()
+    }
+
+    /// What a partition's next chain runs over while `chain` (one component's units, in
+    /// order) commits: its writes, timers and claims, and no turn.
+    pub fn after(chain: &[Unit]) -> Overlay {
+        let mut overlay = Overlay::default();
+        for unit in chain {
+            for (key, value) in &unit.writes {
+                overlay.kv.insert(key.clone(), value.clone());
+            }
+            for id in &unit.cancels {
+                overlay.carried_timers.insert(id.clone(), false);
+            }
+            for (id, _, _) in &unit.timers {
+                overlay.carried_timers.insert(id.clone(), true);
+            }
+            overlay.claimed.insert(unit.inbox.event_id.clone());
+        }
+        overlay
     }
 }
 
@@ -507,8 +536,13 @@ impl Staged {
             None => match self.base.timers.get(id) {
                 Some(exists) => *exists,
                 None => {
-                    let component = self.component.clone();
-                    let existed = self.reads().await?.timer_exists(&component, id).await?;
+                    let existed = match self.base.carried_timers.get(id) {
+                        Some(existed) => *existed,
+                        None => {
+                            let component = self.component.clone();
+                            self.reads().await?.timer_exists(&component, id).await?
+                        }
+                    };
                     self.checks.push(Check::Timer {
                         id: id.to_string(),
                         existed,
@@ -572,6 +606,7 @@ impl Staged {
 
 #[cfg(test)]
 mod tests {
+    use super::super::now_ms;
     use super::super::tests::sqlite;
     use super::*;
 
@@ -634,6 +669,44 @@ mod tests {
         );
         assert_eq!(db.peek("a", "n").await.unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(db.count(super::super::Table::Inbox).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chain_run_over_an_uncommitted_one_checks_what_it_read_of_it() {
+        let (_dir, db) = sqlite().await;
+        let message = || OutboundMessage {
+            topic: "t".into(),
+            key: None,
+            payload: b"fired".to_vec(),
+            headers: vec![],
+        };
+        // The chain before sets a timer and a key; the next chain runs before it commits.
+        let mut before = Staged::new(&db, "a", Overlay::default());
+        before.put("k", b"1");
+        before.insert_timer("t1", 0, message());
+        let (unit, _) = before.finish(record("b")).await;
+        let carried = Overlay::after(std::slice::from_ref(&unit));
+        assert!(carried.claims("b"));
+        let mut next = Staged::new(&db, "a", carried);
+        assert_eq!(next.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert!(next.cancel_timer("t1").await.unwrap(), "the timer set before is seen");
+        let (cancelling, _) = next.finish(record("n")).await;
+        assert!(
+            cancelling
+                .checks
+                .iter()
+                .any(|c| matches!(c, Check::Timer { id, existed: true } if id == "t1")),
+            "a timer read from the chain before is checked at commit"
+        );
+
+        // The chain before commits, and its timer fires before the next one commits: the
+        // next one's cancel no longer holds.
+        assert_eq!(db.commit_chain(vec![unit]).await.unwrap(), vec![UnitResult::Committed]);
+        assert_eq!(db.fire_due_timers(now_ms(), 10).await.unwrap(), 1);
+        assert_eq!(
+            db.commit_chain(vec![cancelling]).await.unwrap(),
+            vec![UnitResult::Conflict]
+        );
     }
 
     #[tokio::test]

@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sqlx::{Postgres, Transaction};
+use sqlx::Postgres;
 
 use super::super::outbox::{OUTBOX_CHANNEL, shard_of};
 use super::super::staged::{Check, Unit, lock_id};
 use super::super::{StoreError, encode_headers, now_ms};
 use super::{Current, ListingAt, Listings, Writes};
 
-type Pg = Transaction<'static, Postgres>;
+type Pg = super::super::held::Held<Postgres>;
 
 /// The statements that take the locks of `chains`, sent in one round trip. Locks go
 /// namespaces first, then keys, each set sorted: the order every host takes them in. A

@@ -15,16 +15,16 @@
 
 use std::sync::OnceLock;
 
+use sqlx::Sqlite;
 use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
-use sqlx::{Sqlite, Transaction};
 
 use super::super::outbox::shard_of;
 use super::super::staged::Unit;
 use super::super::{OutboundMessage, StoreError, encode_headers, now_ms};
 use super::{Current, Writes};
 
-type Lite = Transaction<'static, Sqlite>;
+type Lite = super::super::held::Held<Sqlite>;
 
 /// Rows per statement, at most.
 const MOST_ROWS: usize = 64;
