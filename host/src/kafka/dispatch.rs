@@ -412,7 +412,16 @@ async fn partition_worker(
                 _ => None,
             };
             let end = current.finish(&ctx).await;
-            let whole = end.whole;
+            let next = match next {
+                // It read writes that did not commit: the committer applies none of it,
+                // and its events run again. Dropped first: the turns on hot keys it took
+                // would hold up the retries of the event before it.
+                Some(next) if !end.whole => {
+                    next.abandon().await;
+                    None
+                }
+                next => next,
+            };
             if !settle(
                 &ctx,
                 partition,
@@ -427,13 +436,7 @@ async fn partition_worker(
                 return;
             }
             match next {
-                Some(next) if whole => current = next,
-                Some(next) => {
-                    // It read writes that did not commit: the committer applies none of
-                    // it, and its events run again.
-                    next.abandon().await;
-                    break;
-                }
+                Some(next) => current = next,
                 None => break,
             }
         }

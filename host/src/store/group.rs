@@ -19,7 +19,7 @@
 //! group, and otherwise answered [`UnitResult::NotRun`] throughout, untouched.
 //!
 //! While more wait, the committer runs the next group on the last one's connection (at
-//! most [`HOLD_AT_MOST`], then other writers get it; see [`super::held`]).
+//! most `HOLD_AT_MOST`, then other writers get it; see `store/held.rs`).
 //!
 //! On SQLite the relay's marks of rows sent ([`Db::mark_sent`]) are submitted here too,
 //! one unit each, and go in the group's transaction (or alone, when no chain waits): the
