@@ -73,9 +73,11 @@ enum Submission {
 }
 
 impl Submission {
-    /// What it weighs against [`MAX_GROUP_UNITS`]: a mark statement counts as one unit.
+    /// What it weighs against [`MAX_GROUP_UNITS`]: a mark statement counts as one unit,
+    /// and a chain whose chain before is not decided yet nothing (it goes in a later group).
     fn units(&self) -> usize {
         match self {
+            Submission::Chain { after: Some(after), .. } if after.0.get().is_none() => 0,
             Submission::Chain { chain, .. } => chain.len(),
             Submission::Marks { .. } => 1,
         }
