@@ -369,15 +369,7 @@ async fn partition_worker(
         // A chain runs, and while it commits the partition's next one runs over its
         // writes: the worker waited for more than half its time for commits before.
         let chain = pending.len().min(limit);
-        let mut current = start_chain(
-            &ctx,
-            pending.range(..chain),
-            chain,
-            check_handled,
-            Overlay::default(),
-            None,
-        )
-        .await;
+        let mut current = start_chain(&ctx, pending.range(..chain), check_handled, Overlay::default(), None).await;
         loop {
             let next = match current.next.take() {
                 Some(over) if can_follow(&ctx, refreshed_at) => {
@@ -400,7 +392,6 @@ async fn partition_worker(
                             start_chain(
                                 &ctx,
                                 pending.range(current.len..current.len + len),
-                                len,
                                 check_handled,
                                 over,
                                 after,
@@ -591,7 +582,7 @@ struct InFlight {
     next: Option<Overlay>,
 }
 
-/// Runs the given `len` events of a partition in order over `overlay`, each over the
+/// Runs the given events of a partition in order over `overlay`, each over the
 /// writes of the ones before, until one fails, and hands them to the committer as one
 /// chain (`after`: the chain before, not committed yet, see [`Db::submit_chain`]). With
 /// `check_handled`, events handled before are looked up first and not run (after an
@@ -600,7 +591,6 @@ struct InFlight {
 async fn start_chain<'a>(
     ctx: &RouteCtx,
     pending: impl Iterator<Item = &'a Queued>,
-    len: usize,
     check_handled: bool,
     mut overlay: Overlay,
     after: Option<Settled>,
@@ -610,7 +600,7 @@ async fn start_chain<'a>(
     let ids: Vec<String> = events.iter().flatten().map(|e| e.id.clone()).collect();
     let mut flight = InFlight {
         route: route.clone(),
-        len,
+        len: events.len(),
         slots: Vec::with_capacity(events.len()),
         submitted: None,
         overlay: Overlay::default(),

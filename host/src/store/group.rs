@@ -77,7 +77,7 @@ impl Submission {
     /// and a chain whose chain before is not decided yet nothing (it goes in a later group).
     fn units(&self) -> usize {
         match self {
-            Submission::Chain { after: Some(after), .. } if after.0.get().is_none() => 0,
+            Submission::Chain { after: Some(after), .. } if after.known().is_none() => 0,
             Submission::Chain { chain, .. } => chain.len(),
             Submission::Marks { .. } => 1,
         }
@@ -93,6 +93,18 @@ impl Settled {
     fn set(&self, whole: bool) {
         let _ = self.0.set(whole); // decided once: a chain is in one group
     }
+
+    /// None until the committer decided the chain.
+    fn known(&self) -> Option<bool> {
+        self.0.get().copied()
+    }
+}
+
+/// The answer of a submission, or the error of a committer that stopped before giving it.
+async fn answered<T>(answer: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    answer
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
 }
 
 /// A chain handed to the committer; [`Submitted::result`] waits for its answer.
@@ -105,9 +117,7 @@ pub struct Submitted {
 
 impl Submitted {
     pub async fn result(self) -> ChainResult {
-        self.answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
+        answered(self.answer).await
     }
 }
 
@@ -170,7 +180,7 @@ async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
                     reply,
                     settled,
                     after,
-                } => match after.as_ref().map(|after| after.0.get().copied()) {
+                } => match after.as_ref().map(Settled::known) {
                     // The chain before is in this group: decided, it is known in the next.
                     Some(None) => deferred.push(Submission::Chain {
                         chain,
@@ -248,12 +258,11 @@ impl Db {
     /// Marks outbox rows sent in the transaction of the next group, or alone when no
     /// chain is waiting.
     pub(crate) async fn commit_marks(&self, ids: Vec<i64>, by: String) -> Result<(), StoreError> {
-        self.submit(|reply| Submission::Marks {
+        answered(self.submit(|reply| Submission::Marks {
             marks: (ids, by),
             reply,
-        })
+        }))
         .await
-        .unwrap_or_else(|_| Err(StoreError::Commit("the committer stopped".into())))
     }
 
     /// Commits `chains` in one transaction; on a failed statement, each on its own.
