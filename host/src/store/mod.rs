@@ -18,6 +18,7 @@ mod inbox;
 mod kv;
 mod multirow;
 mod outbox;
+mod spare;
 pub mod staged;
 pub mod timeline;
 mod timers;
@@ -116,6 +117,8 @@ pub struct Db {
     committer: Arc<OnceLock<group::Committer>>,
     /// Keys partitions fought over, read in turns ([`hot`]).
     pub(crate) hot: Arc<hot::HotKeys>,
+    /// Reader connections kept between invocations ([`spare`]).
+    spare: Arc<spare::SpareReaders>,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +298,7 @@ impl Db {
             readers,
             committer: Arc::default(),
             hot: Arc::default(),
+            spare: Arc::default(),
         };
         db.migrate().await?;
         db.signer = Signer::new(&db.host_secret().await?);
@@ -446,11 +450,19 @@ impl Db {
     /// which on PostgreSQL cost a `BEGIN` and a `ROLLBACK` round trip per invocation
     /// (18,448 of them for 20,644 invocations of `just load 300`). On SQLite a reader
     /// connection, so the Wasm call never holds the single writer.
+    ///
+    /// A spare connection ([`spare`]) is used first; [`Db::keep_reader`] gives it back.
     pub async fn reader(&self) -> Result<Tx, StoreError> {
         let inner = match (&self.pool, &self.readers) {
-            (Pool::Sqlite(_), Some(readers)) => TxInner::SqliteReader(readers.acquire().await?),
+            (Pool::Sqlite(_), Some(readers)) => TxInner::SqliteReader(match self.spare.sqlite.take() {
+                Some(conn) => conn,
+                None => readers.acquire().await?,
+            }),
             (Pool::Sqlite(pool), None) => TxInner::SqliteReader(pool.acquire().await?),
-            (Pool::Postgres(pool), _) => TxInner::PostgresReader(pool.acquire().await?),
+            (Pool::Postgres(pool), _) => TxInner::PostgresReader(match self.spare.postgres.take() {
+                Some(conn) => conn,
+                None => pool.acquire().await?,
+            }),
         };
         Ok(Tx {
             inner,
@@ -460,6 +472,25 @@ impl Db {
             wrote_effects: false,
             signals: self.signals.clone(),
         })
+    }
+
+    /// Takes back a connection from [`Db::reader`] that has nothing left on it: no read in
+    /// flight and none failed. Kept for the next invocation instead of going back to the
+    /// pool, which would ping it first. Anything else is dropped as usual: a transaction
+    /// rolls back, and SQLite's single writer (a reader when there is no reader pool) is
+    /// never kept out of its pool.
+    pub(crate) fn keep_reader(&self, tx: Tx) {
+        match tx.inner {
+            TxInner::SqliteReader(conn) if self.readers.is_some() => self.spare.sqlite.put(conn),
+            TxInner::PostgresReader(conn) => self.spare.postgres.put(conn),
+            _ => {}
+        }
+    }
+
+    /// How many reader connections are kept ([`spare`]).
+    #[cfg(test)]
+    pub(crate) fn spare_readers(&self) -> usize {
+        self.spare.sqlite.len() + self.spare.postgres.len()
     }
 
     /// A read-only snapshot for one query: on SQLite a deferred transaction on a
@@ -513,6 +544,7 @@ impl Db {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        self.spare.clear();
         if let Some(readers) = &self.readers {
             readers.close().await;
         }

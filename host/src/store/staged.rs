@@ -327,6 +327,9 @@ pub struct Staged {
     reads: Option<Tx>,
     /// Reads from one snapshot, for a query, whose reads nothing checks afterwards.
     snapshot: bool,
+    /// A read is in flight on `reads`, or one failed: the connection is not kept for the
+    /// next invocation ([`Db::keep_reader`]), it goes back to its pool.
+    reading: bool,
     base: Overlay,
     /// The unit's own writes, last one per key.
     writes: BTreeMap<String, Option<Vec<u8>>>,
@@ -351,6 +354,7 @@ impl Staged {
             component: component.to_string(),
             reads: None,
             snapshot: false,
+            reading: false,
             base,
             writes: BTreeMap::new(),
             seen: HashMap::new(),
@@ -372,7 +376,10 @@ impl Staged {
         }
     }
 
+    /// The read connection, opened at the first read. Each caller clears [`Staged::reading`]
+    /// once its read returned ok.
     async fn reads(&mut self) -> Result<&mut Tx, StoreError> {
+        self.reading = true;
         if self.reads.is_none() {
             self.reads = Some(match self.snapshot {
                 true => self.db.begin_snapshot().await?,
@@ -414,7 +421,9 @@ impl Staged {
                     self.db.read_latest(&component, key).await?
                 } else {
                     // An invocation's reads see the latest commit already.
-                    self.reads().await?.get(&component, key).await?
+                    let value = self.reads().await?.get(&component, key).await?;
+                    self.reading = false;
+                    value
                 }
             }
         };
@@ -465,6 +474,7 @@ impl Staged {
             .await?
             .list_prefix(&component, prefix, Some(&after), fetch, max_bytes)
             .await?;
+        self.reading = false;
         let Some(rows) = rows else { return Ok(None) };
         let base: Vec<(String, Option<Vec<u8>>)> = self
             .base
@@ -540,7 +550,9 @@ impl Staged {
                         Some(existed) => *existed,
                         None => {
                             let component = self.component.clone();
-                            self.reads().await?.timer_exists(&component, id).await?
+                            let existed = self.reads().await?.timer_exists(&component, id).await?;
+                            self.reading = false;
+                            existed
                         }
                     };
                     self.checks.push(Check::Timer {
@@ -571,18 +583,26 @@ impl Staged {
     /// Gives the read connection back and hands back the overlay, keeping nothing (a
     /// failed or dry run).
     pub async fn discard(mut self) -> Overlay {
-        if let Some(tx) = self.reads.take() {
-            let _ = tx.rollback().await;
-        }
+        self.give_back_reads().await;
         self.base
+    }
+
+    /// Ends the read connection: an invocation's goes to the spare readers when nothing
+    /// is left on it, a query's snapshot is rolled back.
+    async fn give_back_reads(&mut self) {
+        if let Some(tx) = self.reads.take() {
+            if self.snapshot || self.reading {
+                let _ = tx.rollback().await;
+            } else {
+                self.db.keep_reader(tx);
+            }
+        }
     }
 
     /// Gives the read connection back; returns the unit to commit and the overlay with
     /// this unit's writes laid over it, for the partition's next event.
     pub async fn finish(mut self, inbox: InboxRecord) -> (Unit, Overlay) {
-        if let Some(tx) = self.reads.take() {
-            let _ = tx.rollback().await;
-        }
+        self.give_back_reads().await;
         let mut base = self.base;
         for (key, value) in &self.writes {
             base.kv.insert(key.clone(), value.clone());
@@ -609,6 +629,7 @@ mod tests {
     use super::super::now_ms;
     use super::super::tests::sqlite;
     use super::*;
+    use std::time::Duration;
 
     fn record(event_id: &str) -> InboxRecord {
         InboxRecord {
@@ -645,6 +666,41 @@ mod tests {
         );
         assert_eq!(db.peek("a", "n").await.unwrap().as_deref(), Some(&b"5"[..]));
         assert_eq!(db.peek("a", "user/1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_reader_is_kept_for_the_next_invocation_only_with_nothing_left_on_it() {
+        let (_dir, db) = sqlite().await;
+        let mut first = Staged::new(&db, "a", Overlay::default());
+        assert_eq!(first.get("k").await.unwrap(), None);
+        first.discard().await;
+        assert_eq!(db.spare_readers(), 1, "a reader whose reads all returned is kept");
+
+        // A commit after it: the kept connection reads outside any snapshot.
+        let mut tx = db.begin().await.unwrap();
+        tx.put("a", "k", b"new").await.unwrap();
+        tx.commit().await.unwrap();
+        let mut second = Staged::new(&db, "a", Overlay::default());
+        assert_eq!(second.get("k").await.unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(db.spare_readers(), 0, "the kept connection serves the next reads");
+        second.finish(record("e2")).await;
+        assert_eq!(db.spare_readers(), 1);
+
+        // A read cut off half-way (an invocation's deadline) may leave an answer on the
+        // connection: it goes back to the pool, which pings it, and is not kept.
+        // Here a read that took the connection and never returned.
+        let mut third = Staged::new(&db, "a", Overlay::default());
+        third.reads().await.unwrap();
+        third.discard().await;
+        assert_eq!(db.spare_readers(), 0, "a connection with a read in flight is not kept");
+
+        // Kept connections are out of their pool: closing the database closes them too.
+        let mut fourth = Staged::new(&db, "a", Overlay::default());
+        fourth.get("k").await.unwrap();
+        fourth.discard().await;
+        assert_eq!(db.spare_readers(), 1);
+        tokio::time::timeout(Duration::from_secs(5), db.close()).await.unwrap();
+        assert_eq!(db.spare_readers(), 0, "closing gives the kept readers back first");
     }
 
     use super::super::group::UnitResult;
