@@ -586,6 +586,7 @@ on_both_backends!(
     a_guest_reading_past_its_memory_traps,
     storage_operations_work_through_the_guest,
     concurrent_increments_are_never_lost,
+    closing_takes_back_the_connections_kept_between_events,
 );
 
 /// A component that imports an interface the host does not have.
@@ -661,4 +662,19 @@ async fn concurrent_increments_are_never_lost(db: &Db) {
         done.unwrap();
     }
     assert_eq!(db.peek("probe", "hits").await.unwrap().as_deref(), Some(&b"24"[..]));
+}
+
+/// Between events the host keeps connections out of the pool: the committer's write
+/// connection (on PostgreSQL while idle too) and the readers of invocations that read.
+/// Closing the database gives them back instead of waiting for them.
+async fn closing_takes_back_the_connections_kept_between_events(db: &Db) {
+    let (unit, _) = unit_of(db, "kept-1", Overlay::default(), async |s: &mut Staged| {
+        assert_eq!(s.get("k").await.unwrap(), None);
+        s.put("k", b"v");
+    })
+    .await;
+    assert_eq!(db.commit_chain(vec![unit]).await.unwrap(), vec![UnitResult::Committed]);
+    tokio::time::timeout(std::time::Duration::from_secs(3), db.close())
+        .await
+        .expect("the database closes without waiting for the kept connections to idle out");
 }
