@@ -18,9 +18,8 @@
 //! one before, so it is only applied once the one before committed whole, in a later
 //! group, and otherwise answered [`UnitResult::NotRun`] throughout, untouched.
 //!
-//! While more wait, the committer runs the next group on the last one's connection (on
-//! SQLite at most `HOLD_AT_MOST`, then other writers get it; on PostgreSQL also while
-//! idle; see `store/held.rs`).
+//! While more wait, the committer runs the next group on the last one's connection (at
+//! most `HOLD_AT_MOST`, then other writers get it; see `store/held.rs`).
 //!
 //! On SQLite the relay's marks of rows sent ([`Db::mark_sent`]) are submitted here too,
 //! one unit each, and go in the group's transaction (or alone, when no chain waits): the
@@ -71,8 +70,6 @@ enum Submission {
         marks: Marks,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// The database is closing: the kept connection goes back to its pool.
-    GiveBack,
 }
 
 impl Submission {
@@ -83,7 +80,6 @@ impl Submission {
             Submission::Chain { after: Some(after), .. } if after.known().is_none() => 0,
             Submission::Chain { chain, .. } => chain.len(),
             Submission::Marks { .. } => 1,
-            Submission::GiveBack => 0,
         }
     }
 }
@@ -141,19 +137,11 @@ impl Committer {
         tokio::spawn(run(db, receiver));
         Committer { sender }
     }
-
-    /// Asks the task to give its kept connection back to the pool (the database closes).
-    pub(crate) fn give_back(&self) {
-        let _ = self.sender.send(Submission::GiveBack);
-    }
 }
 
-/// How long the committer keeps SQLite's write connection from one group to the next
-/// while more wait (see [`super::held`]). It is the only one: the timer pump, the
-/// delivery worker and dead letters wait for it that long at most. A PostgreSQL
-/// connection is kept while the committer is idle too, the pool having others, until
-/// it sat unused for [`super::PING_IDLE_AFTER`] (then the pool's ping checks it again
-/// before it serves another group, as for any pooled connection).
+/// How long the committer keeps the write connection from one group to the next while
+/// more wait (see [`super::held`]). On SQLite it is the only one: the timer pump, the
+/// delivery worker and dead letters wait for it that long at most.
 const HOLD_AT_MOST: Duration = Duration::from_millis(50);
 
 async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
@@ -162,26 +150,14 @@ async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
     // The last group's connection, and since when it has not gone back to the pool.
     let mut kept: Option<(WriteConn, Instant)> = None;
     loop {
-        if let Some((WriteConn::Sqlite(_), since)) = &kept
+        if let Some((_, since)) = &kept
             && ((receiver.is_empty() && deferred.is_empty()) || since.elapsed() >= HOLD_AT_MOST)
         {
             kept = None; // back to the pool, for other writers
         }
         let mut waiting = std::mem::take(&mut deferred);
         if waiting.is_empty() {
-            let first = match kept.is_some() {
-                // Idle on a PostgreSQL connection: kept, unless it stays idle so long that
-                // the pool would ping it before handing it out.
-                true => match tokio::time::timeout(super::PING_IDLE_AFTER, receiver.recv()).await {
-                    Ok(first) => first,
-                    Err(_) => {
-                        kept = None;
-                        receiver.recv().await
-                    }
-                },
-                false => receiver.recv().await,
-            };
-            match first {
+            match receiver.recv().await {
                 Some(first) => waiting.push(first),
                 None => return,
             }
@@ -226,7 +202,6 @@ async fn run(db: Db, mut receiver: mpsc::UnboundedReceiver<Submission>) {
                     marks.push(m);
                     mark_replies.push(reply);
                 }
-                Submission::GiveBack => kept = None,
             }
         }
         if chains.is_empty() && marks.is_empty() {

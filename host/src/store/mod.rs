@@ -545,9 +545,6 @@ impl Db {
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.spare.clear();
-        if let Some(committer) = self.committer.get() {
-            committer.give_back();
-        }
         if let Some(readers) = &self.readers {
             readers.close().await;
         }

@@ -664,9 +664,9 @@ async fn concurrent_increments_are_never_lost(db: &Db) {
     assert_eq!(db.peek("probe", "hits").await.unwrap().as_deref(), Some(&b"24"[..]));
 }
 
-/// Between events the host keeps connections out of the pool: the committer's write
-/// connection (on PostgreSQL while idle too) and the readers of invocations that read.
-/// Closing the database gives them back instead of waiting for them.
+/// Between events the host keeps connections out of the pool: the readers of
+/// invocations that read (`store/spare.rs`). Closing the database gives them back instead
+/// of waiting for them.
 async fn closing_takes_back_the_connections_kept_between_events(db: &Db) {
     let (unit, _) = unit_of(db, "kept-1", Overlay::default(), async |s: &mut Staged| {
         assert_eq!(s.get("k").await.unwrap(), None);
@@ -676,5 +676,5 @@ async fn closing_takes_back_the_connections_kept_between_events(db: &Db) {
     assert_eq!(db.commit_chain(vec![unit]).await.unwrap(), vec![UnitResult::Committed]);
     tokio::time::timeout(std::time::Duration::from_secs(3), db.close())
         .await
-        .expect("the database closes without waiting for the kept connections to idle out");
+        .expect("the database closes without waiting for the kept connections");
 }
