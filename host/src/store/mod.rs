@@ -454,15 +454,11 @@ impl Db {
     /// A spare connection ([`spare`]) is used first; [`Db::keep_reader`] gives it back.
     pub async fn reader(&self) -> Result<Tx, StoreError> {
         let inner = match (&self.pool, &self.readers) {
-            (Pool::Sqlite(_), Some(readers)) => TxInner::SqliteReader(match self.spare.sqlite.take() {
-                Some(conn) => conn,
-                None => readers.acquire().await?,
-            }),
+            (Pool::Sqlite(_), Some(readers)) => {
+                TxInner::SqliteReader(self.spare.sqlite.take_or_acquire(readers).await?)
+            }
             (Pool::Sqlite(pool), None) => TxInner::SqliteReader(pool.acquire().await?),
-            (Pool::Postgres(pool), _) => TxInner::PostgresReader(match self.spare.postgres.take() {
-                Some(conn) => conn,
-                None => pool.acquire().await?,
-            }),
+            (Pool::Postgres(pool), _) => TxInner::PostgresReader(self.spare.postgres.take_or_acquire(pool).await?),
         };
         Ok(Tx {
             inner,

@@ -53,6 +53,14 @@ impl<DB: Database> Spare<DB> {
         None
     }
 
+    /// A kept connection ([`Spare::take`]), else one from `pool`.
+    pub(crate) async fn take_or_acquire(&self, pool: &sqlx::Pool<DB>) -> Result<PoolConnection<DB>, sqlx::Error> {
+        match self.take() {
+            Some(conn) => Ok(conn),
+            None => pool.acquire().await,
+        }
+    }
+
     /// Keeps `conn` if there is room, else gives it back to the pool.
     pub(crate) fn put(&self, conn: PoolConnection<DB>) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
@@ -64,7 +72,8 @@ impl<DB: Database> Spare<DB> {
     /// Gives every kept connection back to the pool (before it closes, which waits for
     /// all of them).
     pub(crate) fn clear(&self) {
-        let drained: Vec<_> = self.kept.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        // Taken out first, so they are dropped after the lock is released.
+        let drained = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
         drop(drained);
     }
 
